@@ -1,0 +1,1 @@
+"""OrbitStream: telemetry ingestion engine."""

@@ -1,0 +1,3 @@
+from orbitstream.cli import main
+
+main()

@@ -1,0 +1,276 @@
+"""The ``orbitstream`` command line: serve, simulate, demo, query, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from orbitstream.errors import ConfigError
+from orbitstream.logging import configure_logging
+from orbitstream.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="orbitstream",
+    help="OrbitStream: high-throughput telemetry ingestion with anomaly detection.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Embedded store directory (ORBITSTREAM_DATA_DIR).", show_default=False
+    ),
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _run_loop(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+
+
+class AckModeOpt(str, Enum):
+    memory = "memory"
+    sink = "sink"
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="Listen port (PORT, default 8080).")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (ORBITSTREAM_HOST).")] = None,
+    data_dir: DataDir = None,
+    ack_mode: Annotated[
+        AckModeOpt | None, typer.Option("--ack-mode", help="memory | sink (ORBITSTREAM_ACK_MODE).")
+    ] = None,
+) -> None:
+    """Run the HTTP ingest service on the configured store."""
+    settings = _settings(
+        port=port, host=host, data_dir=data_dir, ack_mode=ack_mode.value if ack_mode else None
+    )
+    configure_logging(settings.log_level, settings.log_format)
+    from orbitstream.service import Service
+
+    async def main() -> None:
+        service = Service(settings)
+        await service.run()
+
+    try:
+        _run_loop(main())
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        console.print(
+            f"[red]error:[/red] cannot listen on {settings.host}:{settings.port}: {exc} (PORT)"
+        )
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Create or update the store's tables, rollups and views, then exit."""
+    settings = _settings(data_dir=data_dir)
+    from orbitstream.pipelines import satellites
+    from orbitstream.service import chdb_path, read_service_file
+    from orbitstream.sinks.chdb import ChdbSink
+
+    if read_service_file(settings.data_dir):
+        console.print(
+            "[red]error:[/red] a running service holds the data directory; it migrated at start"
+        )
+        raise typer.Exit(2)
+    store = ChdbSink(chdb_path(settings), rollup_retention_days=settings.rollup_retention_days)
+    try:
+        statements = store.migrate_sync(satellites.tables(settings.retention_days))
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    finally:
+        store.close_sync()
+    console.print(f"applied {len(statements)} statements to {chdb_path(settings)}")
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _query_service(url: str, sql: str) -> dict[str, Any]:
+    req = urllib.request.Request(
+        url + "/api/query",
+        data=json.dumps({"sql": sql}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            result: dict[str, Any] = json.loads(resp.read())
+            return result
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("error", str(exc))
+        raise ValueError(detail) from exc
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="A read-only SQL query (ClickHouse dialect).")],
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = OutputFormat.table,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a read-only query: through the running service if one holds the store, else directly."""
+    settings = _settings(data_dir=data_dir)
+    from orbitstream.service import chdb_path, read_service_file
+    from orbitstream.sinks.chdb import ChdbSink, QueryError
+
+    info = read_service_file(settings.data_dir)
+    try:
+        if info is not None:
+            doc = _query_service(str(info["url"]), sql)
+            columns, rows = doc["columns"], [tuple(r) for r in doc["rows"]]
+        else:
+            path = chdb_path(settings)
+            if not path.exists():
+                console.print(
+                    f"[red]error:[/red] no store at {path} yet (ORBITSTREAM_DATA_DIR): "
+                    "run `orbitstream serve` or `orbitstream demo` first"
+                )
+                raise typer.Exit(2)
+            store = ChdbSink(path)
+            try:
+                res = store.query_sync(sql)
+            finally:
+                store.close_sync()
+            columns, rows = res.columns, res.rows
+    except (QueryError, ValueError) as exc:
+        console.print(f"[red]query failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    out = sys.stdout
+    if fmt is OutputFormat.json:
+        out.write(
+            json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str) + "\n"
+        )
+    elif fmt is OutputFormat.csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        out.write(buf.getvalue())
+    else:
+        table = RichTable(*columns)
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        Console().print(table)
+
+
+@app.command()
+def demo(
+    satellites: Annotated[
+        int, typer.Option("--satellites", "-s", help="Simulated satellites.")
+    ] = 20,
+    rate: Annotated[float, typer.Option("--rate", "-r", help="Points/s per satellite.")] = 10.0,
+    port: Annotated[int | None, typer.Option(help="Listen port (PORT, default 8080).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Service + simulator + dashboard on the embedded store, in one command (Ctrl-C stops)."""
+    settings = _settings(
+        port=port, data_dir=data_dir, host=os.environ.get("ORBITSTREAM_HOST", "127.0.0.1")
+    )
+    configure_logging("warning", "text")
+    from orbitstream.service import Service
+
+    async def main() -> None:
+        service = Service(settings)
+        bound = await service.start()
+        service.install_signal_handlers()
+        url = f"http://127.0.0.1:{bound}"
+        console.print(
+            f"[bold green]OrbitStream demo[/bold green]: dashboard at [link={url}/]{url}/[/link]"
+        )
+        console.print(
+            f"store: {settings.data_dir}   simulator: {satellites} satellites × {rate:g} points/s"
+        )
+        console.print("Ctrl-C stops the simulator and the service.")
+        sim = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "orbitstream",
+                "simulate",
+                "-s",
+                str(satellites),
+                "-r",
+                str(rate),
+                "-d",
+                "0",
+                "--api-url",
+                url,
+            ],
+        )
+        try:
+            await service.stopping.wait()
+        finally:
+            if sim.poll() is None:
+                sim.send_signal(2)
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, sim.wait, 10)
+                except subprocess.TimeoutExpired:
+                    sim.kill()
+            await service.stop()
+            console.print("demo stopped; data kept in " + str(settings.data_dir))
+
+    try:
+        _run_loop(main())
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        console.print(
+            f"[red]error:[/red] cannot listen on port {settings.port}: {exc} (use --port or PORT)"
+        )
+        raise typer.Exit(2) from exc
+
+
+def _register_simulate() -> None:
+    from orbitstream.simulate.cli import simulate
+
+    app.command("simulate")(simulate)
+
+
+_register_simulate()
+
+
+def main() -> None:
+    app()

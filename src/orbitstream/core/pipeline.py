@@ -1,0 +1,394 @@
+"""The pipeline runner: route rows by table to every sink, batch, write, retry, ack.
+
+Per sink there is a :class:`SinkLane` with its own buffer limit, retry state and
+health; per (sink, table) a :class:`Batcher` that cuts a batch at ``batch_size`` rows
+or after ``linger_secs``, whichever comes first, and a writer task that delivers its
+batches in order. A source's :class:`~orbitstream.core.batch.Ack` resolves only when
+every sink has committed every row of that message.
+
+All batching state lives on the event loop thread: ``submit`` is synchronous and
+cheap, and raises :class:`~orbitstream.errors.BackpressureError` (before touching any
+buffer) when a lane is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from orbitstream.core.batch import Ack, Batch, DeadLetter, Row
+from orbitstream.core.metrics import Metrics
+from orbitstream.core.protocols import DeadLetterStore, Sink
+from orbitstream.core.retry import RetryPolicy
+from orbitstream.core.tables import Table
+from orbitstream.errors import BackpressureError, SinkRejectedError
+
+__all__ = ["Batcher", "Pipeline", "PipelineLimits", "SinkLane"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineLimits:
+    """Batching and buffering limits (per sink lane)."""
+
+    batch_size: int = 1000
+    linger_secs: float = 1.0
+    max_buffer_rows: int = 2_000_000
+    max_buffer_bytes: int = 512 * 1024 * 1024
+
+
+class Batcher:
+    """Collects rows for one (sink, table) and hands full or aged batches to its writer."""
+
+    def __init__(self, lane: SinkLane, table: Table) -> None:
+        self.lane = lane
+        self.table = table
+        self.rows: list[Row] = []
+        self.acks: list[Ack] = []
+        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._seq = itertools.count(1)
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, rows: Sequence[Row], ack: Ack | None) -> None:
+        if not self.rows:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.lane.limits.linger_secs, self.cut
+            )
+        self.rows.extend(rows)
+        if ack is not None:
+            self.acks.append(ack)
+        if len(self.rows) >= self.lane.limits.batch_size:
+            self.cut()
+
+    def cut(self) -> None:
+        """Close the current batch and queue it for writing (no-op when empty)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.rows:
+            return
+        batch = Batch(
+            self.table,
+            self.rows,
+            f"{self.lane.pipeline}:{self.table.name}:{self.lane.sink.name}:"
+            f"{self.lane.epoch}:{next(self._seq)}",
+            self.acks,
+        )
+        self.rows = []
+        self.acks = []
+        self.queue.put_nowait(batch)
+
+    async def run(self) -> None:
+        while True:
+            batch = await self.queue.get()
+            if batch is None:
+                return
+            await self.lane.deliver(batch)
+
+
+class SinkLane:
+    """One sink's buffers, writers, retry state and health."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        sink: Sink,
+        tables: Sequence[Table],
+        limits: PipelineLimits,
+        retry: RetryPolicy,
+        metrics: Metrics,
+        dead_letters: DeadLetterStore,
+    ) -> None:
+        self.pipeline = pipeline
+        self.sink = sink
+        self.limits = limits
+        self.retry = retry
+        self.metrics = metrics
+        self.dead_letters = dead_letters
+        self.epoch = f"{os.getpid()}-{time.time_ns()}"
+        self.batchers = {t.name: Batcher(self, t) for t in tables}
+        self.rows = 0  # buffered + in flight
+        self.bytes = 0
+        self.up = True
+        self.last_error: str | None = None
+        self.last_success: float | None = None
+        self.give_up_at: float | None = None  # set during shutdown
+
+    def has_room(self, rows: int, nbytes: int) -> bool:
+        return (
+            self.rows + rows <= self.limits.max_buffer_rows
+            and self.bytes + nbytes <= self.limits.max_buffer_bytes
+        )
+
+    def start(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.task = asyncio.create_task(
+                batcher.run(), name=f"writer:{self.sink.name}:{batcher.table.name}"
+            )
+
+    async def deliver(self, batch: Batch) -> None:
+        """Write ``batch`` until it is committed (or isolated into dead letters)."""
+        try:
+            await self._write_with_retry(batch)
+        finally:
+            self.rows -= batch.size
+            self.bytes -= batch.nbytes
+            for ack in batch.acks:
+                ack.part_done()
+
+    async def _write_with_retry(self, batch: Batch) -> None:
+        labels = (self.sink.name, batch.table.name)
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                await self.sink.write(batch)
+            except SinkRejectedError as exc:
+                self.metrics.inc("sink_errors", (self.sink.name, "rejected"))
+                await self._isolate(batch, exc)
+                return
+            except Exception as exc:
+                self.metrics.inc("sink_errors", (self.sink.name, "retryable"))
+                self.up = False
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self._must_give_up(attempt):
+                    self._spill(batch, exc)
+                    return
+                delay = self.retry.delay(attempt)
+                if self.give_up_at is not None:
+                    delay = max(0.0, min(delay, self.give_up_at - time.monotonic()))
+                logger.warning(
+                    "Sink write failed; retrying.",
+                    extra={
+                        "component": self.sink.name,
+                        "component_kind": "sink",
+                        "table": batch.table.name,
+                        "batch_id": batch.batch_id,
+                        "records": batch.size,
+                        "attempt": attempt,
+                        "retry_in_secs": round(delay, 3),
+                        "error": self.last_error,
+                    },
+                )
+                await asyncio.sleep(delay)
+                continue
+            elapsed = time.perf_counter() - started
+            self.up = True
+            self.last_error = None
+            self.last_success = time.time()
+            self.metrics.flush_seconds.labels(*labels).observe(elapsed)
+            self.metrics.inc("written_rows", labels, batch.size)
+            self.metrics.inc("batches", (*labels, "delivered"))
+            logger.debug(
+                "Batch written.",
+                extra={
+                    "component": self.sink.name,
+                    "table": batch.table.name,
+                    "batch_id": batch.batch_id,
+                    "records": batch.size,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+            return
+
+    def _must_give_up(self, attempt: int) -> bool:
+        if self.retry.exhausted(attempt):
+            return True
+        return self.give_up_at is not None and time.monotonic() >= self.give_up_at
+
+    async def _isolate(self, batch: Batch, exc: SinkRejectedError) -> None:
+        """Bisect a refused batch so only the offending rows become dead letters."""
+        if batch.size <= 1:
+            letters = [
+                DeadLetter(self.pipeline, batch.table.name, batch.batch_id, row, str(exc))
+                for row in batch.table.row_dicts(batch.rows)
+            ]
+            await self._dead_letter(batch, letters)
+            return
+        for half in batch.split():
+            if half.rows:
+                await self._write_with_retry(half)
+
+    async def _dead_letter(self, batch: Batch, letters: list[DeadLetter]) -> None:
+        self.metrics.inc("dead_letters", (self.sink.name, batch.table.name), len(letters))
+        self.metrics.inc("batches", (self.sink.name, batch.table.name, "rejected"))
+        logger.error(
+            "Rows refused by sink; sent to dead letters.",
+            extra={
+                "component": self.sink.name,
+                "table": batch.table.name,
+                "batch_id": batch.batch_id,
+                "records": len(letters),
+                "error": letters[0].error if letters else "",
+            },
+        )
+        try:
+            await self.sink.write_dead_letters(letters)
+        except Exception as store_exc:
+            logger.warning(
+                "Sink could not store dead letters; using the dead-letter file.",
+                extra={"component": self.sink.name, "error": repr(store_exc)},
+            )
+            self.dead_letters.write(letters)
+
+    def _spill(self, batch: Batch, exc: BaseException) -> None:
+        """Last resort at shutdown: keep the rows in the dead-letter file, never drop them."""
+        error = f"sink unavailable at shutdown: {type(exc).__name__}: {exc}"
+        letters = [
+            DeadLetter(self.pipeline, batch.table.name, batch.batch_id, row, error)
+            for row in batch.table.row_dicts(batch.rows)
+        ]
+        self.metrics.inc("batches", (self.sink.name, batch.table.name, "errored"))
+        self.metrics.inc("dead_letters", (self.sink.name, batch.table.name), len(letters))
+        logger.error(
+            "Sink still down at shutdown; batch spilled to the dead-letter file.",
+            extra={
+                "component": self.sink.name,
+                "table": batch.table.name,
+                "batch_id": batch.batch_id,
+                "records": batch.size,
+            },
+        )
+        self.dead_letters.write(letters)
+
+    def health(self) -> dict[str, object]:
+        return {
+            "status": "up" if self.up else "down",
+            "buffered_rows": self.rows,
+            "buffered_bytes": self.bytes,
+            "last_error": self.last_error,
+            "last_success": self.last_success,
+        }
+
+
+class Pipeline:
+    """A named pipeline: its tables, its sinks (one lane each) and its limits.
+
+    :param name: pipeline name (``satellites``), part of every batch id.
+    :param tables: the tables its mapper produces rows for.
+    :param sinks: every sink gets every table's rows (fan-out).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tables: Sequence[Table],
+        sinks: Sequence[Sink],
+        *,
+        limits: PipelineLimits,
+        retry: RetryPolicy,
+        metrics: Metrics,
+        dead_letters: DeadLetterStore,
+    ) -> None:
+        if not sinks:
+            raise ValueError("a pipeline needs at least one sink")
+        self.name = name
+        self.tables = {t.name: t for t in tables}
+        self.metrics = metrics
+        self.limits = limits
+        self.lanes = [
+            SinkLane(name, s, tables, limits, retry, metrics, dead_letters) for s in sinks
+        ]
+        self._started = False
+        self._closed = False
+        metrics.add_gauge(
+            "buffer_rows", lambda: {(l.sink.name,): float(l.rows) for l in self.lanes}
+        )
+        metrics.add_gauge(
+            "buffer_bytes", lambda: {(l.sink.name,): float(l.bytes) for l in self.lanes}
+        )
+        metrics.add_gauge("sink_up", lambda: {(l.sink.name,): float(l.up) for l in self.lanes})
+
+    async def start(self) -> None:
+        """Create tables in every sink (retrying while a sink is unreachable) and start writers."""
+        for lane in self.lanes:
+            await lane.sink.start(list(self.tables.values()))
+        for lane in self.lanes:
+            lane.start()
+        self._started = True
+
+    @property
+    def accepting(self) -> bool:
+        return self._started and not self._closed
+
+    def submit(self, rows: Mapping[str, Sequence[Row]], ack: Ack | None = None) -> None:
+        """Route rows (by table name) to every sink; all or nothing.
+
+        :raises BackpressureError: a sink's buffer would overflow; nothing was added.
+        """
+        if not self.accepting:
+            raise BackpressureError("pipeline is not accepting", retry_after_secs=1.0)
+        n = 0
+        nbytes = 0
+        for table_name, table_rows in rows.items():
+            k = len(table_rows)
+            n += k
+            nbytes += k * self.tables[table_name].row_bytes
+        if n == 0:
+            if ack is not None:
+                ack.add_parts(0)
+            return
+        for lane in self.lanes:
+            if not lane.has_room(n, nbytes):
+                raise BackpressureError(
+                    f"buffer full for sink {lane.sink.name}",
+                    retry_after_secs=max(1.0, self.limits.linger_secs),
+                )
+        parts = 0
+        for lane in self.lanes:
+            lane.rows += n
+            lane.bytes += nbytes
+            for table_name, table_rows in rows.items():
+                if table_rows:
+                    lane.batchers[table_name].add(table_rows, ack)
+                    parts += 1
+        if ack is not None:
+            ack.add_parts(parts)
+
+    def flush(self) -> None:
+        """Cut every open batch now."""
+        for lane in self.lanes:
+            for batcher in lane.batchers.values():
+                batcher.cut()
+
+    def health(self) -> dict[str, dict[str, object]]:
+        return {lane.sink.name: lane.health() for lane in self.lanes}
+
+    @property
+    def healthy(self) -> bool:
+        return all(lane.up for lane in self.lanes)
+
+    async def close(self, timeout_secs: float = 30.0) -> None:
+        """Stop accepting, flush every batch, wait for the writers, close the sinks.
+
+        A sink still failing after ``timeout_secs`` has its remaining batches spilled to
+        the dead-letter file rather than dropped.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout_secs
+        for lane in self.lanes:
+            lane.give_up_at = deadline
+            for batcher in lane.batchers.values():
+                batcher.cut()
+                batcher.queue.put_nowait(None)
+        tasks = [b.task for lane in self.lanes for b in lane.batchers.values() if b.task]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for lane in self.lanes:
+            try:
+                await lane.sink.close()
+            except Exception as exc:
+                logger.warning(
+                    "Sink close failed.", extra={"component": lane.sink.name, "error": repr(exc)}
+                )
+        logger.info("Pipeline closed.", extra={"pipeline": self.name})

@@ -1,0 +1,132 @@
+"""Read-side queries behind the dashboard's JSON endpoints (ClickHouse SQL).
+
+The page reads only through these; they never touch a sink's write path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Protocol
+
+__all__ = ["DashboardQueries"]
+
+
+class _Result(Protocol):
+    columns: list[str]
+    rows: list[tuple[object, ...]]
+
+
+class _Store(Protocol):
+    async def query(self, sql: str, params: dict[str, object] | None = None) -> Any: ...
+
+
+def _iso(value: object) -> str | None:
+    """ClickHouse ``DateTime64`` text (UTC) -> RFC 3339."""
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if "T" in text:
+        return text
+    return text.replace(" ", "T", 1) + "Z"
+
+
+class DashboardQueries:
+    """Summary and per-satellite series for the built-in page.
+
+    :param stale_secs: a satellite with no point for this long shows as ``stale``.
+    """
+
+    def __init__(self, store: _Store, *, window_secs: int = 60, stale_secs: int = 60) -> None:
+        self.store = store
+        self.window_secs = window_secs
+        self.stale_secs = stale_secs
+
+    async def summary(self) -> dict[str, Any]:
+        now = dt.datetime.now(dt.UTC)
+        totals = await self.store.query(
+            "SELECT count(), countIf(is_anomaly), "
+            "countIf(received_at >= now64(9) - toIntervalSecond({w:UInt32})), "
+            "countIf(is_anomaly AND received_at >= now64(9) - toIntervalSecond({w:UInt32})) "
+            "FROM telemetry",
+            {"w": self.window_secs},
+        )
+        total, anomalies, in_window, anomalies_window = (int(str(v)) for v in totals.rows[0])
+        sats = await self.store.query(
+            "SELECT satellite_id, max(time) AS last_seen, count() AS points, "
+            "countIf(is_anomaly) AS anomalies, "
+            "argMax(battery_charge_percent, time), argMax(storage_usage_mb, time), "
+            "argMax(signal_strength_dbm, time), argMax(is_anomaly, time), "
+            "dateDiff('second', max(time), now64(9)) AS age "
+            "FROM telemetry GROUP BY satellite_id ORDER BY satellite_id"
+        )
+        satellites = []
+        for sid, last_seen, points, anom, battery, storage, signal, latest_anom, age in sats.rows:
+            status = "anomaly" if latest_anom else "ok"
+            if int(str(age)) > self.stale_secs:
+                status = "stale"
+            satellites.append(
+                {
+                    "satellite_id": sid,
+                    "last_seen": _iso(last_seen),
+                    "points": int(str(points)),
+                    "anomalies": int(str(anom)),
+                    "battery": battery,
+                    "storage": storage,
+                    "signal": signal,
+                    "status": status,
+                }
+            )
+        alerts = await self.store.query(
+            "SELECT entity_id, rule, since, value, threshold, message FROM ("
+            " SELECT entity_id, rule, argMax(state, time) AS st, max(time) AS since,"
+            " argMax(value, time) AS value, argMax(threshold, time) AS threshold,"
+            " argMax(message, time) AS message"
+            " FROM alerts WHERE pipeline = 'satellites' GROUP BY entity_id, rule"
+            ") WHERE st = 'firing' ORDER BY since DESC"
+        )
+        return {
+            "generated_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "window_seconds": self.window_secs,
+            "total_points": total,
+            "total_anomalies": anomalies,
+            "ingest_rate": in_window / self.window_secs,
+            "anomaly_rate": (anomalies_window / in_window) if in_window else 0.0,
+            "active_alerts": [
+                {
+                    "entity_id": e,
+                    "rule": r,
+                    "since": _iso(s),
+                    "value": v,
+                    "threshold": t,
+                    "message": m,
+                }
+                for e, r, s, v, t, m in alerts.rows
+            ],
+            "satellites": satellites,
+        }
+
+    async def series(self, satellite_id: str, minutes: int = 60) -> dict[str, Any]:
+        minutes = max(1, min(minutes, 7 * 24 * 60))
+        bucket = max(1, (minutes * 60) // 720)
+        res = await self.store.query(
+            "SELECT toUnixTimestamp(toStartOfInterval(time, toIntervalSecond({b:UInt32}))) AS t,"
+            " avg(battery_charge_percent), avg(storage_usage_mb), avg(signal_strength_dbm),"
+            " countIf(is_anomaly)"
+            " FROM telemetry WHERE satellite_id = {sid:String}"
+            " AND time >= now64(9) - toIntervalMinute({m:UInt32})"
+            " GROUP BY t ORDER BY t",
+            {"b": bucket, "sid": satellite_id, "m": minutes},
+        )
+        cols: list[list[Any]] = [[], [], [], [], []]
+        for row in res.rows:
+            for i, v in enumerate(row):
+                cols[i].append(int(str(v)) if i in (0, 4) else v)
+        return {
+            "satellite_id": satellite_id,
+            "bucket_seconds": bucket,
+            "t": cols[0],
+            "battery": cols[1],
+            "storage": cols[2],
+            "signal": cols[3],
+            "anomalies": cols[4],
+        }

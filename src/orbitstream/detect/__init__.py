@@ -1,0 +1,1 @@
+"""Anomaly detection: threshold rules and de-duplicated alert events."""

@@ -1,0 +1,95 @@
+"""OrbitStream's exception hierarchy.
+
+::
+
+    OrbitStreamError
+    ├── ConfigError                 bad setting; the message names the variable or flag
+    ├── SourceError                 a source could not read or decode its input
+    ├── RecordError                 one record is invalid
+    │   └── RecordRejected          ...and goes to the dead-letter store, never crashing a run
+    └── SinkError                   a sink could not write a batch (carries sink, table, batch_id)
+        ├── SinkRetryableError      transient: network, timeout, 5xx, too many parts -> retry
+        ├── SinkRejectedError       permanent: schema/type error -> dead letters, never retried
+        └── BackpressureError       buffers are full; retry after ``retry_after_secs``
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackpressureError",
+    "ConfigError",
+    "OrbitStreamError",
+    "RecordError",
+    "RecordRejected",
+    "SinkError",
+    "SinkRejectedError",
+    "SinkRetryableError",
+    "SourceError",
+]
+
+
+class OrbitStreamError(Exception):
+    """Root of every error OrbitStream raises on purpose."""
+
+
+class ConfigError(OrbitStreamError):
+    """A setting is missing or invalid.
+
+    :param setting: the environment variable, TOML key or CLI flag at fault.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class SourceError(OrbitStreamError):
+    """A source failed to read or decode its input."""
+
+
+class RecordError(OrbitStreamError):
+    """A single record is invalid."""
+
+
+class RecordRejected(RecordError):
+    """A record was refused and belongs in the dead-letter store."""
+
+
+class SinkError(OrbitStreamError):
+    """A sink failed to write a batch.
+
+    :param sink: name of the sink.
+    :param table: table the batch was for.
+    :param batch_id: the batch's deterministic id.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sink: str = "",
+        table: str = "",
+        batch_id: str = "",
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sink = sink
+        self.table = table
+        self.batch_id = batch_id
+        self.status_code = status_code
+
+
+class SinkRetryableError(SinkError):
+    """A transient failure: the same batch may be retried."""
+
+
+class SinkRejectedError(SinkError):
+    """The backend refused the data itself: retrying cannot help."""
+
+
+class BackpressureError(OrbitStreamError):
+    """Buffers are full; the caller should retry after ``retry_after_secs``."""
+
+    def __init__(self, message: str, *, retry_after_secs: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_secs = retry_after_secs

@@ -1,0 +1,1 @@
+"""Built-in pipelines: table declarations plus pure mapping code."""

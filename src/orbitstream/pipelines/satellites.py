@@ -1,0 +1,210 @@
+"""The satellites pipeline: seed telemetry points -> ``telemetry`` rows + ``alerts`` rows.
+
+Wire format (the seed's): ``{"satellite_id": "SAT-01", "battery_charge_percent": 85.5,
+"storage_usage_mb": 45000.0, "signal_strength_dbm": -55.0, "timestamp": <optional>}``
+where ``timestamp`` is RFC 3339 (with offset) or integer epoch nanoseconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+
+from orbitstream.core.batch import Row
+from orbitstream.core.metrics import Metrics
+from orbitstream.core.tables import ColType, Column, Rollup, Table
+from orbitstream.detect.alerts import ALERTS_TABLE, AlertTracker
+from orbitstream.detect.thresholds import ThresholdRule, ThresholdRules
+
+__all__ = [
+    "FIELD_TYPES",
+    "TELEMETRY_TABLE",
+    "FieldError",
+    "Point",
+    "SatelliteMapper",
+    "field_errors",
+    "tables",
+    "threshold_rules",
+]
+
+PIPELINE = "satellites"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MIN_NS = 946_684_800_000_000_000  # 2000-01-01: smaller integers are not epoch nanoseconds
+_MAX_NS = 2**63 - 1
+
+SatelliteId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+Battery = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+Storage = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
+Signal = Annotated[float, msgspec.Meta(ge=-200.0, le=0.0)]
+EpochNs = Annotated[int, msgspec.Meta(ge=_MIN_NS, le=_MAX_NS)]
+Rfc3339 = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+Timestamp = Rfc3339 | EpochNs | None
+
+
+class Point(msgspec.Struct, gc=False):
+    """One telemetry point as posted by a satellite (validated on decode)."""
+
+    satellite_id: SatelliteId
+    battery_charge_percent: Battery
+    storage_usage_mb: Storage
+    signal_strength_dbm: Signal
+    timestamp: Timestamp = None
+
+
+FIELD_TYPES: dict[str, tuple[Any, bool]] = {
+    "satellite_id": (SatelliteId, True),
+    "battery_charge_percent": (Battery, True),
+    "storage_usage_mb": (Storage, True),
+    "signal_strength_dbm": (Signal, True),
+    "timestamp": (Timestamp, False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One reason a point was refused."""
+
+    field: str
+    message: str
+
+
+def _clean(message: str) -> str:
+    cut = message.find(" - at `")
+    return message[:cut] if cut >= 0 else message
+
+
+def field_errors(raw: object) -> list[FieldError]:
+    """Every problem with one decoded JSON value, one entry per field."""
+    if not isinstance(raw, dict):
+        return [FieldError("$", f"expected a JSON object, got {type(raw).__name__}")]
+    errors: list[FieldError] = []
+    for name, (typ, required) in FIELD_TYPES.items():
+        if name not in raw:
+            if required:
+                errors.append(FieldError(name, "missing required field"))
+            continue
+        try:
+            msgspec.convert(raw[name], typ)
+        except msgspec.ValidationError as exc:
+            text = _clean(str(exc))
+            if name == "timestamp" and "Expected" in text:
+                text = (
+                    f"{text}: use an RFC 3339 time with an offset or integer epoch "
+                    "nanoseconds (≥ 2000-01-01)"
+                )
+            errors.append(FieldError(name, text))
+    if not errors:  # a constraint msgspec checks only on the whole struct
+        try:
+            msgspec.convert(raw, Point)
+        except msgspec.ValidationError as exc:
+            errors.append(FieldError("$", _clean(str(exc))))
+    return errors
+
+
+def to_ns(ts: dt.datetime | int | None, default_ns: int) -> int:
+    if ts is None:
+        return default_ns
+    if isinstance(ts, int):
+        return ts
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+TELEMETRY_TABLE = Table(
+    name="telemetry",
+    columns=(
+        Column("time", ColType.TIMESTAMP, codec="DoubleDelta, ZSTD(1)"),
+        Column("satellite_id", ColType.STRING, low_cardinality=True),
+        Column("battery_charge_percent", ColType.FLOAT64, codec="Gorilla, ZSTD(1)"),
+        Column("storage_usage_mb", ColType.FLOAT64, codec="Gorilla, ZSTD(1)"),
+        Column("signal_strength_dbm", ColType.FLOAT64, codec="Gorilla, ZSTD(1)"),
+        Column("is_anomaly", ColType.BOOL),
+        Column("anomaly_reasons", ColType.STRING_LIST),
+        Column("received_at", ColType.TIMESTAMP, codec="DoubleDelta, ZSTD(1)"),
+    ),
+    time_column="time",
+    order_by=("satellite_id", "time"),
+    entity_column="satellite_id",
+    rollups=(
+        Rollup(
+            name="satellite_stats",
+            bucket_secs=300,
+            group_by=("satellite_id",),
+            measures=(
+                ("battery_charge_percent", "battery"),
+                ("storage_usage_mb", "storage"),
+                ("signal_strength_dbm", "signal"),
+            ),
+            flag_counts=(("anomaly_points", "is_anomaly"),),
+            count_name="data_points",
+        ),
+    ),
+    comment="Satellite telemetry points, flagged by the anomaly rules.",
+)
+
+
+def tables(retention_days: int | None = 30) -> tuple[Table, Table]:
+    """The pipeline's tables with the configured retention."""
+    return TELEMETRY_TABLE.with_ttl(retention_days), ALERTS_TABLE.with_ttl(retention_days)
+
+
+def threshold_rules(
+    battery: float = 10.0, storage: float = 95000.0, signal: float = -100.0
+) -> ThresholdRules:
+    """The seed's three rules: battery < 10 %, storage > 95,000 MB, signal < -100 dBm."""
+    return ThresholdRules(
+        (
+            ThresholdRule("battery_charge_percent", "<", battery, "battery_low"),
+            ThresholdRule("storage_usage_mb", ">", storage, "storage_high"),
+            ThresholdRule("signal_strength_dbm", "<", signal, "signal_weak"),
+        )
+    )
+
+
+class SatelliteMapper:
+    """Points -> rows for ``telemetry`` and ``alerts``, with anomaly flags."""
+
+    def __init__(self, rules: ThresholdRules, metrics: Metrics | None = None) -> None:
+        self.rules = rules
+        self.alerts = AlertTracker(PIPELINE, rules, metrics)
+        b, s, g = rules.rules
+        self._b, self._s, self._g = b.check, s.check, g.check
+        self._tb, self._ts, self._tg = b.threshold, s.threshold, g.threshold
+        self._nb, self._ns, self._ng = b.rule, s.rule, g.rule
+
+    def map(self, points: Sequence[Point], received_ns: int | None = None) -> dict[str, list[Row]]:
+        received = received_ns if received_ns is not None else time.time_ns()
+        telemetry: list[Row] = []
+        alerts: list[Row] = []
+        active = self.alerts.active
+        for p in points:
+            ts = p.timestamp
+            t_ns = received if ts is None else (ts if isinstance(ts, int) else to_ns(ts, received))
+            battery = p.battery_charge_percent
+            storage = p.storage_usage_mb
+            signal = p.signal_strength_dbm
+            reasons: tuple[str, ...] = ()
+            if self._b(battery, self._tb):
+                reasons += (self._nb,)
+            if self._s(storage, self._ts):
+                reasons += (self._ns,)
+            if self._g(signal, self._tg):
+                reasons += (self._ng,)
+            sid = p.satellite_id
+            telemetry.append(
+                (t_ns, sid, battery, storage, signal, bool(reasons), reasons, received)
+            )
+            if reasons or sid in active:
+                alerts.extend(self.alerts.observe(sid, t_ns, reasons, (battery, storage, signal)))
+        out: dict[str, list[Row]] = {"telemetry": telemetry}
+        if alerts:
+            out["alerts"] = alerts
+        return out

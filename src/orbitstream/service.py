@@ -1,0 +1,271 @@
+"""The ingest service: settings -> store, pipeline, HTTP routes; start, run, stop.
+
+Shutdown order on SIGTERM/SIGINT: stop accepting connections, cut every open batch,
+finish in-flight requests (in ``sink`` ack mode they wait for their commit), flush and
+write every batch, close the store, remove the service file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from orbitstream.core.metrics import Metrics
+from orbitstream.core.pipeline import Pipeline, PipelineLimits
+from orbitstream.core.retry import RetryPolicy
+from orbitstream.dashboard import assets
+from orbitstream.dashboard.queries import DashboardQueries
+from orbitstream.errors import ConfigError
+from orbitstream.openapi import openapi_document
+from orbitstream.pipelines import satellites
+from orbitstream.settings import Settings
+from orbitstream.sinks.chdb import ChdbSink, QueryError
+from orbitstream.sinks.deadletter import FileDeadLetters
+from orbitstream.sources.http.ingest import IngestHandlers
+from orbitstream.sources.http.server import HttpServer, Request, Response, Router, error_response
+
+__all__ = ["SERVICE_FILE", "Service", "chdb_path", "read_service_file"]
+
+logger = logging.getLogger(__name__)
+SERVICE_FILE = "service.json"
+_encode = msgspec.json.Encoder().encode
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+def chdb_path(settings: Settings) -> Path:
+    return settings.data_dir / "chdb"
+
+
+def read_service_file(data_dir: Path) -> dict[str, Any] | None:
+    """The running service's ``{"pid", "port", "url"}`` if its process is alive."""
+    path = data_dir / SERVICE_FILE
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dict(info)
+
+
+class Service:
+    """One process: HTTP ingest + pipeline + embedded store + dashboard."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.store_kind != "chdb":
+            raise ConfigError(
+                f"DATABASE_URL selects {settings.store_kind}, which this build cannot serve yet; "
+                "leave DATABASE_URL empty for the embedded store",
+                setting="DATABASE_URL",
+            )
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = ChdbSink(
+            chdb_path(settings), rollup_retention_days=settings.rollup_retention_days
+        )
+        self.tables = satellites.tables(settings.retention_days)
+        self.pipeline = Pipeline(
+            satellites.PIPELINE,
+            self.tables,
+            [self.store],
+            limits=PipelineLimits(
+                batch_size=settings.batch_size,
+                linger_secs=settings.batch_timeout,
+                max_buffer_rows=settings.max_buffer_rows,
+                max_buffer_bytes=settings.max_buffer_bytes,
+            ),
+            retry=RetryPolicy(max_secs=settings.retry_max_backoff_secs),
+            metrics=self.metrics,
+            dead_letters=FileDeadLetters(settings.data_dir / "dead_letters.jsonl"),
+        )
+        self.mapper = satellites.SatelliteMapper(
+            satellites.threshold_rules(
+                settings.anomaly_threshold_battery,
+                settings.anomaly_threshold_storage,
+                settings.anomaly_threshold_signal,
+            ),
+            self.metrics,
+        )
+        self.ingest = IngestHandlers(self.pipeline, self.mapper, self.metrics, settings.ack_mode)
+        self.dashboard = DashboardQueries(self.store)
+        self.server = HttpServer(
+            self._router(), max_body_bytes=settings.max_body_bytes, on_response=self._count
+        )
+        self.port: int | None = None
+        self.stopping = asyncio.Event()
+        self._started_at = time.time()
+
+    # -- routes -----------------------------------------------------------------------
+    def _router(self) -> Router:
+        r = Router()
+        r.add("POST", "/telemetry", self.ingest.telemetry)
+        r.add("POST", "/telemetry/batch", self.ingest.batch)
+        r.add_stream("POST", "/telemetry/ndjson", self.ingest.ndjson, max_body=1 << 40)
+        r.add("GET", "/health", self.health)
+        r.add("GET", "/metrics", self.metrics_route)
+        r.add("GET", "/openapi.json", self.openapi)
+        r.add("GET", "/", self.index)
+        r.add_prefix("GET", "/static/", self.static)
+        r.add("GET", "/api/dashboard/summary", self.summary)
+        r.add("GET", "/api/dashboard/series", self.series)
+        r.add("POST", "/api/query", self.query)
+        return r
+
+    def _count(self, request: Request, response: Response) -> None:
+        self.metrics.counters["http_requests"][(request.path, str(response.status))] += 1
+
+    def health(self, request: Request) -> Response:
+        healthy = self.pipeline.healthy
+        doc = {
+            "status": "healthy" if healthy else "unhealthy",
+            "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "ack_mode": self.settings.ack_mode,
+            "uptime_seconds": round(time.time() - self._started_at, 3),
+            "sinks": self.pipeline.health(),
+        }
+        return Response(200 if healthy else 503, _encode(doc))
+
+    def metrics_route(self, request: Request) -> Response:
+        return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+    def openapi(self, request: Request) -> Response:
+        return Response(200, _encode(openapi_document(self.settings)))
+
+    def index(self, request: Request) -> Response:
+        return Response(
+            200, assets.index_html(), "text/html; charset=utf-8", [("Cache-Control", "no-cache")]
+        )
+
+    def static(self, request: Request) -> Response:
+        found = assets.load_asset(request.path.removeprefix("/static/"))
+        if found is None:
+            return error_response(404, f"no asset {request.path}")
+        data, ctype = found
+        return Response(200, data, ctype, [("Cache-Control", "max-age=300")])
+
+    async def summary(self, request: Request) -> Response:
+        try:
+            return Response(200, _encode(await self.dashboard.summary()))
+        except QueryError as exc:
+            return error_response(500, f"query failed: {exc}")
+
+    async def series(self, request: Request) -> Response:
+        q = request.query
+        sid = q.get("satellite_id", "")
+        if not sid:
+            return error_response(
+                422,
+                "satellite_id is required",
+                errors=[{"field": "satellite_id", "message": "missing required query parameter"}],
+            )
+        try:
+            minutes = int(q.get("minutes", "60"))
+        except ValueError:
+            return error_response(
+                422,
+                "minutes must be an integer",
+                errors=[{"field": "minutes", "message": "expected an integer"}],
+            )
+        try:
+            return Response(200, _encode(await self.dashboard.series(sid, minutes)))
+        except QueryError as exc:
+            return error_response(500, f"query failed: {exc}")
+
+    async def query(self, request: Request) -> Response:
+        if not self.settings.query_allow_remote and not request.client.startswith(_LOOPBACK):
+            return error_response(
+                403,
+                "the query endpoint answers loopback clients only "
+                "(set ORBITSTREAM_QUERY_ALLOW_REMOTE=true to change)",
+            )
+        try:
+            doc = msgspec.json.decode(request.body)
+            sql = doc["sql"]
+            if not isinstance(sql, str) or not sql.strip():
+                raise TypeError
+        except (msgspec.DecodeError, KeyError, TypeError):
+            return error_response(400, 'send {"sql": "SELECT ..."}')
+        try:
+            rows = await self.store.query(sql)
+        except QueryError as exc:
+            return error_response(400, str(exc), code=exc.code)
+        return Response(
+            200, _encode({"columns": rows.columns, "types": rows.types, "rows": rows.rows})
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> int:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        other = read_service_file(s.data_dir)
+        if other is not None and other.get("pid") != os.getpid():
+            raise ConfigError(
+                f"data directory {s.data_dir} is used by a running service (pid {other['pid']}, "
+                f"{other.get('url')}); stop it or choose another ORBITSTREAM_DATA_DIR",
+                setting="ORBITSTREAM_DATA_DIR",
+            )
+        await self.pipeline.start()
+        await self._restore_alerts()
+        self.port = await self.server.start(s.host, s.port)
+        host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
+        info = {"pid": os.getpid(), "port": self.port, "url": f"http://{host}:{self.port}"}
+        (s.data_dir / SERVICE_FILE).write_text(json.dumps(info))
+        logger.info(
+            "Service started.",
+            extra={
+                "url": info["url"],
+                "data_dir": str(s.data_dir),
+                "ack_mode": s.ack_mode,
+                "batch_size": s.batch_size,
+                "batch_timeout_secs": s.batch_timeout,
+            },
+        )
+        return self.port
+
+    async def _restore_alerts(self) -> None:
+        res = await self.store.query(
+            "SELECT entity_id, rule FROM alerts WHERE pipeline = {p:String} "
+            "GROUP BY entity_id, rule HAVING argMax(state, time) = 'firing'",
+            {"p": satellites.PIPELINE},
+        )
+        self.mapper.alerts.restore((str(e), str(r)) for e, r in res.rows)
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, stop."""
+        await self.start()
+        self.install_signal_handlers()
+        await self.stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        timeout = self.settings.shutdown_timeout_secs
+        logger.info("Service stopping.", extra={"buffered": self.pipeline.health()})
+        server_closed = asyncio.ensure_future(self.server.close(timeout))
+        self.pipeline.flush()
+        await server_closed
+        await self.pipeline.close(timeout)
+        with contextlib.suppress(OSError):
+            info = read_service_file(self.settings.data_dir)
+            if info is None or info.get("pid") == os.getpid():
+                (self.settings.data_dir / SERVICE_FILE).unlink()
+        logger.info(
+            "Service stopped.",
+            extra={
+                "accepted": self.metrics.total("accepted"),
+                "written_rows": self.metrics.total("written_rows"),
+            },
+        )

@@ -1,0 +1,1 @@
+"""Sinks: chDB (embedded, default), ClickHouse server, PostgreSQL, and test doubles."""

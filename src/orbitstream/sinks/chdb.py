@@ -1,0 +1,290 @@
+"""The embedded store: ClickHouse's engine in-process (chDB), data in a local directory.
+
+Writes go through ``send_insert(... FORMAT ArrowStream)`` on a dedicated writer thread
+with its own connection — never inline through ``query()``, which silently ends inline
+data at the first blank line (see docs/decisions.md). Reads (dashboard, ``orbitstream
+query``) run on a second thread with a second, read-only connection, so they never
+block the writer. A data directory belongs to one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orbitstream.core.batch import Batch, DeadLetter
+from orbitstream.core.tables import Table
+from orbitstream.errors import ConfigError, SinkRejectedError, SinkRetryableError
+from orbitstream.sinks.arrow import to_ipc_stream
+from orbitstream.sinks.clickhouse_sql import ClickHouseDialect
+
+__all__ = ["ChdbSink", "QueryError", "Rows", "classify_clickhouse_error"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_CODE = re.compile(r"Code: (\d+)")
+# Errors in the data itself: retrying the same rows cannot succeed.
+REJECT_CODES = frozenset(
+    {6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 130, 131, 190, 349, 394, 432, 1001}
+)
+
+
+class QueryError(Exception):
+    """A read query failed (syntax, unknown table, read-only violation...)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class Rows:
+    """A query result: column names, ClickHouse types and rows."""
+
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple[object, ...]]
+
+    def dicts(self) -> list[dict[str, object]]:
+        return [dict(zip(self.columns, r, strict=True)) for r in self.rows]
+
+
+def error_code(exc: BaseException) -> int | None:
+    m = _CODE.search(str(exc))
+    return int(m.group(1)) if m else None
+
+
+def classify_clickhouse_error(code: int | None) -> str:
+    """``rejected`` for data/schema errors, ``retryable`` for everything else."""
+    return "rejected" if code in REJECT_CODES else "retryable"
+
+
+class _Worker:
+    """A thread owning one chDB connection; jobs run there in order."""
+
+    def __init__(self, path: Path, name: str, readonly: bool) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.path = path
+        self.conn: Any = None
+        self._readonly = readonly
+
+    def open(self) -> None:
+        import chdb
+
+        try:
+            self.conn = chdb.connect(str(self.path))  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            if "lock" in str(exc).lower() or "EmbeddedServer" in str(exc):
+                raise ConfigError(
+                    f"data directory {self.path} is in use by another process "
+                    "(a running service?): use `orbitstream query` through it, or stop it",
+                    setting="ORBITSTREAM_DATA_DIR",
+                ) from exc
+            raise
+        if self._readonly:
+            self.conn.query("SET readonly = 2")
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        return self._pool.submit(fn).result()
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+        self._pool.submit(_close).result()
+        self._pool.shutdown(wait=True)
+
+
+class ChdbSink:
+    """Sink and query interface of the embedded store.
+
+    :param path: data directory (created if missing).
+    :param dialect: DDL options (database, replicated variants are for servers).
+    """
+
+    name = "chdb"
+
+    def __init__(self, path: Path, *, rollup_retention_days: int | None = 365) -> None:
+        self.path = Path(path)
+        self.dialect = ClickHouseDialect()
+        self.rollup_retention_days = rollup_retention_days
+        self._writer = _Worker(self.path, "chdb-writer", readonly=False)
+        self._reader = _Worker(self.path, "chdb-reader", readonly=True)
+        self._opened = False
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def open_sync(self) -> None:
+        with self._lock:
+            if self._opened:
+                return
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._writer.call(self._writer.open)
+            self._reader.call(self._reader.open)
+            self._opened = True
+
+    def migrate_sync(self, tables: Sequence[Table]) -> list[str]:
+        """Create or update every table, rollup and the dead-letter table; returns DDL run."""
+        self.open_sync()
+        statements = self.schema_statements(tables)
+
+        def _apply() -> None:
+            for sql in statements:
+                self._writer.conn.query(sql)
+
+        self._writer.call(_apply)
+        return statements
+
+    def schema_statements(self, tables: Sequence[Table]) -> list[str]:
+        out: list[str] = []
+        for table in tables:
+            out.append(self.dialect.create_table(table))
+            ttl = self.dialect.modify_ttl(table)
+            if ttl:
+                out.append(ttl)
+            for rollup in table.rollups:
+                out.extend(
+                    self.dialect.rollup_statements(table, rollup, self.rollup_retention_days)
+                )
+        out.append(self.dialect.dead_letters())
+        return out
+
+    async def start(self, tables: Sequence[Table]) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.migrate_sync, tables)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.close_sync)
+
+    def close_sync(self) -> None:
+        with self._lock:
+            if not self._opened:
+                return
+            self._reader.close()
+            self._writer.close()
+            self._opened = False
+
+    # -- writes ------------------------------------------------------------------
+    def _insert(self, table: str, settings: str, data: bytes) -> int:
+        conn = self._writer.conn
+        if conn is None:
+            raise SinkRetryableError("store is closed", sink=self.name, table=table)
+        inserter = conn.send_insert(
+            f"INSERT INTO {self.dialect.name(table)} {settings}", "ArrowStream"
+        )
+        try:
+            inserter.append(data)
+            result = inserter.finish()
+        except BaseException:
+            try:
+                inserter.cancel()
+            except Exception:  # already finished or failed: nothing left to cancel
+                pass
+            raise
+        return int(result.rows_written)
+
+    def write_sync(self, batch: Batch) -> None:
+        data = to_ipc_stream(batch)
+        try:
+            self._insert(batch.table.name, self.dialect.insert_settings(batch.batch_id), data)
+        except Exception as exc:
+            code = error_code(exc)
+            kind = classify_clickhouse_error(code)
+            cls = SinkRejectedError if kind == "rejected" else SinkRetryableError
+            raise cls(
+                str(exc),
+                sink=self.name,
+                table=batch.table.name,
+                batch_id=batch.batch_id,
+                status_code=code,
+            ) from exc
+
+    async def write(self, batch: Batch) -> None:
+        if not batch.rows:
+            return
+        await self._writer.run(lambda: self.write_sync(batch))
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        lines = "\n".join(
+            json.dumps(
+                {
+                    "time": f"{l.time_ns // 1_000_000_000}.{l.time_ns % 1_000_000_000:09d}",
+                    "pipeline": l.pipeline,
+                    "table": l.table,
+                    "batch_id": l.batch_id,
+                    "row": json.dumps(l.row, default=str),
+                    "error": l.error,
+                }
+            )
+            for l in letters
+        ).encode()
+
+        def _write() -> None:
+            conn = self._writer.conn
+            ins = conn.send_insert(
+                f"INSERT INTO {self.dialect.name('dead_letters')}", "JSONEachRow"
+            )
+            try:
+                ins.append(lines)
+                ins.finish()
+            except BaseException:
+                try:
+                    ins.cancel()
+                except Exception:
+                    pass
+                raise
+
+        await self._writer.run(_write)
+
+    async def ping(self) -> None:
+        await self._writer.run(lambda: self._writer.conn.query("SELECT 1"))
+
+    # -- reads -------------------------------------------------------------------
+    def query_sync(self, sql: str, params: dict[str, object] | None = None) -> Rows:
+        """Run a read-only query from any thread (blocks)."""
+        self.open_sync()
+        return self._reader.call(lambda: self._query_on_reader(sql, params))
+
+    async def query(self, sql: str, params: dict[str, object] | None = None) -> Rows:
+        self.open_sync()
+
+        return await self._reader.run(lambda: self._query_on_reader(sql, params))
+
+    def _query_on_reader(self, sql: str, params: dict[str, object] | None) -> Rows:
+        conn = self._reader.conn
+        if conn is None:
+            raise QueryError("store is closed")
+        try:
+            res = conn.query(sql, "JSONCompact", params=params or None)
+        except Exception as exc:
+            raise QueryError(_short(str(exc)), error_code(exc)) from exc
+        raw = res.bytes()
+        if not raw:
+            return Rows([], [], [])
+        doc = json.loads(raw)
+        meta = doc.get("meta", [])
+        return Rows(
+            [m["name"] for m in meta],
+            [m["type"] for m in meta],
+            [tuple(r) for r in doc.get("data", [])],
+        )
+
+
+def _short(message: str) -> str:
+    cut = message.find("Stack trace")
+    return (message[:cut] if cut > 0 else message).strip()

@@ -1,0 +1,1 @@
+"""Sources: HTTP push (and later Kafka, Starlink)."""

@@ -1,0 +1,1 @@
+"""HTTP push source: the seed's ingest API on a minimal httptools server."""
