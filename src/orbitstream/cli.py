@@ -7,11 +7,10 @@ import csv
 import io
 import json
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -56,7 +55,7 @@ def _run_loop(coro: Any) -> Any:
         return asyncio.run(coro)
 
 
-class AckModeOpt(str, Enum):
+class AckModeOpt(StrEnum):
     memory = "memory"
     sink = "sink"
 
@@ -117,7 +116,7 @@ def migrate(data_dir: DataDir = None) -> None:
     console.print(f"applied {len(statements)} statements to {chdb_path(settings)}")
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -223,8 +222,8 @@ def demo(
             f"store: {settings.data_dir}   simulator: {satellites} satellites × {rate:g} points/s"
         )
         console.print("Ctrl-C stops the simulator and the service.")
-        sim = subprocess.Popen(
-            [
+        sim = await asyncio.create_subprocess_exec(
+            *[
                 sys.executable,
                 "-m",
                 "orbitstream",
@@ -242,11 +241,11 @@ def demo(
         try:
             await service.stopping.wait()
         finally:
-            if sim.poll() is None:
+            if sim.returncode is None:
                 sim.send_signal(2)
                 try:
-                    await asyncio.get_running_loop().run_in_executor(None, sim.wait, 10)
-                except subprocess.TimeoutExpired:
+                    await asyncio.wait_for(sim.wait(), 10)
+                except TimeoutError:
                     sim.kill()
             await service.stop()
             console.print("demo stopped; data kept in " + str(settings.data_dir))

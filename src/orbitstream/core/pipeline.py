@@ -300,12 +300,14 @@ class Pipeline:
         self._started = False
         self._closed = False
         metrics.add_gauge(
-            "buffer_rows", lambda: {(l.sink.name,): float(l.rows) for l in self.lanes}
+            "buffer_rows", lambda: {(lane.sink.name,): float(lane.rows) for lane in self.lanes}
         )
         metrics.add_gauge(
-            "buffer_bytes", lambda: {(l.sink.name,): float(l.bytes) for l in self.lanes}
+            "buffer_bytes", lambda: {(lane.sink.name,): float(lane.bytes) for lane in self.lanes}
         )
-        metrics.add_gauge("sink_up", lambda: {(l.sink.name,): float(l.up) for l in self.lanes})
+        metrics.add_gauge(
+            "sink_up", lambda: {(lane.sink.name,): float(lane.up) for lane in self.lanes}
+        )
 
     async def start(self) -> None:
         """Create tables in every sink (retrying while a sink is unreachable) and start writers."""

@@ -20,8 +20,8 @@ class RetryPolicy:
     max_attempts: int | None = None
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.max_secs, self.base_secs * (2 ** max(0, attempt - 1)))
-        r: float = (rng or random).random()
+        ceiling = min(self.max_secs, self.base_secs * float(1 << max(0, min(attempt - 1, 60))))
+        r = float((rng or random).random())
         return ceiling / 2 + r * ceiling / 2
 
     def exhausted(self, attempt: int) -> bool:

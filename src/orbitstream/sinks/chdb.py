@@ -10,6 +10,7 @@ block the writer. A data directory belongs to one process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -189,10 +190,8 @@ class ChdbSink:
             inserter.append(data)
             result = inserter.finish()
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):  # already finished: nothing to cancel
                 inserter.cancel()
-            except Exception:  # already finished or failed: nothing left to cancel
-                pass
             raise
         return int(result.rows_written)
 
@@ -223,15 +222,15 @@ class ChdbSink:
         lines = "\n".join(
             json.dumps(
                 {
-                    "time": f"{l.time_ns // 1_000_000_000}.{l.time_ns % 1_000_000_000:09d}",
-                    "pipeline": l.pipeline,
-                    "table": l.table,
-                    "batch_id": l.batch_id,
-                    "row": json.dumps(l.row, default=str),
-                    "error": l.error,
+                    "time": f"{letter.time_ns // 1_000_000_000}.{letter.time_ns % 1_000_000_000:09d}",
+                    "pipeline": letter.pipeline,
+                    "table": letter.table,
+                    "batch_id": letter.batch_id,
+                    "row": json.dumps(letter.row, default=str),
+                    "error": letter.error,
                 }
             )
-            for l in letters
+            for letter in letters
         ).encode()
 
         def _write() -> None:
@@ -243,10 +242,8 @@ class ChdbSink:
                 ins.append(lines)
                 ins.finish()
             except BaseException:
-                try:
+                with contextlib.suppress(Exception):
                     ins.cancel()
-                except Exception:
-                    pass
                 raise
 
         await self._writer.run(_write)

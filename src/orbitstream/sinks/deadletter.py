@@ -27,17 +27,17 @@ class FileDeadLetters:
         data = "".join(
             json.dumps(
                 {
-                    "time_ns": l.time_ns,
-                    "pipeline": l.pipeline,
-                    "table": l.table,
-                    "batch_id": l.batch_id,
-                    "row": l.row,
-                    "error": l.error,
+                    "time_ns": letter.time_ns,
+                    "pipeline": letter.pipeline,
+                    "table": letter.table,
+                    "batch_id": letter.batch_id,
+                    "row": letter.row,
+                    "error": letter.error,
                 },
                 default=str,
             )
             + "\n"
-            for l in letters
+            for letter in letters
         )
         with self._lock, open(self.path, "a", encoding="utf-8") as fh:
             fh.write(data)

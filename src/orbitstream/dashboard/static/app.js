@@ -25,10 +25,25 @@
   const nf1 = new Intl.NumberFormat("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 });
   const nf2 = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 
-  const isNum = (v) => typeof v === "number" && Number.isFinite(v);
-  const fmtInt = (v) => (isNum(v) ? nfInt.format(v) : "—");
-  const fmt1 = (v) => (isNum(v) ? nf1.format(v) : "—");
-  const fmtPct = (fraction) => (isNum(fraction) ? `${nf2.format(fraction * 100)}%` : "—");
+  // Numbers may arrive as JSON strings (e.g. 64-bit integers from the store): accept both.
+  const toNum = (v) => {
+    if (typeof v === "number") return Number.isFinite(v) ? v : null;
+    if (typeof v === "string" && v.trim() !== "") {
+      const n = Number(v);
+      return Number.isFinite(n) ? n : null;
+    }
+    return null;
+  };
+  const fmtWith = (nf, v) => {
+    const n = toNum(v);
+    return n === null ? "—" : nf.format(n);
+  };
+  const fmtInt = (v) => fmtWith(nfInt, v);
+  const fmt1 = (v) => fmtWith(nf1, v);
+  const fmtPct = (fraction) => {
+    const n = toNum(fraction);
+    return n === null ? "—" : `${nf2.format(n * 100)}%`;
+  };
   const rawOf = (v) => (typeof v === "string" ? v : JSON.stringify(v === undefined ? null : v));
 
   function parseTime(iso) {
@@ -88,7 +103,7 @@
     rows: new Map(), // id -> { tr, cells: {field: td}, data }
     order: [], // ids in current DOM order
     optionIds: "", // ids in the <select>, joined, to rebuild only on change
-    series: { t: [], anomalies: [] },
+    series: { t: [], anomalies: [], bucket: null },
     seriesSeq: 0,
     inflight: false,
   };
@@ -143,7 +158,7 @@
     const alerts = Array.isArray(s.active_alerts) ? s.active_alerts : [];
     setRaw(dom.alertsCount, alerts.length, fmtInt(alerts.length));
     dom.kpiAlerts.classList.toggle("is-firing", alerts.length > 0);
-    if (isNum(s.window_seconds)) {
+    if (toNum(s.window_seconds) !== null) {
       for (const w of dom.windowSeconds) setText(w, fmtInt(s.window_seconds));
     }
     const gen = parseTime(s.generated_at);
@@ -229,12 +244,15 @@
     if (c.last_seen.title !== (sat.last_seen ?? "")) c.last_seen.title = sat.last_seen ?? "";
     setRaw(c.points, sat.points, fmtInt(sat.points));
     setRaw(c.anomalies, sat.anomalies, fmtInt(sat.anomalies));
-    setRaw(c.battery, sat.battery, fmt1(sat.battery));
-    c.battery.classList.toggle("breach", isNum(sat.battery) && sat.battery < THRESHOLDS.battery);
-    setRaw(c.storage, sat.storage, fmt1(sat.storage));
-    c.storage.classList.toggle("breach", isNum(sat.storage) && sat.storage > THRESHOLDS.storage);
-    setRaw(c.signal, sat.signal, fmt1(sat.signal));
-    c.signal.classList.toggle("breach", isNum(sat.signal) && sat.signal < THRESHOLDS.signal);
+    const battery = toNum(sat.battery);
+    const storage = toNum(sat.storage);
+    const signal = toNum(sat.signal);
+    setRaw(c.battery, sat.battery, fmt1(battery));
+    c.battery.classList.toggle("breach", battery !== null && battery < THRESHOLDS.battery);
+    setRaw(c.storage, sat.storage, fmt1(storage));
+    c.storage.classList.toggle("breach", storage !== null && storage > THRESHOLDS.storage);
+    setRaw(c.signal, sat.signal, fmt1(signal));
+    c.signal.classList.toggle("breach", signal !== null && signal < THRESHOLDS.signal);
     row.data = sat;
     row.search = `${sat.satellite_id} ${status}`.toLowerCase();
   }
@@ -251,7 +269,7 @@
         return Number.isFinite(t) ? t : -Infinity;
       }
       default:
-        return isNum(d[key]) ? d[key] : null;
+        return toNum(d[key]);
     }
   }
 
@@ -446,8 +464,13 @@
 
   function bucketWidthPx(u) {
     const t = u.data[0];
-    if (t.length < 2) return 6 * devicePixelRatio;
-    const step = (t[t.length - 1] - t[0]) / (t.length - 1);
+    if (!t.length) return 6 * devicePixelRatio;
+    // Prefer the server's bucket size; else the mean spacing of the points.
+    let step = state.series.bucket;
+    if (!(step > 0)) {
+      if (t.length < 2) return 6 * devicePixelRatio;
+      step = (t[t.length - 1] - t[0]) / (t.length - 1);
+    }
     const px = Math.abs(u.valToPos(t[0] + step, "x", true) - u.valToPos(t[0], "x", true));
     return Math.max(2 * devicePixelRatio, px);
   }
@@ -620,16 +643,19 @@
   function numArray(a, n) {
     const out = new Array(n);
     for (let i = 0; i < n; i++) {
-      const v = Array.isArray(a) ? a[i] : null;
-      out[i] = isNum(v) ? v : null;
+      out[i] = Array.isArray(a) ? toNum(a[i]) : null;
     }
     return out;
   }
 
   function setSeries(data) {
-    const t = Array.isArray(data.t) ? data.t : [];
+    const t = Array.isArray(data.t) ? numArray(data.t, data.t.length) : [];
     const n = t.length;
-    state.series = { t, anomalies: numArray(data.anomalies, n).map((v) => v ?? 0) };
+    state.series = {
+      t,
+      anomalies: numArray(data.anomalies, n).map((v) => v ?? 0),
+      bucket: toNum(data.bucket_seconds),
+    };
     for (const def of CHART_DEFS) {
       const values = numArray(data[def.key], n);
       const box = dom.charts[def.key];
