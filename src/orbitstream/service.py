@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import json
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -205,6 +207,11 @@ class Service:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> int:
         s = self.settings
+        # Short GIL switch interval: the event loop thread releases the GIL on every
+        # socket write; with the default 5 ms a busy writer thread keeps it that long.
+        sys.setswitchinterval(0.0005)
+        # Buffered rows are many small tuples: keep the collector from rescanning them.
+        gc.set_threshold(50_000, 50, 100)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         other = read_service_file(s.data_dir)
         if other is not None and other.get("pid") != os.getpid():
@@ -215,6 +222,8 @@ class Service:
             )
         await self.pipeline.start()
         await self._restore_alerts()
+        gc.collect()
+        gc.freeze()
         self.port = await self.server.start(s.host, s.port)
         host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
         info = {"pid": os.getpid(), "port": self.port, "url": f"http://{host}:{self.port}"}

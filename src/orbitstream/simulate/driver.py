@@ -186,7 +186,7 @@ def satellite_ids(count: int, prefix: str = "SAT-") -> list[str]:
 
 
 class LatencyHistogram:
-    """Log-bucketed latency histogram: ~2 % relative precision from 1 µs to ~2 min."""
+    """Log-bucketed latency histogram: ~2 % relative precision from 1 µs to hours."""
 
     _BASE_NS = 1_000
     _GROWTH = 1.02
@@ -230,6 +230,8 @@ class LatencyHistogram:
         if self.count == 0:
             return 0.0
         rank = max(1, math.ceil(q * self.count))
+        if rank >= self.count:
+            return self.max_ns / 1e6
         seen = 0
         for i, n in enumerate(self.counts):
             seen += n
@@ -411,14 +413,15 @@ class _Driver:
         task.add_done_callback(self.connect_tasks.discard)
 
     async def reconnect(self) -> None:
-        delay = 0.05
+        delay = 0.0  # first attempt at once, then back off exponentially up to 1 s
         while not self.closing:
-            await asyncio.sleep(delay)
+            if delay:
+                await asyncio.sleep(delay)
             try:
                 await self.open_connection()
             except OSError as exc:
                 logger.debug("reconnect failed", extra={"url": self.cfg.api_url, "error": str(exc)})
-                delay = min(delay * 2, 1.0)
+                delay = min(max(delay * 2, 0.05), 1.0)
             else:
                 return
 

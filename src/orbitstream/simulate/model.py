@@ -10,9 +10,9 @@ anomaly thresholds: battery < 10 %, storage > 95,000 MB, signal < -100 dBm):
 * **Orbit** -- period drawn in 90-100 min, random phase. Orbital phase 0 is sunrise
   (eclipse exit); the last ~35 % of each orbit (drawn in 33-37 %) is eclipse.
 * **Battery** -- charges at 1.2-1.6 %/min in sunlight (capped at 100 %), drains at
-  0.8-1.0 %/min in eclipse, with extra loads while imaging (0.3 %/min) and while
+  0.75-0.95 %/min in eclipse, with extra loads while imaging (0.3 %/min) and while
   transmitting during a ground-station pass (0.4 %/min). It settles between roughly
-  60 and 100 %.
+  60 and 100 % (never below 50 %).
 * **Storage** -- capacity 100,000 MB. Fills at 100-160 MB/min while imaging (a
   window of 15-22 % of each orbit, in sunlight), 1 MB/min of housekeeping data at
   all times, and drains at 2,000-3,000 MB/min during ground-station passes down to a
@@ -162,7 +162,7 @@ class SatelliteModel:
         self.imaging_end = self.imaging_start + imaging_fraction
 
         self.charge_rate = r.uniform(1.2, 1.6) / 60.0  # %/s
-        self.drain_rate = r.uniform(0.8, 1.0) / 60.0  # %/s
+        self.drain_rate = r.uniform(0.75, 0.95) / 60.0  # %/s
         self.imaging_load = 0.3 / 60.0  # %/s
         self.transmit_load = 0.4 / 60.0  # %/s
         self.imaging_rate = r.uniform(100.0, 160.0) / 60.0  # MB/s
@@ -172,7 +172,7 @@ class SatelliteModel:
         self.passes_per_day = r.randint(4, 6)
         self._pass_spacing_s = _DAY_S / self.passes_per_day
 
-        self.battery = r.uniform(88.0, 100.0)
+        self.battery = r.uniform(92.0, 100.0)
         self.storage = r.uniform(15_000.0, 45_000.0)
 
         self._t: float | None = None  # seconds, time of the last integration

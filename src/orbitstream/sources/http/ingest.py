@@ -76,6 +76,9 @@ class IngestHandlers:
 
     # -- shared ---------------------------------------------------------------------
     def _check_type(self, request: Request, allowed: frozenset[str]) -> Response | None:
+        raw = request.headers.get("content-type", "")
+        if raw in allowed:
+            return None
         ctype = request.content_type
         if ctype not in allowed:
             return error_response(

@@ -66,6 +66,22 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
     def encode(self, keep_alive: bool) -> bytes:
+        if not self.headers:
+            key = (self.status, self.content_type, keep_alive)
+            prefix = _PREFIXES.get(key)
+            if prefix is None:
+                prefix = _PREFIXES[key] = self._prefix(keep_alive)
+            return prefix + b"%d\r\n\r\n" % len(self.body) + self.body
+        return self._encode_full(keep_alive)
+
+    def _prefix(self, keep_alive: bool) -> bytes:
+        head = [f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Unknown')}"]
+        head.append(f"Content-Type: {self.content_type}")
+        if not keep_alive:
+            head.append("Connection: close")
+        return ("\r\n".join(head) + "\r\nContent-Length: ").encode("latin-1")
+
+    def _encode_full(self, keep_alive: bool) -> bytes:
         head = [f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Unknown')}"]
         if self.body or self.status not in (204, 304):
             head.append(f"Content-Type: {self.content_type}")
@@ -76,6 +92,8 @@ class Response:
             head.append("Connection: close")
         return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + self.body
 
+
+_PREFIXES: dict[tuple[int, str, bool], bytes] = {}
 
 HandlerResult = Response | Awaitable[Response]
 Handler = Callable[[Request], HandlerResult]
@@ -151,6 +169,7 @@ class _Connection(asyncio.Protocol):
         "_headers",
         "_paused",
         "_pending",
+        "_request",
         "_route",
         "_stream",
         "_streaming_error",
@@ -167,6 +186,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._url = b""
+        self._request: Request | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._route: _Route | Response | None = None
@@ -225,14 +245,19 @@ class _Connection(asyncio.Protocol):
             self._headers[key] = val
 
     def _head(self, body: bytes = b"") -> Request:
-        parsed = httptools.parse_url(self._url)
-        path = parsed.path.decode("latin-1") if parsed.path else "/"
-        query = parsed.query.decode("latin-1") if parsed.query else ""
+        url = self._url
+        if b"?" in url or b"#" in url or not url.startswith(b"/"):
+            parsed = httptools.parse_url(url)
+            path = parsed.path.decode("latin-1") if parsed.path else "/"
+            query = parsed.query.decode("latin-1") if parsed.query else ""
+        else:
+            path, query = url.decode("latin-1"), ""
         method = self.parser.get_method().decode("latin-1")
         return Request(method, path, query, self._headers, body, self._client)
 
     def on_headers_complete(self) -> None:
         head = self._head()
+        self._request = head
         route = self.server.router.resolve(head.method, head.path)
         self._route = route
         limit = self.server.max_body_bytes
@@ -287,7 +312,11 @@ class _Connection(asyncio.Protocol):
             self.parser.should_keep_alive() and not self._closing and not self.server.closing
         )
         route = self._route
-        request = self._head(b"".join(self._body))
+        request = self._request
+        if request is None:  # pragma: no cover - headers always complete first
+            return
+        body = self._body
+        request.body = body[0] if len(body) == 1 else b"".join(body)
         result: HandlerResult
         if isinstance(route, Response):
             result = route
@@ -296,8 +325,11 @@ class _Connection(asyncio.Protocol):
         elif route is not None and route.stream is not None and self._stream is not None:
             result = self._call(lambda: self._stream.finish() if self._stream else _internal())
         elif route is not None and route.handler is not None:
-            handler = route.handler
-            result = self._call(lambda: handler(request))
+            try:
+                result = route.handler(request)
+            except Exception:
+                logger.exception("Request handler failed.")
+                result = _internal()
         else:
             result = _internal()
         self._body = []
