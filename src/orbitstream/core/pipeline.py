@@ -56,16 +56,33 @@ class Batcher:
         self._seq = itertools.count(1)
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, rows: Sequence[Row], ack: Ack | None) -> None:
-        if not self.rows:
-            self._timer = asyncio.get_running_loop().call_later(
-                self.lane.limits.linger_secs, self.cut
-            )
-        self.rows.extend(rows)
-        if ack is not None:
-            self.acks.append(ack)
-        if len(self.rows) >= self.lane.limits.batch_size:
-            self.cut()
+    def add(self, rows: Sequence[Row], ack: Ack | None) -> int:
+        """Append rows, cutting a batch each time ``batch_size`` is reached.
+
+        Returns how many batches the ack (if any) now waits for.
+        """
+        size = self.lane.limits.batch_size
+        parts = 0
+        start = 0
+        total = len(rows)
+        while start < total:
+            if not self.rows:
+                self._timer = asyncio.get_running_loop().call_later(
+                    self.lane.limits.linger_secs, self.cut
+                )
+            room = size - len(self.rows)
+            if start == 0 and total <= room:
+                self.rows.extend(rows)
+                start = total
+            else:
+                self.rows.extend(rows[start : start + room])
+                start += room
+            if ack is not None:
+                self.acks.append(ack)
+                parts += 1
+            if len(self.rows) >= size:
+                self.cut()
+        return parts
 
     def cut(self) -> None:
         """Close the current batch and queue it for writing (no-op when empty)."""
@@ -350,8 +367,7 @@ class Pipeline:
             lane.bytes += nbytes
             for table_name, table_rows in rows.items():
                 if table_rows:
-                    lane.batchers[table_name].add(table_rows, ack)
-                    parts += 1
+                    parts += lane.batchers[table_name].add(table_rows, ack)
         if ack is not None:
             ack.add_parts(parts)
 

@@ -680,10 +680,10 @@ class _Driver:
                 last_t, last_accepted = now, self.accepted
                 hist = self.interval_latency
                 show(
-                    f"sent {self.sent:,}  accepted {self.accepted:,}  rejected {self.rejected:,}"
-                    f"  errors {self.errors:,}  503 {self.backpressure:,}"
-                    f"  dropped {self.dropped:,}  rate {rate:,.0f}/s"
-                    f"  p50 {hist.percentile_ms(0.5):.2f} ms  p99 {hist.percentile_ms(0.99):.2f} ms"
+                    f"sent {self.sent:,} accepted {self.accepted:,} rejected {self.rejected:,}"
+                    f" errors {self.errors:,} 503 {self.backpressure:,} dropped {self.dropped:,}"
+                    f" | {rate:,.0f}/s p50 {hist.percentile_ms(0.5):.2f}ms"
+                    f" p99 {hist.percentile_ms(0.99):.2f}ms"
                 )
                 hist.reset()
 

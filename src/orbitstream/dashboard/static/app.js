@@ -209,12 +209,15 @@
     const tr = document.createElement("tr");
     tr.dataset.satelliteId = id;
     tr.tabIndex = 0;
+    tr.setAttribute("role", "row"); // the table is styled as grid rows; keep its semantics
     const idCell = el("th", "sat-id", id);
     idCell.scope = "row";
+    idCell.setAttribute("role", "rowheader");
     tr.append(idCell);
     const cells = {};
     for (const f of FIELDS) {
       const td = document.createElement("td");
+      td.setAttribute("role", "cell");
       td.dataset.field = f;
       if (f === "status") {
         td.append(el("span", "badge"));
@@ -791,9 +794,7 @@
       const li = ev.target.closest("li[data-entity-id]");
       if (li && state.rows.has(li.dataset.entityId)) selectSatellite(li.dataset.entityId);
     });
-    dom.table.tHead.addEventListener("click", (ev) => {
-      const th = ev.target.closest("th[data-sort]");
-      if (!th) return;
+    const sortBy = (th) => {
       const key = th.dataset.sort;
       if (state.sortKey === key) state.sortDir = -state.sortDir;
       else {
@@ -802,6 +803,16 @@
       }
       updateSortIndicators();
       applyOrder();
+    };
+    dom.table.tHead.addEventListener("click", (ev) => {
+      const th = ev.target.closest("th[data-sort]");
+      if (th) sortBy(th);
+    });
+    dom.table.tHead.addEventListener("keydown", (ev) => {
+      const th = ev.target.closest("th[data-sort]");
+      if (!th || (ev.key !== "Enter" && ev.key !== " ")) return;
+      ev.preventDefault();
+      sortBy(th);
     });
     let filterTimer = 0;
     dom.filter.addEventListener("input", () => {
