@@ -18,12 +18,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.pipeline import Pipeline, PipelineLimits
+from orbitstream.core.protocols import Sink
 from orbitstream.core.retry import RetryPolicy
 from orbitstream.dashboard import assets
 from orbitstream.dashboard.queries import DashboardQueries
@@ -62,7 +64,7 @@ def read_service_file(data_dir: Path) -> dict[str, Any] | None:
 class Service:
     """One process: HTTP ingest + pipeline + embedded store + dashboard."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, extra_sinks: Sequence[Sink] = ()) -> None:
         if settings.store_kind != "chdb":
             raise ConfigError(
                 f"DATABASE_URL selects {settings.store_kind}, which this build cannot serve yet; "
@@ -78,7 +80,7 @@ class Service:
         self.pipeline = Pipeline(
             satellites.PIPELINE,
             self.tables,
-            [self.store],
+            [self.store, *extra_sinks],
             limits=PipelineLimits(
                 batch_size=settings.batch_size,
                 linger_secs=settings.batch_timeout,

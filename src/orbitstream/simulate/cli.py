@@ -29,8 +29,10 @@ def _positive_rate(value: float) -> float:
 
 
 def _http_url(value: str) -> str:
-    if not value.startswith("http://"):
-        raise typer.BadParameter("must be an http:// URL, e.g. http://localhost:8080")
+    try:
+        SimulatorConfig(api_url=value).validate()
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}, e.g. http://localhost:8080") from exc
     return value
 
 

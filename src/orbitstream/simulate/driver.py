@@ -65,6 +65,8 @@ _DEFAULT_RETRY_AFTER_S = 1.0
 # Shortest scheduler sleep: event-loop timers have ~1 ms resolution (uvloop rounds
 # shorter delays down to 0, which would spin).
 _MIN_TICK_S = 0.001
+# Longest time the first point of a partial batch waits for the batch to fill.
+_BATCH_LINGER_NS = 50_000_000
 
 
 class ServerUnreachableError(ConnectionError):
@@ -397,9 +399,10 @@ class _Driver:
             return_exceptions=True,
         )
         failures = [r for r in results if isinstance(r, BaseException)]
-        for failure in failures:
-            if not isinstance(failure, OSError):
-                raise failure
+        unexpected = [f for f in failures if not isinstance(f, OSError)]
+        if unexpected:
+            await self.close()
+            raise unexpected[0]
         if len(failures) == len(results):
             raise ServerUnreachableError(self.cfg.api_url, str(failures[0]) or "timed out")
         for _ in failures:
@@ -439,13 +442,14 @@ class _Driver:
             self.free.remove(conn)
         request = conn.request
         if request is not None:
-            self.release(conn)
             if conn.retry_handle is not None:
                 # The server answered 503 to it: safe to resend on another connection.
                 conn.retry_handle.cancel()
                 conn.retry_handle = None
                 self.pending.appendleft(request)
+                self.release(conn)
             else:
+                self.release(conn)
                 # The outcome is unknown; resending could duplicate the point.
                 self.errors += len(request.points)
                 logger.debug(
@@ -499,7 +503,7 @@ class _Driver:
         self.interval_latency.add(bucket, latency_ns)
         n = len(request.points)
         if 200 <= status < 300:
-            if n == 1:
+            if self.batch == 1:
                 self.accepted += 1
                 if self.accepted_points is not None:
                     self.accepted_points.append(request.points[0])
@@ -562,6 +566,8 @@ class _Driver:
             if due > k:
                 emit(k, due, start_ns, step_ns, batch)
                 k = due
+            if batch and time.time_ns() - batch[0][1] > _BATCH_LINGER_NS:
+                self.flush_batch(batch)  # do not hold a partial batch for long at low rates
             if total is not None and k >= total:
                 break
             wait = k / rate - (time.perf_counter() - start)
@@ -610,9 +616,6 @@ class _Driver:
             batch.append((sid, ts, TelemetryPoint(sid, battery, storage, sig, ts)))
             if len(batch) >= size:
                 self.flush_batch(batch)
-        # Do not let a partial batch wait for long at low rates.
-        if batch and time.time_ns() - batch[0][1] > 50_000_000:
-            self.flush_batch(batch)
 
     def flush_batch(self, batch: list[tuple[str, int, TelemetryPoint]]) -> None:
         body = _ENCODER.encode([p for _, _, p in batch])

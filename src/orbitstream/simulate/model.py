@@ -147,11 +147,11 @@ class SatelliteModel:
         self.satellite_id = satellite_id
         self.anomaly_rate = anomaly_rate
         master = rng if rng is not None else random.Random(seed)
-        # Independent streams so that e.g. the anomaly rate does not change the orbit.
-        self._noise = random.Random(master.getrandbits(64))
-        self._faults = random.Random(master.getrandbits(64))
-        self._passes = random.Random(master.getrandbits(64))
-        r = random.Random(master.getrandbits(64))
+        # Two streams (a Random holds ~2.5 KB of state): the orbit, its parameters and
+        # pass schedule do not depend on the anomaly rate or on how often it is sampled.
+        self._rng = random.Random(master.getrandbits(64))  # measurement noise and faults
+        self._orbit = random.Random(master.getrandbits(64))
+        r = self._orbit
 
         self.period_s = r.uniform(90.0, 100.0) * 60.0
         self.phase_offset = r.random()
@@ -215,7 +215,7 @@ class SatelliteModel:
         """Advance to ``t_ns`` and return ``(battery %, storage MB, signal dBm)``."""
         t = t_ns / _NS
         self._advance(t)
-        noise = self._noise
+        noise = self._rng
         battery = self.battery + noise.gauss(0.0, 0.15)
         battery = 100.0 if battery > 100.0 else (0.0 if battery < 0.0 else battery)
         storage = self.storage
@@ -235,8 +235,8 @@ class SatelliteModel:
 
         if self._fault is not None or self._recovery is not None or self._forced is not None:
             battery, storage, signal = self._apply_faults(battery, storage, signal)
-        elif self.anomaly_rate > 0.0 and self._faults.random() < self.anomaly_rate:
-            self._forced = self._faults.choice(_FAULT_KINDS)
+        elif self.anomaly_rate > 0.0 and self._rng.random() < self.anomaly_rate:
+            self._forced = self._rng.choice(_FAULT_KINDS)
             battery, storage, signal = self._apply_faults(battery, storage, signal)
         return round(battery, 2), round(storage, 1), round(signal, 1)
 
@@ -286,7 +286,7 @@ class SatelliteModel:
         self.storage = min(storage, STORAGE_CAPACITY_MB)
 
     def _schedule_first_pass(self, t: float) -> None:
-        r = self._passes
+        r = self._orbit
         duration = r.uniform(8.0, 10.0) * 60.0
         # Some satellites start mid-pass, the others within one nominal spacing.
         self._pass_start = t + r.uniform(-duration, self._pass_spacing_s)
@@ -294,7 +294,7 @@ class SatelliteModel:
         self._pass_peak_deg = r.uniform(15.0, 90.0)
 
     def _schedule_next_pass(self, t: float) -> None:
-        r = self._passes
+        r = self._orbit
         while self._pass_end <= t:
             self._pass_start += self._pass_spacing_s * r.uniform(0.6, 1.4)
             self._pass_end = self._pass_start + r.uniform(8.0, 10.0) * 60.0
@@ -302,7 +302,7 @@ class SatelliteModel:
 
     # ------------------------------------------------------------------ faults
     def _start_fault(self, kind: FaultKind, storage: float) -> FaultEpisode:
-        r = self._faults
+        r = self._rng
         if kind is FaultKind.BATTERY_CELL_FAILURE:
             start = r.uniform(2.0, 6.0)
             return FaultEpisode(kind, "battery", *_len(r, 5, 20), start, r.uniform(start, 9.0))
@@ -339,7 +339,7 @@ class SatelliteModel:
             if fault.metric == "storage":
                 return battery, value, signal
             if fault.kind is FaultKind.ANTENNA_FAULT:
-                value += self._noise.gauss(0.0, 1.0)
+                value += self._rng.gauss(0.0, 1.0)
             return battery, storage, max(-200.0, min(value, SIGNAL_LOW_DBM - 1.0))
 
         recovery = self._recovery

@@ -18,6 +18,8 @@
   const SERIES_URL = "api/dashboard/series";
   const THRESHOLDS = { battery: 10, storage: 95000, signal: -100 };
   const STATUS_RANK = { anomaly: 0, stale: 1, ok: 2 };
+  // Above this many rows, rows scrolled out of view skip rendering (CSS content-visibility).
+  const LARGE_FLEET = 150;
   const FIELDS = ["status", "last_seen", "points", "anomalies", "battery", "storage", "signal"];
 
   // ---------------------------------------------------------------- formatting
@@ -318,6 +320,8 @@
       if (!hide) shown += 1;
     }
     const total = state.rows.size;
+    const large = total > LARGE_FLEET;
+    if (dom.table.classList.contains("is-large") !== large) dom.table.classList.toggle("is-large", large);
     setText(dom.satCount, f ? `${fmtInt(shown)} of ${fmtInt(total)}` : fmtInt(total));
     dom.satEmpty.hidden = total > 0 && shown > 0;
     setText(dom.satEmpty, total === 0 ? "No satellites reporting yet" : "No satellite matches the filter");
