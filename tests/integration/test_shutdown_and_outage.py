@@ -1,0 +1,144 @@
+"""SIGTERM under load loses nothing acknowledged; a failing sink shows in /health and
+nothing accepted is dropped; chDB keeps data whose bytes contain blank lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from orbitstream.core.batch import Batch
+from orbitstream.pipelines.satellites import tables
+from orbitstream.settings import load_settings
+from orbitstream.sinks.arrow import to_ipc_stream
+from orbitstream.sinks.chdb import ChdbSink
+from orbitstream.sinks.memory import MemorySink
+from tests.conftest import ServiceProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"battery_charge_percent": 55.0, "storage_usage_mb": 1000.0, "signal_strength_dbm": -60.0}
+
+
+async def _load(url: str, acked: list[str], stop_after: float, conns: int = 16) -> int:
+    errors = 0
+    deadline = time.monotonic() + stop_after
+    counter = 0
+
+    async def worker(session: aiohttp.ClientSession, wid: int) -> None:
+        nonlocal errors, counter
+        while time.monotonic() < deadline:
+            counter += 1
+            sid = f"SD-{wid}-{counter}"
+            try:
+                async with session.post(url + "/telemetry", json={"satellite_id": sid, **GOOD}) as r:
+                    await r.read()
+                    if r.status == 202:
+                        acked.append(sid)
+            except (aiohttp.ClientError, OSError):
+                errors += 1
+                await asyncio.sleep(0.01)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conns)) as session:
+        await asyncio.gather(*(worker(session, i) for i in range(conns)))
+    return errors
+
+
+@pytest.mark.parametrize(("ack_mode", "linger"), [("memory", "5s"), ("sink", "100ms")])
+def test_sigterm_under_load_keeps_every_acknowledged_point(
+    service_factory: Any, tmp_path: Path, ack_mode: str, linger: str
+) -> None:
+    svc: ServiceProcess = service_factory(
+        {"BATCH_SIZE": "5000", "BATCH_TIMEOUT": linger, "ORBITSTREAM_ACK_MODE": ack_mode}
+    )
+    acked: list[str] = []
+
+    async def scenario() -> None:
+        load = asyncio.ensure_future(_load(svc.url, acked, stop_after=4.0))
+        await asyncio.sleep(1.5)
+        assert svc.proc is not None
+        svc.proc.send_signal(signal.SIGTERM)
+        await load
+
+    asyncio.run(scenario())
+    assert svc.stop(timeout=60) == 0, svc.logs()
+    assert len(acked) > 50
+    store = ChdbSink(svc.data_dir / "chdb")
+    try:
+        rows = store.query_sync("SELECT satellite_id FROM telemetry")
+    finally:
+        store.close_sync()
+    stored = [r[0] for r in rows.rows]
+    assert len(stored) == len(set(stored))
+    missing = set(acked) - set(stored)
+    assert not missing, f"{len(missing)} acknowledged points lost"
+    assert not (svc.data_dir / "service.json").exists()
+
+
+async def test_sink_outage_shows_in_health_and_loses_nothing(tmp_path: Path) -> None:
+    from orbitstream.service import Service
+
+    flaky = MemorySink("flaky")
+    settings = load_settings(data_dir=tmp_path / "d", port=free_port(), host="127.0.0.1",
+                             batch_size=50, batch_timeout=0.05, retry_max_backoff_secs=0.2)
+    svc = Service(settings, extra_sinks=[flaky])
+    port = await svc.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            flaky.down = True
+            for i in range(120):
+                async with session.post(url + "/telemetry", json={"satellite_id": f"O-{i}", **GOOD}) as r:
+                    assert r.status == 202
+            await asyncio.sleep(0.5)
+            async with session.get(url + "/health") as r:
+                health = json.loads(await r.read())
+                assert r.status == 503 and health["status"] == "unhealthy"
+                assert health["sinks"]["flaky"]["status"] == "down"
+                assert health["sinks"]["flaky"]["buffered_rows"] >= 120
+                assert health["sinks"]["chdb"]["status"] == "up"
+            flaky.down = False
+            deadline = time.monotonic() + 10
+            while len(flaky.rows("telemetry")) < 120 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            async with session.get(url + "/health") as r:
+                assert r.status == 200
+    finally:
+        await svc.stop()
+    assert sorted(r[1] for r in flaky.rows("telemetry")) == sorted(f"O-{i}" for i in range(120))
+    store = ChdbSink(tmp_path / "d" / "chdb")
+    try:
+        assert store.query_sync("SELECT count() FROM telemetry").rows == [(120,)]
+    finally:
+        store.close_sync()
+
+
+async def test_blank_lines_in_encoded_bytes_are_not_truncated(tmp_path: Path) -> None:
+    """chDB ends inline query() data at the first blank line; we must not use that path."""
+    telemetry, _ = tables()
+    ids = [f"S\n\n{i}\n\n" for i in range(50)]
+    rows: list[tuple[object, ...]] = [
+        (1_800_000_000_000_000_000 + i, ids[i % 50], 10.0, 2570.0, -50.0, False, ("a\n\nb",), i)
+        for i in range(10_000)
+    ]
+    batch = Batch(telemetry, rows, "blank-lines")
+    assert b"\n\n" in to_ipc_stream(batch)
+    store = ChdbSink(tmp_path / "chdb")
+    await store.start([telemetry])
+    try:
+        await store.write(batch)
+        await store.write(batch)  # same batch id: deduplicated
+        res = await store.query("SELECT count(), uniqExact(satellite_id), countIf(anomaly_reasons = ['a\\n\\nb']) FROM telemetry")
+        assert res.rows == [(10_000, 50, 10_000)]
+        got = await store.query("SELECT satellite_id, count() FROM telemetry GROUP BY satellite_id ORDER BY satellite_id")
+        assert {r[0] for r in got.rows} == set(ids) and all(r[1] == 200 for r in got.rows)
+        stats = await store.query("SELECT sum(data_points), max(max_storage) FROM satellite_stats")
+        assert stats.rows == [(10_000, 2570)]
+    finally:
+        await store.close()
