@@ -36,7 +36,10 @@ def free_port() -> int:
 
 
 def http(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
     timeout: float = 30,
 ) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
@@ -48,7 +51,9 @@ def http(
 
 
 def post_json(url: str, doc: Any, timeout: float = 30) -> tuple[int, dict[str, Any]]:
-    status, _, body = http("POST", url, json.dumps(doc).encode(), {"Content-Type": "application/json"}, timeout)
+    status, _, body = http(
+        "POST", url, json.dumps(doc).encode(), {"Content-Type": "application/json"}, timeout
+    )
     return status, json.loads(body) if body else {}
 
 
@@ -59,9 +64,14 @@ class ServiceProcess:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "PORT": str(self.port), "ORBITSTREAM_DATA_DIR": str(data_dir),
-                    "ORBITSTREAM_HOST": "127.0.0.1", "ORBITSTREAM_LOG_LEVEL": "warning",
-                    **(env or {})}
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "ORBITSTREAM_DATA_DIR": str(data_dir),
+            "ORBITSTREAM_HOST": "127.0.0.1",
+            "ORBITSTREAM_LOG_LEVEL": "warning",
+            **(env or {}),
+        }
         self.log = data_dir.parent / f"service-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -17,8 +17,8 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -154,7 +154,7 @@ class Service:
         if found is None:
             return error_response(404, f"no asset {request.path}")
         data, ctype = found
-        return Response(200, data, ctype, [("Cache-Control", "max-age=300")])
+        return Response(200, data, ctype, [("Cache-Control", "no-cache")])
 
     async def summary(self, request: Request) -> Response:
         try:

@@ -13,8 +13,12 @@ from tests.conftest import ServiceProcess, http, post_json
 
 pytestmark = pytest.mark.integration
 
-GOOD = {"satellite_id": "TEST-01", "battery_charge_percent": 85.5,
-        "storage_usage_mb": 45000.0, "signal_strength_dbm": -55.0}
+GOOD = {
+    "satellite_id": "TEST-01",
+    "battery_charge_percent": 85.5,
+    "storage_usage_mb": 45000.0,
+    "signal_strength_dbm": -55.0,
+}
 
 
 def test_single_point_health_and_store(service: ServiceProcess) -> None:
@@ -26,8 +30,10 @@ def test_single_point_health_and_store(service: ServiceProcess) -> None:
     assert status == 200 and health["status"] == "healthy" and "timestamp" in health
     assert health["sinks"]["chdb"]["status"] == "up"
     assert service.wait_count(1) == 1
-    row = service.query("SELECT satellite_id, battery_charge_percent, storage_usage_mb, "
-                        "signal_strength_dbm, is_anomaly, anomaly_reasons FROM telemetry")[0]
+    row = service.query(
+        "SELECT satellite_id, battery_charge_percent, storage_usage_mb, "
+        "signal_strength_dbm, is_anomaly, anomaly_reasons FROM telemetry"
+    )[0]
     assert row == ["TEST-01", 85.5, 45000, -55, False, []]
 
 
@@ -46,7 +52,11 @@ def test_batch_accepts_valid_and_reports_invalid_by_index(service: ServiceProces
     assert set(by_index) == {1, 2, 4}
     assert [e["field"] for e in by_index[1]] == ["signal_strength_dbm"]
     assert by_index[2][0]["field"] == "$"
-    assert {e["field"] for e in by_index[4]} == {"battery_charge_percent", "storage_usage_mb", "signal_strength_dbm"}
+    assert {e["field"] for e in by_index[4]} == {
+        "battery_charge_percent",
+        "storage_usage_mb",
+        "signal_strength_dbm",
+    }
     assert service.wait_count(2) == 2
     ids = sorted(r[0] for r in service.query("SELECT satellite_id FROM telemetry"))
     assert ids == ["B-0", "B-3"]
@@ -54,9 +64,12 @@ def test_batch_accepts_valid_and_reports_invalid_by_index(service: ServiceProces
     assert t.startswith("2026-11-23 10:00:00")
     # B-0 is an anomaly: flagged, with an alert row
     time.sleep(0.3)
-    assert service.query("SELECT is_anomaly, anomaly_reasons FROM telemetry WHERE satellite_id='B-0'") == [
-        [True, ["battery_low"]]]
-    assert service.query("SELECT entity_id, rule, state FROM alerts") == [["B-0", "battery_low", "firing"]]
+    assert service.query(
+        "SELECT is_anomaly, anomaly_reasons FROM telemetry WHERE satellite_id='B-0'"
+    ) == [[True, ["battery_low"]]]
+    assert service.query("SELECT entity_id, rule, state FROM alerts") == [
+        ["B-0", "battery_low", "firing"]
+    ]
 
 
 @pytest.mark.parametrize(
@@ -65,7 +78,13 @@ def test_batch_accepts_valid_and_reports_invalid_by_index(service: ServiceProces
         ("/telemetry", b"{", "application/json", 400, "malformed JSON"),
         ("/telemetry", b"", "application/json", 400, "empty body"),
         ("/telemetry", json.dumps(GOOD).encode(), "text/csv", 415, "content type"),
-        ("/telemetry", b'{"satellite_id": "x y", "battery_charge_percent": 101}', "application/json", 422, "satellite_id"),
+        (
+            "/telemetry",
+            b'{"satellite_id": "x y", "battery_charge_percent": 101}',
+            "application/json",
+            422,
+            "satellite_id",
+        ),
         ("/telemetry/batch", b"[1,", "application/json", 400, "malformed JSON"),
         ("/telemetry/batch", b"[]", "application/json", 400, "empty batch"),
         ("/telemetry/batch", b'{"a": 1}', "application/json", 422, "array"),
@@ -85,11 +104,23 @@ def test_bad_input_is_refused_clearly(
 
 
 def test_422_names_every_field(service: ServiceProcess) -> None:
-    status, doc = post_json(service.url + "/telemetry", {"satellite_id": "", "battery_charge_percent": "x",
-                                                         "storage_usage_mb": -1, "timestamp": 12})
+    status, doc = post_json(
+        service.url + "/telemetry",
+        {
+            "satellite_id": "",
+            "battery_charge_percent": "x",
+            "storage_usage_mb": -1,
+            "timestamp": 12,
+        },
+    )
     assert status == 422
     assert [e["field"] for e in doc["errors"]] == [
-        "satellite_id", "battery_charge_percent", "storage_usage_mb", "signal_strength_dbm", "timestamp"]
+        "satellite_id",
+        "battery_charge_percent",
+        "storage_usage_mb",
+        "signal_strength_dbm",
+        "timestamp",
+    ]
 
 
 def test_wrong_method_is_405(service: ServiceProcess) -> None:
@@ -101,24 +132,32 @@ def test_body_over_limit_is_413_and_service_survives(service_factory: Any) -> No
     svc: ServiceProcess = service_factory({"ORBITSTREAM_MAX_BODY_BYTES": "4096"})
     big = json.dumps([GOOD] * 100).encode()
     assert len(big) > 4096
-    status, _, body = http("POST", svc.url + "/telemetry/batch", big, {"Content-Type": "application/json"})
+    status, _, body = http(
+        "POST", svc.url + "/telemetry/batch", big, {"Content-Type": "application/json"}
+    )
     assert status == 413 and b"limit" in body
     # chunked body without Content-Length, over the limit, also refused
     with socket.create_connection(("127.0.0.1", svc.port)) as s:
-        s.sendall(b"POST /telemetry/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n")
+        s.sendall(
+            b"POST /telemetry/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         s.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(big), big))
         assert s.recv(100).startswith(b"HTTP/1.1 413")
     assert post_json(svc.url + "/telemetry", GOOD)[0] == 202
 
 
 def test_ndjson_streams_and_reports_lines(service: ServiceProcess) -> None:
-    lines = [json.dumps({**GOOD, "satellite_id": f"N-{i}", "timestamp": 1_800_000_000_000_000_000 + i})
-             for i in range(12_000)]
+    lines = [
+        json.dumps({**GOOD, "satellite_id": f"N-{i}", "timestamp": 1_800_000_000_000_000_000 + i})
+        for i in range(12_000)
+    ]
     lines.insert(5, "{oops")
     lines.insert(9000, json.dumps({**GOOD, "battery_charge_percent": 300}))
     body = ("\n".join(lines) + "\n").encode()
-    status, _, raw = http("POST", service.url + "/telemetry/ndjson", body, {"Content-Type": "application/x-ndjson"})
+    status, _, raw = http(
+        "POST", service.url + "/telemetry/ndjson", body, {"Content-Type": "application/x-ndjson"}
+    )
     doc = json.loads(raw)
     assert status == 202, doc
     assert doc["accepted"] == 12_000 and doc["rejected"] == 2
@@ -129,11 +168,15 @@ def test_ndjson_streams_and_reports_lines(service: ServiceProcess) -> None:
 def test_expect_100_continue_and_pipelining(service: ServiceProcess) -> None:
     body = json.dumps(GOOD).encode()
     with socket.create_connection(("127.0.0.1", service.port)) as s:
-        s.sendall(b"POST /telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        s.sendall(
+            b"POST /telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
         assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
-        req = (b"POST /telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        req = (
+            b"POST /telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         s.sendall(body + req * 3)
         data = b""
         deadline = time.monotonic() + 5
@@ -144,22 +187,31 @@ def test_expect_100_continue_and_pipelining(service: ServiceProcess) -> None:
 
 
 def test_ack_mode_sink_means_committed(service_factory: Any) -> None:
-    svc: ServiceProcess = service_factory({"ORBITSTREAM_ACK_MODE": "sink", "BATCH_TIMEOUT": "200ms"})
+    svc: ServiceProcess = service_factory(
+        {"ORBITSTREAM_ACK_MODE": "sink", "BATCH_TIMEOUT": "200ms"}
+    )
     for i in range(3):
         status, doc = post_json(svc.url + "/telemetry", {**GOOD, "satellite_id": f"S-{i}"})
         assert status == 202 and doc["ack"] == "sink"
         assert svc.count() == i + 1  # visible as soon as acknowledged
-    status, doc = post_json(svc.url + "/telemetry/batch", [{**GOOD, "satellite_id": f"T-{i}"} for i in range(50)])
+    status, doc = post_json(
+        svc.url + "/telemetry/batch", [{**GOOD, "satellite_id": f"T-{i}"} for i in range(50)]
+    )
     assert status == 202 and doc["ack"] == "sink" and svc.count() == 53
 
 
 def test_backpressure_answers_503_with_retry_after(service_factory: Any) -> None:
-    svc: ServiceProcess = service_factory({"ORBITSTREAM_MAX_BUFFER_ROWS": "200", "BATCH_SIZE": "100000",
-                                           "BATCH_TIMEOUT": "3s"})
+    svc: ServiceProcess = service_factory(
+        {"ORBITSTREAM_MAX_BUFFER_ROWS": "200", "BATCH_SIZE": "100000", "BATCH_TIMEOUT": "3s"}
+    )
     batch = [{**GOOD, "satellite_id": f"P-{i}"} for i in range(80)]  # needs 2x room (alerts)
     assert post_json(svc.url + "/telemetry/batch", batch)[0] == 202
-    status, headers, body = http("POST", svc.url + "/telemetry/batch", json.dumps(batch).encode(),
-                                 {"Content-Type": "application/json"})
+    status, headers, body = http(
+        "POST",
+        svc.url + "/telemetry/batch",
+        json.dumps(batch).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert status == 503 and int(headers["Retry-After"]) >= 1 and b"retry" in body
     assert svc.wait_count(80) == 80  # the first batch is written after the linger
     time.sleep(0.5)
@@ -174,13 +226,19 @@ def test_metrics_and_openapi(service: ServiceProcess) -> None:
     status, headers, body = http("GET", service.url + "/metrics")
     text = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    for needle in ('orbitstream_received_total{pipeline="satellites"} 2.0',
-                   'orbitstream_accepted_total{pipeline="satellites"} 1.0',
-                   'orbitstream_rejected_total{pipeline="satellites"} 1.0',
-                   'orbitstream_written_rows_total{sink="chdb",table="telemetry"} 1.0',
-                   "orbitstream_flush_seconds_bucket", "orbitstream_buffer_rows", "orbitstream_batches_total"):
+    for needle in (
+        'orbitstream_received_total{pipeline="satellites"} 2.0',
+        'orbitstream_accepted_total{pipeline="satellites"} 1.0',
+        'orbitstream_rejected_total{pipeline="satellites"} 1.0',
+        'orbitstream_written_rows_total{sink="chdb",table="telemetry"} 1.0',
+        "orbitstream_flush_seconds_bucket",
+        "orbitstream_buffer_rows",
+        "orbitstream_batches_total",
+    ):
         assert needle in text, needle
     status, _, body = http("GET", service.url + "/openapi.json")
     spec = json.loads(body)
     assert status == 200 and spec["openapi"].startswith("3.")
-    assert {"/telemetry", "/telemetry/batch", "/telemetry/ndjson", "/health", "/metrics"} <= set(spec["paths"])
+    assert {"/telemetry", "/telemetry/batch", "/telemetry/ndjson", "/health", "/metrics"} <= set(
+        spec["paths"]
+    )

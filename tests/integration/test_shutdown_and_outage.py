@@ -37,7 +37,9 @@ async def _load(url: str, acked: list[str], stop_after: float, conns: int = 16) 
             counter += 1
             sid = f"SD-{wid}-{counter}"
             try:
-                async with session.post(url + "/telemetry", json={"satellite_id": sid, **GOOD}) as r:
+                async with session.post(
+                    url + "/telemetry", json={"satellite_id": sid, **GOOD}
+                ) as r:
                     await r.read()
                     if r.status == 202:
                         acked.append(sid)
@@ -85,8 +87,14 @@ async def test_sink_outage_shows_in_health_and_loses_nothing(tmp_path: Path) -> 
     from orbitstream.service import Service
 
     flaky = MemorySink("flaky")
-    settings = load_settings(data_dir=tmp_path / "d", port=free_port(), host="127.0.0.1",
-                             batch_size=50, batch_timeout=0.05, retry_max_backoff_secs=0.2)
+    settings = load_settings(
+        data_dir=tmp_path / "d",
+        port=free_port(),
+        host="127.0.0.1",
+        batch_size=50,
+        batch_timeout=0.05,
+        retry_max_backoff_secs=0.2,
+    )
     svc = Service(settings, extra_sinks=[flaky])
     port = await svc.start()
     url = f"http://127.0.0.1:{port}"
@@ -94,7 +102,9 @@ async def test_sink_outage_shows_in_health_and_loses_nothing(tmp_path: Path) -> 
         async with aiohttp.ClientSession() as session:
             flaky.down = True
             for i in range(120):
-                async with session.post(url + "/telemetry", json={"satellite_id": f"O-{i}", **GOOD}) as r:
+                async with session.post(
+                    url + "/telemetry", json={"satellite_id": f"O-{i}", **GOOD}
+                ) as r:
                     assert r.status == 202
             await asyncio.sleep(0.5)
             async with session.get(url + "/health") as r:
@@ -111,7 +121,9 @@ async def test_sink_outage_shows_in_health_and_loses_nothing(tmp_path: Path) -> 
                 assert r.status == 200
     finally:
         await svc.stop()
-    assert sorted(r[1] for r in flaky.rows("telemetry")) == sorted(f"O-{i}" for i in range(120))
+    assert sorted(str(r[1]) for r in flaky.rows("telemetry")) == sorted(
+        f"O-{i}" for i in range(120)
+    )
     store = ChdbSink(tmp_path / "d" / "chdb")
     try:
         assert store.query_sync("SELECT count() FROM telemetry").rows == [(120,)]
@@ -134,9 +146,13 @@ async def test_blank_lines_in_encoded_bytes_are_not_truncated(tmp_path: Path) ->
     try:
         await store.write(batch)
         await store.write(batch)  # same batch id: deduplicated
-        res = await store.query("SELECT count(), uniqExact(satellite_id), countIf(anomaly_reasons = ['a\\n\\nb']) FROM telemetry")
+        res = await store.query(
+            "SELECT count(), uniqExact(satellite_id), countIf(anomaly_reasons = ['a\\n\\nb']) FROM telemetry"
+        )
         assert res.rows == [(10_000, 50, 10_000)]
-        got = await store.query("SELECT satellite_id, count() FROM telemetry GROUP BY satellite_id ORDER BY satellite_id")
+        got = await store.query(
+            "SELECT satellite_id, count() FROM telemetry GROUP BY satellite_id ORDER BY satellite_id"
+        )
         assert {r[0] for r in got.rows} == set(ids) and all(r[1] == 200 for r in got.rows)
         stats = await store.query("SELECT sum(data_points), max(max_storage) FROM satellite_stats")
         assert stats.rows == [(10_000, 2570)]

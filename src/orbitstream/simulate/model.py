@@ -259,6 +259,8 @@ class SatelliteModel:
             self._integrate(last, step)
             last += step
         self._t = last
+        if t >= self._pass_end:
+            self._schedule_next_pass(t)  # so that a pass starting just now is seen now
 
     def _integrate(self, t: float, dt: float) -> None:
         """Integrate battery and storage over ``[t, t + dt)`` (state taken at ``t``)."""

@@ -41,15 +41,18 @@ class MemorySink:
         if self.write_delay_secs:
             await asyncio.sleep(self.write_delay_secs)
         if self.down:
-            raise SinkRetryableError("sink is down", sink=self.name, table=batch.table.name,
-                                     batch_id=batch.batch_id)
+            raise SinkRetryableError(
+                "sink is down", sink=self.name, table=batch.table.name, batch_id=batch.batch_id
+            )
         if self.fail_next > 0:
             self.fail_next -= 1
-            raise SinkRetryableError("transient failure", sink=self.name,
-                                     table=batch.table.name, batch_id=batch.batch_id)
+            raise SinkRetryableError(
+                "transient failure", sink=self.name, table=batch.table.name, batch_id=batch.batch_id
+            )
         if self.reject is not None and any(self.reject(r) for r in batch.rows):
-            raise SinkRejectedError("row refused", sink=self.name, table=batch.table.name,
-                                    batch_id=batch.batch_id)
+            raise SinkRejectedError(
+                "row refused", sink=self.name, table=batch.table.name, batch_id=batch.batch_id
+            )
         if batch.batch_id in self.batch_ids:
             return  # deduplicated, like insert_deduplication_token
         self.batch_ids.add(batch.batch_id)

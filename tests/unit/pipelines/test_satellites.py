@@ -21,8 +21,12 @@ from orbitstream.pipelines.satellites import (
 )
 
 DEC = msgspec.json.Decoder(Point)
-GOOD = {"satellite_id": "SAT-01", "battery_charge_percent": 85.5,
-        "storage_usage_mb": 45000.0, "signal_strength_dbm": -55.0}
+GOOD = {
+    "satellite_id": "SAT-01",
+    "battery_charge_percent": 85.5,
+    "storage_usage_mb": 45000.0,
+    "signal_strength_dbm": -55.0,
+}
 
 
 def point(**kw: object) -> Point:
@@ -64,9 +68,15 @@ def test_invalid_field_is_named(field: str, value: object) -> None:
 
 
 def test_every_bad_field_is_reported_at_once() -> None:
-    errors = field_errors({"satellite_id": "a b", "battery_charge_percent": 150, "storage_usage_mb": "x"})
+    errors = field_errors(
+        {"satellite_id": "a b", "battery_charge_percent": 150, "storage_usage_mb": "x"}
+    )
     assert [e.field for e in errors] == [
-        "satellite_id", "battery_charge_percent", "storage_usage_mb", "signal_strength_dbm"]
+        "satellite_id",
+        "battery_charge_percent",
+        "storage_usage_mb",
+        "signal_strength_dbm",
+    ]
     assert errors[-1].message == "missing required field"
 
 
@@ -75,32 +85,61 @@ def test_non_object_is_reported() -> None:
 
 
 def test_boundaries_are_inclusive() -> None:
-    for kw in ({"battery_charge_percent": 0}, {"battery_charge_percent": 100},
-               {"storage_usage_mb": 0}, {"signal_strength_dbm": -200}, {"signal_strength_dbm": 0}):
+    for kw in (
+        {"battery_charge_percent": 0},
+        {"battery_charge_percent": 100},
+        {"storage_usage_mb": 0},
+        {"signal_strength_dbm": -200},
+        {"signal_strength_dbm": 0},
+    ):
         point(**kw)
 
 
 def test_timestamps_rfc3339_and_epoch_ns() -> None:
     p = point(timestamp="2026-11-23T10:00:00.123456+02:00")
-    assert to_ns(p.timestamp, 0) == int(dt.datetime(2026, 11, 23, 8, 0, 0, tzinfo=dt.UTC).timestamp()) * 10**9 + 123456000
-    assert to_ns(point(timestamp=1_795_000_000_123_456_789).timestamp, 0) == 1_795_000_000_123_456_789
+    assert (
+        to_ns(p.timestamp, 0)
+        == int(dt.datetime(2026, 11, 23, 8, 0, 0, tzinfo=dt.UTC).timestamp()) * 10**9 + 123456000
+    )
+    assert (
+        to_ns(point(timestamp=1_795_000_000_123_456_789).timestamp, 0) == 1_795_000_000_123_456_789
+    )
     assert to_ns(None, 42) == 42
 
 
 @given(
-    st.floats(0, 100), st.floats(0, 1e9), st.floats(-200, 0),
+    st.floats(0, 100),
+    st.floats(0, 1e9),
+    st.floats(-200, 0),
     st.text(alphabet="ABCXYZ019_.:-", min_size=1, max_size=64),
 )
 def test_valid_points_roundtrip(b: float, s: float, g: float, sid: str) -> None:
-    p = DEC.decode(msgspec.json.encode({"satellite_id": sid, "battery_charge_percent": b,
-                                        "storage_usage_mb": s, "signal_strength_dbm": g}))
+    p = DEC.decode(
+        msgspec.json.encode(
+            {
+                "satellite_id": sid,
+                "battery_charge_percent": b,
+                "storage_usage_mb": s,
+                "signal_strength_dbm": g,
+            }
+        )
+    )
     rows = SatelliteMapper(threshold_rules()).map([p], 1)["telemetry"]
     assert rows[0][1:5] == (sid, b, s, g)
 
 
 def test_mapping_row_matches_table_and_flags_anomalies() -> None:
     m = SatelliteMapper(threshold_rules())
-    out = m.map([point(battery_charge_percent=5.0, signal_strength_dbm=-120.0, timestamp=2_000_000_000_000_000_000)], 99)
+    out = m.map(
+        [
+            point(
+                battery_charge_percent=5.0,
+                signal_strength_dbm=-120.0,
+                timestamp=2_000_000_000_000_000_000,
+            )
+        ],
+        99,
+    )
     (row,) = out["telemetry"]
     assert len(row) == len(TELEMETRY_TABLE.columns)
     rec = dict(zip(TELEMETRY_TABLE.column_names, row, strict=True))
@@ -112,7 +151,9 @@ def test_mapping_row_matches_table_and_flags_anomalies() -> None:
 
 def test_thresholds_are_strict_and_configurable() -> None:
     m = SatelliteMapper(threshold_rules())
-    rows = m.map([point(battery_charge_percent=10.0, storage_usage_mb=95000.0, signal_strength_dbm=-100.0)])
+    rows = m.map(
+        [point(battery_charge_percent=10.0, storage_usage_mb=95000.0, signal_strength_dbm=-100.0)]
+    )
     assert rows["telemetry"][0][5] is False and "alerts" not in rows
     m2 = SatelliteMapper(threshold_rules(battery=50, storage=1000, signal=-10))
     r2 = m2.map([point()])["telemetry"][0]
@@ -125,10 +166,16 @@ def test_alerts_fire_once_and_clear_once_per_satellite_and_rule() -> None:
     seq = [85, 8, 7, 6, 9, 50, 50, 4, 60]
     events = []
     for i, b in enumerate(seq):
-        events += m.map([point(battery_charge_percent=float(b), timestamp=10**18 + i)]).get("alerts", [])
-    states = [(e[3], e[4], e[0] - 10**18) for e in events]
-    assert states == [("battery_low", "firing", 1), ("battery_low", "cleared", 5),
-                      ("battery_low", "firing", 7), ("battery_low", "cleared", 8)]
+        events += m.map([point(battery_charge_percent=float(b), timestamp=10**18 + i)]).get(
+            "alerts", []
+        )
+    states = [(e[3], e[4], int(str(e[0])) - 10**18) for e in events]
+    assert states == [
+        ("battery_low", "firing", 1),
+        ("battery_low", "cleared", 5),
+        ("battery_low", "firing", 7),
+        ("battery_low", "cleared", 8),
+    ]
     # another satellite is independent
     ev2 = m.map([point(satellite_id="OTHER", battery_charge_percent=1.0)])["alerts"]
     assert ev2[0][2] == "OTHER" and ev2[0][4] == "firing"

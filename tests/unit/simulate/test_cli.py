@@ -39,6 +39,7 @@ def invoke(*args: str) -> tuple[int, str]:
         (["--batch", "-1"], "--batch"),
         (["--connections", "0"], "--connections"),
         (["--api-url", "https://example.com"], "--api-url"),
+        (["--api-url", "http://localhost:notaport"], "--api-url"),
         (["--seed", "abc"], "--seed"),
     ],
 )

@@ -178,6 +178,14 @@ async def test_batch_mode_accounts_per_point(behaviour: Behaviour, ingest: FakeI
     assert ingest.invalid == []
 
 
+async def test_partial_batches_are_not_held_back_at_low_rates(ingest: FakeIngest) -> None:
+    cfg = config(ingest, satellites=1, rate=5.0, duration=1.0, batch=10)
+    summary = await run_simulation(cfg)
+
+    assert summary.sent == summary.accepted == 5
+    assert ingest.batch_sizes == [1] * 5  # 200 ms apart: each one leaves after the linger
+
+
 async def test_batch_fully_rejected_is_422(behaviour: Behaviour, ingest: FakeIngest) -> None:
     behaviour.reject = lambda point: True
     summary = await run_simulation(config(ingest, batch=5))

@@ -71,6 +71,18 @@ def test_same_seed_same_telemetry_and_different_seed_differs() -> None:
     assert a != c
 
 
+def test_orbit_does_not_depend_on_the_anomaly_rate() -> None:
+    calm = SatelliteModel("SAT-0001", seed=11, anomaly_rate=0.0)
+    faulty = SatelliteModel("SAT-0001", seed=11, anomaly_rate=0.5)
+    for s in range(0, DAY_S, 30):
+        t = T0 + s * SECOND
+        calm.sample(t)
+        faulty.sample(t)
+        assert calm.in_eclipse(t) == faulty.in_eclipse(t)
+        assert calm.elevation_deg(t) == faulty.elevation_deg(t)
+    assert calm.period_s == faulty.period_s
+
+
 def test_shared_rng_gives_a_reproducible_fleet() -> None:
     def fleet(seed: int) -> list[list[Sample]]:
         master = random.Random(seed)

@@ -574,7 +574,7 @@
         drag: { x: false, y: false },
         points: { size: 6 },
       },
-      padding: [8, 8, 0, 0],
+      padding: [8, 30, 0, 0],
       scales: {
         x: { time: true },
         y: def.fixed ? { range: def.fixed } : { range: rangeWithThreshold(def.threshold) },
