@@ -17,7 +17,6 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +25,7 @@ from orbitstream.core.tables import Table
 from orbitstream.errors import ConfigError, SinkRejectedError, SinkRetryableError
 from orbitstream.sinks.arrow import to_ipc_stream
 from orbitstream.sinks.clickhouse_sql import ClickHouseDialect
+from orbitstream.sinks.results import QueryError, Rows
 
 __all__ = ["ChdbSink", "QueryError", "Rows", "classify_clickhouse_error"]
 
@@ -37,26 +37,6 @@ _CODE = re.compile(r"Code: (\d+)")
 REJECT_CODES = frozenset(
     {6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 130, 131, 190, 349, 394, 432, 1001}
 )
-
-
-class QueryError(Exception):
-    """A read query failed (syntax, unknown table, read-only violation...)."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(slots=True)
-class Rows:
-    """A query result: column names, ClickHouse types and rows."""
-
-    columns: list[str]
-    types: list[str]
-    rows: list[tuple[object, ...]]
-
-    def dicts(self) -> list[dict[str, object]]:
-        return [dict(zip(self.columns, r, strict=True)) for r in self.rows]
 
 
 def error_code(exc: BaseException) -> int | None:

@@ -1,0 +1,27 @@
+"""Query results shared by every queryable store (chDB, ClickHouse server, PostgreSQL)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["QueryError", "Rows"]
+
+
+class QueryError(Exception):
+    """A read query failed (syntax, unknown table, read-only violation...)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class Rows:
+    """A query result: column names, ClickHouse types and rows."""
+
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple[object, ...]]
+
+    def dicts(self) -> list[dict[str, object]]:
+        return [dict(zip(self.columns, r, strict=True)) for r in self.rows]
