@@ -5,7 +5,9 @@ its cores, each server a fresh subprocess with a fresh data directory:
 
 1. single-point ingest into the embedded store (wrk, ``POST /telemetry``), with
    ``BATCH_SIZE=1000 BATCH_TIMEOUT=1s`` (the defaults) and with ``BATCH_SIZE=10000``;
-2. 1000-point batches (wrk, ``POST /telemetry/batch``, one pre-built body);
+2. 1000-point batches (wrk, ``POST /telemetry/batch``, one pre-built body) with
+   ``BATCH_SIZE=1000`` and ``BATCH_SIZE=10000``: points acknowledged (202) per second, and
+   points committed to the store per second (rows / (run + time until all queryable));
 3. accept -> queryable latency at 10,000 points/s with ``BATCH_TIMEOUT=100ms``
    (aiohttp, 100-point batches every 10 ms, the store polled every 20 ms);
 4. the ceiling: the service's own ``HttpServer`` answering 202 and discarding
@@ -16,9 +18,10 @@ its cores, each server a fresh subprocess with a fresh data directory:
 After each orbitstream run the store's ``count()`` must equal the points the server
 acknowledged with 202 (its own counter), and lie between the 202s wrk saw and those plus
 the requests still in flight when wrk stopped; a mismatch is an error (exit 1). Missed
-targets are reported, not errors (exit 0)::
+targets are reported, not errors (exit 0). Other processes' CPU use is measured during
+every step; a disturbed step is measured again (``--retries``)::
 
-    .venv/bin/python bench/ingest.py            # 15 s per wrk run (~4 minutes)
+    .venv/bin/python bench/ingest.py            # 15 s per wrk run (~3.5 minutes)
     .venv/bin/python bench/ingest.py --quick    # 5 s per wrk run
 """
 
@@ -60,6 +63,8 @@ TARGET_SINGLE = 15_000.0
 TARGET_VS_FASTAPI = 3.0
 TARGET_BATCH = 150_000.0
 TARGET_VISIBLE_P99_MS = 250.0
+SKIPPED = "skipped (--only)"
+CONTAMINATED = 0.3  # cores used by other processes during a measurement: measure again
 
 # Settings the service would otherwise pick up from the environment.
 _SERVICE_ENV = (
@@ -140,7 +145,7 @@ class Processes:
             if k not in _SERVICE_ENV and not k.startswith("ORBITSTREAM_")
         }
         full_env.update(env)
-        log_path = self.workdir / f"{name}.log"
+        log_path = self.workdir / f"{name}-{len(self.servers)}.log"
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
                 argv, env=full_env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
@@ -262,10 +267,15 @@ def server_errors(text: str) -> list[str]:
 
 
 def _proc_stat_busy() -> float:
+    """CPU seconds spent in processes (and stolen by the hypervisor), all cores.
+
+    irq/softirq time is left out: it is mostly the loopback traffic of the benchmark
+    itself (a third of a core at 50k requests/s) and belongs to no process.
+    """
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + steal) / CLK_TCK
 
 
 def _pid_cpu(pid: int) -> float:
@@ -421,6 +431,8 @@ class Result:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     non_202: int = 0
+    cpu: CpuUse | None = None
+    committed_per_s: float | None = None
 
 
 @dataclass
@@ -432,6 +444,7 @@ class Config:
     workdir: Path
     keep: bool
     quiet_wait: float
+    retries: int
 
 
 # -- scenarios -----------------------------------------------------------------------------
@@ -439,8 +452,7 @@ class Config:
 
 def start_orbitstream(procs: Processes, name: str, env: dict[str, str], cfg: Config) -> Server:
     port = free_port()
-    data_dir = cfg.workdir / f"{name}-data"
-    data_dir.mkdir()
+    data_dir = Path(tempfile.mkdtemp(prefix=f"{name}-data-", dir=cfg.workdir))
     full = {
         "PORT": str(port),
         "ORBITSTREAM_DATA_DIR": str(data_dir),
@@ -462,7 +474,10 @@ def wait_committed(server: Server, timeout: float) -> tuple[int, int, float]:
         accepted = int(metrics(server).get(M_ACCEPTED, 0))
         rows = store_count(server)
         if rows == accepted:
-            return rows, accepted, time.monotonic() - start
+            secs = time.monotonic() - start
+            # A request still in a socket buffer when wrk exited may be counted late.
+            if int(metrics(server).get(M_ACCEPTED, 0)) == accepted:
+                return rows, accepted, secs
         if time.monotonic() - start > timeout:
             raise BenchError(
                 f"{server.name}: store has {rows} rows but the server accepted {accepted} "
@@ -483,7 +498,7 @@ def orbitstream_wrk(
     """Start a service, warm it up, run wrk, check the store; returns (server, wrk, committed/s)."""
     server = start_orbitstream(procs, result.key, env, cfg)
     flush_timeout = 120.0
-    try:
+    with supervised(procs, server, result):
         if cfg.warmup > 0:
             run_wrk(server.base, cfg.warmup, mode, cfg.connections)
             wait_committed(server, flush_timeout)
@@ -492,7 +507,7 @@ def orbitstream_wrk(
         meter = CpuMeter(server.pid)
         log(f"{result.key}: wrk {cfg.duration:g} s ...")
         w = run_wrk(server.base, cfg.duration, mode, cfg.connections)
-        cpu = meter.stop()
+        cpu = result.cpu = meter.stop()
         rows_at_end = store_count(server)
         rows1, _, drain = wait_committed(server, flush_timeout)
         after = metrics(server)
@@ -507,6 +522,12 @@ def orbitstream_wrk(
             f"wrk: {w.responses} responses in {w.duration_s:.2f} s, {w.ok} × 202 "
             f"({w.ok * ppr} points), non-202: {w.non_202()}, "
             f"{w.unanswered} requests in flight when wrk stopped; max latency {w.max_ms:.1f} ms"
+            + (
+                "; the latency percentiles cover every response, the non-202 ones too "
+                "(wrk ignores Retry-After and resends at once)"
+                if w.responses != w.ok
+                else ""
+            )
         )
         result.notes.append(
             f"store: +{rows} rows = server's 202 counter {server_202} requests / "
@@ -538,9 +559,20 @@ def orbitstream_wrk(
             f"wrk 202s + in flight {(w.ok + w.unanswered) * ppr})"
         )
         committed = rows / (w.duration_s + drain)
-        return server, w, committed
-    finally:
-        finish(procs, server, result)
+    return server, w, committed
+
+
+@contextlib.contextmanager
+def supervised(procs: Processes, server: Server, result: Result) -> Iterator[Server]:
+    """Stop the server at the end; a misbehaving server (exit code, errors logged) fails the
+    step unless the step already failed."""
+    try:
+        yield server
+    except BaseException:
+        with contextlib.suppress(BenchError):
+            finish(procs, server, result)
+        raise
+    finish(procs, server, result)
 
 
 def finish(procs: Processes, server: Server, result: Result) -> None:
@@ -559,11 +591,11 @@ def scenario_single(procs: Processes, cfg: Config, result: Result, env: dict[str
     _, w, committed = orbitstream_wrk(procs, cfg, result, env, ["point"], "/telemetry", 1)
     result.points_per_s = w.ok_per_s
     result.p50_ms, result.p99_ms = w.p50_ms, w.p99_ms
+    result.committed_per_s = committed
     result.notes.append(f"committed to the store: {committed:,.0f} points/s (rows / (run + drain))")
 
 
-def scenario_batch(procs: Processes, cfg: Config, result: Result) -> float:
-    env = {"BATCH_SIZE": "1000", "BATCH_TIMEOUT": "1s"}
+def scenario_batch(procs: Processes, cfg: Config, result: Result, env: dict[str, str]) -> None:
     _, w, committed = orbitstream_wrk(
         procs, cfg, result, env, ["batch", "1000"], "/telemetry/batch", 1000
     )
@@ -573,7 +605,7 @@ def scenario_batch(procs: Processes, cfg: Config, result: Result) -> float:
         f"{w.ok_per_s:,.0f} requests/s; committed to the store: {committed:,.0f} points/s "
         "(rows / (run + drain))"
     )
-    return committed
+    result.committed_per_s = committed
 
 
 def scenario_plain(
@@ -598,7 +630,7 @@ def scenario_plain(
         meter = CpuMeter(server.pid)
         log(f"{name}: wrk {cfg.duration:g} s ...")
         w = run_wrk(server.base, cfg.duration, mode, cfg.connections)
-        cpu = meter.stop()
+        cpu = result.cpu = meter.stop()
         ppr = points_per_request
         result.non_202 = w.responses - w.ok
         result.points_per_s = w.ok_per_s * ppr
@@ -749,7 +781,7 @@ def scenario_latency(procs: Processes, cfg: Config, result: Result) -> None:
     rate, batch, poll_interval, warmup = 10_000, 100, 0.020, 1.0
     env = {"BATCH_SIZE": "1000", "BATCH_TIMEOUT": "100ms"}
     server = start_orbitstream(procs, result.key, env, cfg)
-    try:
+    with supervised(procs, server, result):
         meter = CpuMeter(server.pid)
         log(f"{result.key}: {rate} points/s for {warmup + cfg.latency_duration:g} s ...")
         sent, polls, errors = asyncio.run(
@@ -757,7 +789,7 @@ def scenario_latency(procs: Processes, cfg: Config, result: Result) -> None:
                 server.base, rate, batch, warmup + cfg.latency_duration, poll_interval, 30.0
             )
         )
-        cpu = meter.stop()
+        cpu = result.cpu = meter.stop()
         rows, accepted_total, drain = wait_committed(server, 30.0)
         if errors:
             raise BenchError(f"{result.key}: load generator errors: {errors[:5]}")
@@ -840,8 +872,6 @@ def scenario_latency(procs: Processes, cfg: Config, result: Result) -> None:
             f"{drain:.2f} s after the last poll)",
             f"CPU during the run: {cpu}",
         ]
-    finally:
-        finish(procs, server, result)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -892,6 +922,7 @@ def print_report(
 ) -> None:
     out = sys.stdout
     print("\n## orbitstream ingest benchmark\n", file=out)
+    print(f"- command: {shlex.join([os.path.relpath(PYTHON, REPO), *sys.argv])}", file=out)
     for item in info:
         print(f"- {item}", file=out)
     print(
@@ -905,13 +936,17 @@ def print_report(
     )
     header = ("scenario", "points/s", "p50 ms", "p99 ms", "ratio / target", "result")
     rows = [header]
+    disturbed = False
     for r in results:
         if r.error:
             rows.append((r.scenario, "—", "—", "—", r.ratio, "ERROR"))
             continue
+        mark = ""
+        if r.cpu is not None and r.cpu.other > CONTAMINATED:
+            mark, disturbed = " †", True
         rows.append(
             (
-                r.scenario,
+                r.scenario + mark,
                 fmt_num(r.points_per_s),
                 fmt_num(r.p50_ms, 2),
                 fmt_num(r.p99_ms, 2),
@@ -939,6 +974,12 @@ def print_report(
     )
     for row in rows[1:]:
         print(line(row), file=out)
+    if disturbed:
+        print(
+            f"\n† other processes used > {CONTAMINATED:g} cores during this measurement "
+            "(see details): the figure is low",
+            file=out,
+        )
     print("\n### details\n", file=out)
     for r in results:
         print(f"**{r.scenario}**", file=out)
@@ -964,26 +1005,46 @@ def run(cfg: Config, only: set[str] | None) -> int:
     results: dict[str, Result] = {}
 
     def step(key: str, scenario: str, fn: Callable[[Result], None]) -> None:
-        result = Result(key, scenario)
-        results[key] = result
         if only is not None and key not in only:
-            result.error = "skipped (--only)"
+            results[key] = Result(key, scenario, error=SKIPPED)
             return
-        log(f"== {scenario}")
-        if cfg.quiet_wait > 0:
-            other, waited = wait_quiet(cfg.quiet_wait)
-            result.notes.append(
-                f"other processes used {other:.2f} cores just before the step "
-                f"(waited {waited:.1f} s, up to {cfg.quiet_wait:g} s, for < 0.25)"
+        best: Result | None = None
+        others: list[str] = []
+        for attempt in range(1 + cfg.retries):
+            result = Result(key, scenario)
+            log(f"== {scenario}" + (f" (attempt {attempt + 1})" if attempt else ""))
+            if cfg.quiet_wait > 0:
+                other, waited = wait_quiet(cfg.quiet_wait)
+                result.notes.append(
+                    f"other processes used {other:.2f} cores just before the step "
+                    f"(waited {waited:.1f} s, up to {cfg.quiet_wait:g} s, for < 0.25)"
+                )
+            try:
+                fn(result)
+            except BenchError as exc:
+                result.error = str(exc)
+                log(f"ERROR in {key}: {exc}")
+            except Exception as exc:
+                result.error = f"{type(exc).__name__}: {exc}"
+                log(f"ERROR in {key}: {result.error}")
+            if result.error:
+                best = result
+                break
+            busy = result.cpu.other if result.cpu else 0.0
+            others.append(f"{busy:.2f}")
+            if best is None or best.cpu is None or busy < best.cpu.other:
+                best = result
+            if busy <= CONTAMINATED:
+                break
+            log(f"{key}: other processes used {busy:.2f} cores during the measurement")
+        assert best is not None
+        if len(others) > 1:
+            best.notes.append(
+                f"measured {len(others)} times because other processes used > "
+                f"{CONTAMINATED:g} cores (other cores per attempt: {', '.join(others)}); "
+                "kept the least disturbed"
             )
-        try:
-            fn(result)
-        except BenchError as exc:
-            result.error = str(exc)
-            log(f"ERROR in {key}: {exc}")
-        except Exception as exc:
-            result.error = f"{type(exc).__name__}: {exc}"
-            log(f"ERROR in {key}: {result.error}")
+        results[key] = best
 
     bench_rel = os.path.relpath(BENCH, REPO)
     try:
@@ -1043,11 +1104,15 @@ def run(cfg: Config, only: set[str] | None) -> int:
                 procs, cfg, r, {"BATCH_SIZE": "10000", "BATCH_TIMEOUT": "1s"}
             ),
         )
-        committed_batch: list[float] = []
         step(
             "batch",
-            "orbitstream 1000-point batches (202s)",
-            lambda r: committed_batch.append(scenario_batch(procs, cfg, r)),
+            "orbitstream 1000-point batches, BATCH_SIZE=1000 (202s)",
+            lambda r: scenario_batch(procs, cfg, r, {"BATCH_SIZE": "1000", "BATCH_TIMEOUT": "1s"}),
+        )
+        step(
+            "batch-10000",
+            "orbitstream 1000-point batches, BATCH_SIZE=10000 (202s)",
+            lambda r: scenario_batch(procs, cfg, r, {"BATCH_SIZE": "10000", "BATCH_TIMEOUT": "1s"}),
         )
         step(
             "fastapi-batch",
@@ -1093,9 +1158,11 @@ def run(cfg: Config, only: set[str] | None) -> int:
         elif vs_fastapi < TARGET_VS_FASTAPI:
             missed.append("× FastAPI")
         r.verdict = "PASS" if ok else "FAIL (" + ", ".join(missed) + ")"
-    rb = results["batch"]
-    if not rb.error and rb.points_per_s is not None:
-        committed = committed_batch[0] if committed_batch else None
+    for key in ("batch", "batch-10000"):
+        rb = results[key]
+        if rb.error or rb.points_per_s is None:
+            continue
+        committed = rb.committed_per_s
         fb = results["fastapi-batch"].points_per_s
         parts = []
         vs = ratio(rb.points_per_s, fb)
@@ -1105,12 +1172,16 @@ def run(cfg: Config, only: set[str] | None) -> int:
         rb.ratio = "; ".join(parts)
         rb.verdict = "PASS" if rb.points_per_s >= TARGET_BATCH else "FAIL"
         if committed is not None:
-            rc = Result("batch-committed", "orbitstream 1000-point batches, committed to chDB")
+            rc = Result(f"{key}-committed", rb.scenario.replace("(202s)", "(committed to chDB)"))
             rc.points_per_s = committed
+            rc.cpu = rb.cpu
             rc.ratio = f"target ≥ {TARGET_BATCH:,.0f}/s"
             rc.verdict = "PASS" if committed >= TARGET_BATCH else "FAIL"
-            rc.notes.append("rows committed / (wrk run + time until all were queryable)")
-            results = _insert_after(results, "batch", rc)
+            rc.notes.append(
+                "same run as the row above: rows committed / (wrk run + time until all were "
+                "queryable); the sustained rate, independent of how much the buffers absorb"
+            )
+            results = _insert_after(results, key, rc)
     rl = results["latency"]
     if not rl.error and rl.p99_ms is not None:
         rl.ratio = f"p99 target < {TARGET_VISIBLE_P99_MS:g} ms"
@@ -1127,9 +1198,9 @@ def run(cfg: Config, only: set[str] | None) -> int:
         if r.non_202 and not r.error:
             r.verdict = (r.verdict + " " if r.verdict else "") + f"({r.non_202:,} non-202)"
     load1 = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    ordered = list(results.values())
+    ordered = [r for r in results.values() if r.error != SKIPPED]
     print_report(ordered, info, cfg, time.monotonic() - started, (load0, load1))
-    failed = [r for r in ordered if r.error and r.error != "skipped (--only)"]
+    failed = [r for r in ordered if r.error]
     return 1 if failed else 0
 
 
@@ -1174,9 +1245,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         help="comma-separated steps: ceiling,fastapi,single-1000,single-10000,batch,"
-        "fastapi-batch,latency",
+        "batch-10000,fastapi-batch,latency",
     )
     parser.add_argument("--keep", action="store_true", help="keep the data dirs and server logs")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help=f"measure a step again (up to this many times) when other processes used > "
+        f"{CONTAMINATED:g} cores during it; the least disturbed attempt is kept (default 2)",
+    )
     parser.add_argument(
         "--quiet-wait",
         type=float,
@@ -1194,7 +1272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _handle_sigterm)
     only = set(args.only.split(",")) if args.only else None
     with workdir(args.keep) as wd:
-        cfg = Config(duration, warmup, latency, args.connections, wd, args.keep, args.quiet_wait)
+        cfg = Config(
+            duration,
+            warmup,
+            latency,
+            args.connections,
+            wd,
+            args.keep,
+            args.quiet_wait,
+            args.retries,
+        )
         return run(cfg, only)
 
 

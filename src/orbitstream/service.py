@@ -33,10 +33,11 @@ from orbitstream.errors import ConfigError
 from orbitstream.openapi import openapi_document
 from orbitstream.pipelines import satellites
 from orbitstream.settings import Settings
-from orbitstream.sinks.chdb import ChdbSink, QueryError
 from orbitstream.sinks.deadletter import FileDeadLetters
+from orbitstream.sinks.results import QueryError
 from orbitstream.sources.http.ingest import IngestHandlers
 from orbitstream.sources.http.server import HttpServer, Request, Response, Router, error_response
+from orbitstream.stores import build_stores
 
 __all__ = ["SERVICE_FILE", "Service", "chdb_path", "read_service_file"]
 
@@ -44,6 +45,11 @@ logger = logging.getLogger(__name__)
 SERVICE_FILE = "service.json"
 _encode = msgspec.json.Encoder().encode
 _LOOPBACK = ("127.", "::1", "localhost")
+
+
+def sql_dialect(store: object) -> str:
+    """``postgres`` for PostgreSQL stores, ``clickhouse`` for chDB and ClickHouse."""
+    return "postgres" if getattr(store, "name", "") == "postgres" else "clickhouse"
 
 
 def chdb_path(settings: Settings) -> Path:
@@ -65,22 +71,15 @@ class Service:
     """One process: HTTP ingest + pipeline + embedded store + dashboard."""
 
     def __init__(self, settings: Settings, *, extra_sinks: Sequence[Sink] = ()) -> None:
-        if settings.store_kind != "chdb":
-            raise ConfigError(
-                f"DATABASE_URL selects {settings.store_kind}, which this build cannot serve yet; "
-                "leave DATABASE_URL empty for the embedded store",
-                setting="DATABASE_URL",
-            )
         self.settings = settings
         self.metrics = Metrics()
-        self.store = ChdbSink(
-            chdb_path(settings), rollup_retention_days=settings.rollup_retention_days
-        )
+        self.stores = build_stores(settings)
+        self.store = self.stores[0]
         self.tables = satellites.tables(settings.retention_days)
         self.pipeline = Pipeline(
             satellites.PIPELINE,
             self.tables,
-            [self.store, *extra_sinks],
+            [*self.stores, *extra_sinks],
             limits=PipelineLimits(
                 batch_size=settings.batch_size,
                 linger_secs=settings.batch_timeout,
@@ -100,7 +99,7 @@ class Service:
             self.metrics,
         )
         self.ingest = IngestHandlers(self.pipeline, self.mapper, self.metrics, settings.ack_mode)
-        self.dashboard = DashboardQueries(self.store)
+        self.dashboard = DashboardQueries(self.store, dialect=sql_dialect(self.store))
         self.server = HttpServer(
             self._router(), max_body_bytes=settings.max_body_bytes, on_response=self._count
         )
@@ -243,12 +242,8 @@ class Service:
         return self.port
 
     async def _restore_alerts(self) -> None:
-        res = await self.store.query(
-            "SELECT entity_id, rule FROM alerts WHERE pipeline = {p:String} "
-            "GROUP BY entity_id, rule HAVING argMax(state, time) = 'firing'",
-            {"p": satellites.PIPELINE},
-        )
-        self.mapper.alerts.restore((str(e), str(r)) for e, r in res.rows)
+        firing = await self.dashboard.firing_alerts(satellites.PIPELINE)
+        self.mapper.alerts.restore(firing)
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

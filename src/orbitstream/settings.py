@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     query_allow_remote: bool = Field(
         False, validation_alias=_env("ORBITSTREAM_QUERY_ALLOW_REMOTE", "query_allow_remote")
     )
+    sinks: str = Field(
+        "",
+        validation_alias=_env("ORBITSTREAM_SINKS", "sinks"),
+        description="Comma list of sinks (chdb, postgres, clickhouse); default: the DATABASE_URL "
+        "store, plus clickhouse when CLICKHOUSE_URL/CLICKHOUSE_HOST is set.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("ORBITSTREAM_LOG_LEVEL", "log_level")
     )
@@ -166,6 +172,17 @@ class Settings(BaseSettings):
         if toml:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
+
+    @field_validator("sinks")
+    @classmethod
+    def _sinks(cls, value: str) -> str:
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+        bad = [n for n in names if n not in ("chdb", "postgres", "clickhouse")]
+        if bad:
+            raise ValueError(f"unknown sink {bad[0]!r}: use chdb, postgres or clickhouse")
+        if len(set(names)) != len(names):
+            raise ValueError("a sink is listed twice")
+        return ",".join(names)
 
     @property
     def store_kind(self) -> str:

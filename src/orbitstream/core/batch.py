@@ -86,6 +86,18 @@ class Batch:
             return [[] for _ in self.table.columns]
         return [list(col) for col in zip(*self.rows, strict=True)]
 
+    def merge(self, other: Batch) -> Batch:
+        """One batch with both batches' rows and acks (same table)."""
+        first = self.batch_id.split("+", 1)[0]
+        last = other.batch_id.split("+")[-1]
+        return Batch(
+            self.table,
+            self.rows + other.rows,
+            f"{first}+{last}",
+            self.acks + other.acks,
+            self.created_at,
+        )
+
     def split(self) -> tuple[Batch, Batch]:
         """Two halves with derived ids (used to isolate a rejected row)."""
         mid = len(self.rows) // 2

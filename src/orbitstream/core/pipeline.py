@@ -41,6 +41,7 @@ class PipelineLimits:
     linger_secs: float = 1.0
     max_buffer_rows: int = 2_000_000
     max_buffer_bytes: int = 512 * 1024 * 1024
+    max_merge_rows: int = 50_000
 
 
 class Batcher:
@@ -103,10 +104,21 @@ class Batcher:
         self.queue.put_nowait(batch)
 
     async def run(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             batch = await self.queue.get()
             if batch is None:
                 return
+            # When the sink falls behind, several batches wait here: write them as one
+            # (a store pays a fixed cost per insert). The merged batch keeps one id for
+            # its retries, so dedup still holds.
+            limit = max(self.lane.limits.batch_size, self.lane.limits.max_merge_rows)
+            while not self.queue.empty() and batch.size < limit:
+                nxt = self.queue.get_nowait()
+                if nxt is None:
+                    stop = True
+                    break
+                batch = batch.merge(nxt)
             await self.lane.deliver(batch)
 
 

@@ -21,9 +21,11 @@ class _Store(Protocol):
 
 
 def _iso(value: object) -> str | None:
-    """ClickHouse ``DateTime64`` text (UTC) -> RFC 3339."""
+    """ClickHouse ``DateTime64`` text (UTC) or a datetime -> RFC 3339."""
     if value is None or value == "":
         return None
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     text = str(value)
     if "T" in text:
         return text
@@ -36,33 +38,28 @@ class DashboardQueries:
     :param stale_secs: a satellite with no point for this long shows as ``stale``.
     """
 
-    def __init__(self, store: _Store, *, window_secs: int = 60, stale_secs: int = 60) -> None:
+    def __init__(
+        self,
+        store: _Store,
+        *,
+        dialect: str = "clickhouse",
+        window_secs: int = 60,
+        stale_secs: int = 60,
+    ) -> None:
         self.store = store
+        self.sql = _POSTGRES if dialect == "postgres" else _CLICKHOUSE
         self.window_secs = window_secs
         self.stale_secs = stale_secs
 
     async def summary(self) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)
-        totals = await self.store.query(
-            "SELECT count(), countIf(is_anomaly), "
-            "countIf(received_at >= now64(9) - toIntervalSecond({w:UInt32})), "
-            "countIf(is_anomaly AND received_at >= now64(9) - toIntervalSecond({w:UInt32})) "
-            "FROM telemetry",
-            {"w": self.window_secs},
-        )
+        totals = await self.store.query(self.sql["totals"], {"w": self.window_secs})
         total, anomalies, in_window, anomalies_window = (int(str(v)) for v in totals.rows[0])
-        sats = await self.store.query(
-            "SELECT satellite_id, max(time) AS last_seen, count() AS points, "
-            "countIf(is_anomaly) AS anomalies, "
-            "argMax(battery_charge_percent, time), argMax(storage_usage_mb, time), "
-            "argMax(signal_strength_dbm, time), argMax(is_anomaly, time), "
-            "dateDiff('second', max(time), now64(9)) AS age "
-            "FROM telemetry GROUP BY satellite_id ORDER BY satellite_id"
-        )
+        sats = await self.store.query(self.sql["satellites"])
         satellites = []
         for sid, last_seen, points, anom, battery, storage, signal, latest_anom, age in sats.rows:
             status = "anomaly" if latest_anom else "ok"
-            if int(str(age)) > self.stale_secs:
+            if float(str(age)) > self.stale_secs:
                 status = "stale"
             satellites.append(
                 {
@@ -76,14 +73,7 @@ class DashboardQueries:
                     "status": status,
                 }
             )
-        alerts = await self.store.query(
-            "SELECT entity_id, rule, since, value, threshold, message FROM ("
-            " SELECT entity_id, rule, argMax(state, time) AS st, max(time) AS since,"
-            " argMax(value, time) AS value, argMax(threshold, time) AS threshold,"
-            " argMax(message, time) AS message"
-            " FROM alerts WHERE pipeline = 'satellites' GROUP BY entity_id, rule"
-            ") WHERE st = 'firing' ORDER BY since DESC"
-        )
+        alerts = await self.store.query(self.sql["alerts"], {"p": "satellites"})
         return {
             "generated_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "window_seconds": self.window_secs,
@@ -109,13 +99,7 @@ class DashboardQueries:
         minutes = max(1, min(minutes, 7 * 24 * 60))
         bucket = max(1, (minutes * 60) // 720)
         res = await self.store.query(
-            "SELECT toUnixTimestamp(toStartOfInterval(time, toIntervalSecond({b:UInt32}))) AS t,"
-            " avg(battery_charge_percent), avg(storage_usage_mb), avg(signal_strength_dbm),"
-            " countIf(is_anomaly)"
-            " FROM telemetry WHERE satellite_id = {sid:String}"
-            " AND time >= now64(9) - toIntervalMinute({m:UInt32})"
-            " GROUP BY t ORDER BY t",
-            {"b": bucket, "sid": satellite_id, "m": minutes},
+            self.sql["series"], {"b": bucket, "sid": satellite_id, "m": minutes}
         )
         cols: list[list[Any]] = [[], [], [], [], []]
         for row in res.rows:
@@ -130,3 +114,90 @@ class DashboardQueries:
             "signal": cols[3],
             "anomalies": cols[4],
         }
+
+    async def firing_alerts(self, pipeline: str) -> list[tuple[str, str]]:
+        """``(entity_id, rule)`` pairs whose latest alert event is ``firing``."""
+        res = await self.store.query(self.sql["firing"], {"p": pipeline})
+        return [(str(e), str(r)) for e, r in res.rows]
+
+
+_CLICKHOUSE = {
+    "totals": (
+        "SELECT count(), countIf(is_anomaly), "
+        "countIf(received_at >= now64(9) - toIntervalSecond({w:UInt32})), "
+        "countIf(is_anomaly AND received_at >= now64(9) - toIntervalSecond({w:UInt32})) "
+        "FROM telemetry"
+    ),
+    "satellites": (
+        "SELECT satellite_id, max(time) AS last_seen, count() AS points, "
+        "countIf(is_anomaly) AS anomalies, "
+        "argMax(battery_charge_percent, time), argMax(storage_usage_mb, time), "
+        "argMax(signal_strength_dbm, time), argMax(is_anomaly, time), "
+        "dateDiff('second', max(time), now64(9)) AS age "
+        "FROM telemetry GROUP BY satellite_id ORDER BY satellite_id"
+    ),
+    "alerts": (
+        "SELECT entity_id, rule, since, value, threshold, message FROM ("
+        " SELECT entity_id, rule, argMax(state, time) AS st, max(time) AS since,"
+        " argMax(value, time) AS value, argMax(threshold, time) AS threshold,"
+        " argMax(message, time) AS message"
+        " FROM alerts WHERE pipeline = {p:String} GROUP BY entity_id, rule"
+        ") WHERE st = 'firing' ORDER BY since DESC"
+    ),
+    "firing": (
+        "SELECT entity_id, rule FROM alerts WHERE pipeline = {p:String} "
+        "GROUP BY entity_id, rule HAVING argMax(state, time) = 'firing'"
+    ),
+    "series": (
+        "SELECT toUnixTimestamp(toStartOfInterval(time, toIntervalSecond({b:UInt32}))) AS t,"
+        " avg(battery_charge_percent), avg(storage_usage_mb), avg(signal_strength_dbm),"
+        " countIf(is_anomaly)"
+        " FROM telemetry WHERE satellite_id = {sid:String}"
+        " AND time >= now64(9) - toIntervalMinute({m:UInt32})"
+        " GROUP BY t ORDER BY t"
+    ),
+}
+
+_LATEST_PG = "(array_agg({c} ORDER BY time DESC))[1]"
+
+_POSTGRES = {
+    "totals": (
+        "SELECT count(*), count(*) FILTER (WHERE is_anomaly), "
+        "count(*) FILTER (WHERE received_at >= now() - make_interval(secs => %(w)s)), "
+        "count(*) FILTER (WHERE is_anomaly AND received_at >= now() - make_interval(secs => %(w)s)) "
+        "FROM telemetry"
+    ),
+    "satellites": (
+        "SELECT satellite_id, max(time), count(*), count(*) FILTER (WHERE is_anomaly), "
+        + ", ".join(
+            _LATEST_PG.format(c=c)
+            for c in (
+                "battery_charge_percent",
+                "storage_usage_mb",
+                "signal_strength_dbm",
+                "is_anomaly",
+            )
+        )
+        + ", extract(epoch FROM now() - max(time)) "
+        "FROM telemetry GROUP BY satellite_id ORDER BY satellite_id"
+    ),
+    "alerts": (
+        "SELECT entity_id, rule, since, value, threshold, message FROM ("
+        " SELECT DISTINCT ON (entity_id, rule) entity_id, rule, state, time AS since, value,"
+        " threshold, message FROM alerts WHERE pipeline = %(p)s"
+        " ORDER BY entity_id, rule, time DESC) a WHERE state = 'firing' ORDER BY since DESC"
+    ),
+    "firing": (
+        "SELECT entity_id, rule FROM ("
+        " SELECT DISTINCT ON (entity_id, rule) entity_id, rule, state FROM alerts"
+        " WHERE pipeline = %(p)s ORDER BY entity_id, rule, time DESC) a WHERE state = 'firing'"
+    ),
+    "series": (
+        "SELECT (floor(extract(epoch FROM time) / %(b)s) * %(b)s)::bigint AS t,"
+        " avg(battery_charge_percent), avg(storage_usage_mb), avg(signal_strength_dbm),"
+        " count(*) FILTER (WHERE is_anomaly)"
+        " FROM telemetry WHERE satellite_id = %(sid)s"
+        " AND time >= now() - make_interval(mins => %(m)s)"
+        " GROUP BY t ORDER BY t"
+    ),
+}

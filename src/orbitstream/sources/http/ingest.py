@@ -95,18 +95,22 @@ class IngestHandlers:
             503, f"buffers full, retry later: {exc}", [("Retry-After", str(retry))], **extra
         )
 
-    def _submit(self, points: Sequence[Point], received_ns: int) -> Ack | None:
-        """Map and submit; raises BackpressureError before any state changes."""
+    def _ensure_room(self, points: int) -> None:
+        """Raise BackpressureError unless every sink has room for ``points`` (+ alerts)."""
         pipeline = self.pipeline
-        for lane in pipeline.lanes:  # room for telemetry + worst case alerts
-            if not lane.has_room(2 * len(points), 2 * len(points) * 400):
+        for lane in pipeline.lanes:
+            if not lane.has_room(2 * points, 2 * points * 400):
                 raise BackpressureError(
                     f"buffer full for sink {lane.sink.name}",
                     retry_after_secs=max(1.0, pipeline.limits.linger_secs),
                 )
+
+    def _submit(self, points: Sequence[Point], received_ns: int) -> Ack | None:
+        """Map and submit; raises BackpressureError before any state changes."""
+        self._ensure_room(len(points))
         rows = self.mapper.map(points, received_ns)
         ack = Ack() if self.ack_mode == "sink" else None
-        pipeline.submit(rows, ack)
+        self.pipeline.submit(rows, ack)
         return ack
 
     async def _after_ack(self, ack: Ack, response: Response) -> Response:
@@ -179,6 +183,10 @@ class IngestHandlers:
         body = request.body
         if not body:
             return error_response(400, "empty body: send a JSON array of telemetry points")
+        try:  # refuse before paying for the decode (a point is at least ~80 bytes of JSON)
+            self._ensure_room(len(body) // 160)
+        except BackpressureError as exc:
+            return self._backpressure(exc, accepted=0, rejected=0)
         errors: list[dict[str, Any]] = []
         try:
             points = self._points.decode(body)
