@@ -94,26 +94,32 @@ def serve(
 
 @app.command()
 def migrate(data_dir: DataDir = None) -> None:
-    """Create or update the store's tables, rollups and views, then exit."""
+    """Create or update every configured store's tables, rollups and views, then exit."""
     settings = _settings(data_dir=data_dir)
     from orbitstream.pipelines import satellites
-    from orbitstream.service import chdb_path, read_service_file
-    from orbitstream.sinks.chdb import ChdbSink
+    from orbitstream.service import read_service_file
+    from orbitstream.stores import build_stores, sink_names
 
-    if read_service_file(settings.data_dir):
+    if "chdb" in sink_names(settings) and read_service_file(settings.data_dir):
         console.print(
             "[red]error:[/red] a running service holds the data directory; it migrated at start"
         )
         raise typer.Exit(2)
-    store = ChdbSink(chdb_path(settings), rollup_retention_days=settings.rollup_retention_days)
+
+    async def run() -> list[str]:
+        done = []
+        for store in build_stores(settings):
+            await store.start(list(satellites.tables(settings.retention_days)))
+            await store.close()
+            done.append(str(store.name))
+        return done
+
     try:
-        statements = store.migrate_sync(satellites.tables(settings.retention_days))
+        names = _run_loop(run())
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    finally:
-        store.close_sync()
-    console.print(f"applied {len(statements)} statements to {chdb_path(settings)}")
+    console.print("migrated: " + ", ".join(names))
 
 
 class OutputFormat(StrEnum):
@@ -138,44 +144,30 @@ def _query_service(url: str, sql: str) -> dict[str, Any]:
         raise ValueError(detail) from exc
 
 
-@app.command()
-def query(
-    sql: Annotated[str, typer.Argument(help="A read-only SQL query (ClickHouse dialect).")],
-    fmt: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="Output format.")
-    ] = OutputFormat.table,
-    data_dir: DataDir = None,
-) -> None:
-    """Run a read-only query: through the running service if one holds the store, else directly."""
-    settings = _settings(data_dir=data_dir)
+def _run_query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[object, ...]]]:
+    """Through the running service when one holds the store, else directly."""
     from orbitstream.service import chdb_path, read_service_file
-    from orbitstream.sinks.chdb import ChdbSink, QueryError
+    from orbitstream.stores import build_stores
 
     info = read_service_file(settings.data_dir)
+    if info is not None:
+        doc = _query_service(str(info["url"]), sql)
+        return list(doc["columns"]), [tuple(r) for r in doc["rows"]]
+    if settings.store_kind == "chdb" and not chdb_path(settings).exists():
+        console.print(
+            f"[red]error:[/red] no store at {chdb_path(settings)} yet (ORBITSTREAM_DATA_DIR): "
+            "run `orbitstream serve` or `orbitstream demo` first"
+        )
+        raise typer.Exit(2)
+    store = build_stores(settings)[0]
     try:
-        if info is not None:
-            doc = _query_service(str(info["url"]), sql)
-            columns, rows = doc["columns"], [tuple(r) for r in doc["rows"]]
-        else:
-            path = chdb_path(settings)
-            if not path.exists():
-                console.print(
-                    f"[red]error:[/red] no store at {path} yet (ORBITSTREAM_DATA_DIR): "
-                    "run `orbitstream serve` or `orbitstream demo` first"
-                )
-                raise typer.Exit(2)
-            store = ChdbSink(path)
-            try:
-                res = store.query_sync(sql)
-            finally:
-                store.close_sync()
-            columns, rows = res.columns, res.rows
-    except (QueryError, ValueError) as exc:
-        console.print(f"[red]query failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        res = store.query_sync(sql)
+    finally:
+        store.close_sync()
+    return list(res.columns), list(res.rows)
+
+
+def _print_rows(columns: list[str], rows: list[tuple[object, ...]], fmt: OutputFormat) -> None:
     out = sys.stdout
     if fmt is OutputFormat.json:
         out.write(
@@ -192,6 +184,73 @@ def query(
         for row in rows:
             table.add_row(*("" if v is None else str(v) for v in row))
         Console().print(table)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="A read-only SQL query (the store's dialect).")],
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = OutputFormat.table,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a read-only query: through the running service if one holds the store, else directly."""
+    from orbitstream.sinks.results import QueryError
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        columns, rows = _run_query(settings, sql)
+    except (QueryError, ValueError) as exc:
+        console.print(f"[red]query failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    _print_rows(columns, rows, fmt)
+
+
+@app.command()
+def deadletters(
+    limit: Annotated[int, typer.Option(help="Newest rows to show.")] = 50,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = OutputFormat.table,
+    data_dir: DataDir = None,
+) -> None:
+    """List rows a store refused: its dead_letters table, then the dead-letter file."""
+    from orbitstream.sinks.deadletter import read_dead_letter_file
+    from orbitstream.sinks.results import QueryError
+
+    settings = _settings(data_dir=data_dir)
+    table_col = "table_name" if settings.store_kind == "postgres" else "`table`"
+    sql = (
+        f"SELECT time, pipeline, {table_col} AS table_name, batch_id, error, row "
+        f"FROM dead_letters ORDER BY time DESC LIMIT {int(limit)}"
+    )
+    try:
+        columns, rows = _run_query(settings, sql)
+    except (QueryError, ValueError) as exc:
+        console.print(f"[red]query failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    spilled = read_dead_letter_file(settings.data_dir / "dead_letters.jsonl")
+    for letter in spilled[-limit:]:
+        rows.append(
+            (
+                letter.get("time_ns"),
+                letter.get("pipeline"),
+                letter.get("table"),
+                letter.get("batch_id"),
+                letter.get("error"),
+                json.dumps(letter.get("row")),
+            )
+        )
+    if not rows:
+        console.print("no dead letters")
+        return
+    _print_rows(columns, rows, fmt)
 
 
 @app.command()

@@ -54,6 +54,7 @@ class _Worker:
 
     def __init__(self, path: Path, name: str, readonly: bool) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.closed = False
         self.path = path
         self.conn: Any = None
         self._readonly = readonly
@@ -88,6 +89,7 @@ class _Worker:
 
         self._pool.submit(_close).result()
         self._pool.shutdown(wait=True)
+        self.closed = True
 
 
 class ChdbSink:
@@ -114,6 +116,9 @@ class ChdbSink:
             if self._opened:
                 return
             self.path.mkdir(parents=True, exist_ok=True)
+            if self._writer.closed:  # reopened after close()
+                self._writer = _Worker(self.path, "chdb-writer", readonly=False)
+                self._reader = _Worker(self.path, "chdb-reader", readonly=True)
             self._writer.call(self._writer.open)
             self._reader.call(self._reader.open)
             self._opened = True
@@ -238,7 +243,8 @@ class ChdbSink:
         return self._reader.call(lambda: self._query_on_reader(sql, params))
 
     async def query(self, sql: str, params: dict[str, object] | None = None) -> Rows:
-        self.open_sync()
+        if not self._opened:
+            await asyncio.get_running_loop().run_in_executor(None, self.open_sync)
 
         return await self._reader.run(lambda: self._query_on_reader(sql, params))
 
