@@ -242,3 +242,89 @@ def test_metrics_and_openapi(service: ServiceProcess) -> None:
     assert {"/telemetry", "/telemetry/batch", "/telemetry/ndjson", "/health", "/metrics"} <= set(
         spec["paths"]
     )
+
+
+def test_malformed_http_gets_400_and_service_lives(service: ServiceProcess) -> None:
+    with socket.create_connection(("127.0.0.1", service.port)) as s:
+        s.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        assert s.recv(200).startswith(b"HTTP/1.1 400")
+    with socket.create_connection(("127.0.0.1", service.port)) as s:
+        body = json.dumps(GOOD).encode()
+        s.sendall(
+            b"POST /telemetry HTTP/1.0\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        data = b""
+        while chunk := s.recv(4096):  # HTTP/1.0 without keep-alive: the server closes
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 202") and b"Connection: close" in data
+    assert http("GET", service.url + "/health")[0] == 200
+
+
+def test_query_cli_goes_through_the_running_service_then_direct(service: ServiceProcess) -> None:
+    import subprocess
+    import sys
+
+    assert (
+        post_json(
+            service.url + "/telemetry/batch", [{**GOOD, "satellite_id": f"Q-{i}"} for i in range(7)]
+        )[0]
+        == 202
+    )
+    service.wait_count(7)
+    env = {**service.env}
+    cmd = [
+        sys.executable,
+        "-m",
+        "orbitstream",
+        "query",
+        "SELECT count() AS n FROM telemetry",
+        "--format",
+        "json",
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [{"n": 7}]
+    bad = subprocess.run(
+        [*cmd[:4], "INSERT INTO telemetry SELECT * FROM telemetry"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "readonly" in bad.stderr.lower()
+    assert service.stop() == 0
+    out = subprocess.run(
+        [*cmd[:4], "SELECT satellite_id FROM telemetry ORDER BY 1 LIMIT 2", "--format", "csv"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["satellite_id", "Q-0", "Q-1"]
+    dl = subprocess.run(
+        [sys.executable, "-m", "orbitstream", "deadletters"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dl.returncode == 0 and "no dead letters" in dl.stderr + dl.stdout
+
+
+def test_bad_setting_stops_startup_naming_the_variable(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ORBITSTREAM_DATA_DIR": str(tmp_path), "BATCH_TIMEOUT": "soon"}
+    out = subprocess.run(
+        [sys.executable, "-m", "orbitstream", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "BATCH_TIMEOUT" in out.stderr
