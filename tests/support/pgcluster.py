@@ -3,6 +3,7 @@ port), so outage tests can stop and restart a server without touching the shared
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -47,9 +48,25 @@ class TempCluster:
     def start(self) -> None:
         pg_ctl = pg_bin("pg_ctl")
         assert pg_ctl is not None
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} "
-                "-c fsync=off -c synchronous_commit=off -c max_connections=100")
-        self._run([pg_ctl, "-D", str(self.datadir), "-l", str(self.log), "-o", opts, "-w", "-t", "60", "start"])
+        opts = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} "
+            "-c fsync=off -c synchronous_commit=off -c max_connections=100"
+        )
+        self._run(
+            [
+                pg_ctl,
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.log),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
 
     def stop(self, mode: str = "fast") -> None:
         pg_ctl = pg_bin("pg_ctl")
@@ -57,9 +74,7 @@ class TempCluster:
         self._run([pg_ctl, "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"])
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
             self.stop("immediate")
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pass
         time.sleep(0.1)
         shutil.rmtree(self.base, ignore_errors=True)
