@@ -158,3 +158,41 @@ async def test_blank_lines_in_encoded_bytes_are_not_truncated(tmp_path: Path) ->
         assert stats.rows == [(10_000, 2570)]
     finally:
         await store.close()
+
+
+async def test_dashboard_reads_run_beside_the_writer(tmp_path: Path) -> None:
+    from orbitstream.dashboard.queries import DashboardQueries
+
+    telemetry, alerts = tables()
+    store = ChdbSink(tmp_path / "chdb")
+    await store.start([telemetry, alerts])
+    dash = DashboardQueries(store)
+    reads: list[tuple[float, int]] = []
+    writing = True
+
+    async def reader() -> None:
+        while writing:
+            summary = await dash.summary()
+            reads.append((time.monotonic(), int(summary["total_points"])))
+            await asyncio.sleep(0)
+
+    async def writer() -> None:
+        nonlocal writing
+        for k in range(15):
+            rows: list[tuple[object, ...]] = [
+                (time.time_ns() - i, f"W-{i % 20}", 50.0, 10.0, -60.0, False, (), time.time_ns())
+                for i in range(10_000)
+            ]
+            await store.write(Batch(telemetry, rows, f"w{k}"))
+        writing = False
+
+    try:
+        started = time.monotonic()
+        await asyncio.gather(reader(), writer())
+        finished = time.monotonic()
+        during = [n for t, n in reads if started < t < finished]
+        assert len(during) >= 5, "reads were blocked while the writer ran"
+        assert during == sorted(during)  # counts only grow, each read is consistent
+        assert (await dash.summary())["total_points"] == 150_000
+    finally:
+        await store.close()
