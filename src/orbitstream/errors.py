@@ -70,7 +70,7 @@ class SinkError(OrbitStreamError):
         sink: str = "",
         table: str = "",
         batch_id: str = "",
-        status_code: int | None = None,
+        status_code: int | str | None = None,
     ) -> None:
         super().__init__(message)
         self.sink = sink

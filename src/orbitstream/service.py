@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import decimal
 import gc
 import json
 import logging
@@ -43,7 +44,18 @@ __all__ = ["SERVICE_FILE", "Service", "chdb_path", "read_service_file"]
 
 logger = logging.getLogger(__name__)
 SERVICE_FILE = "service.json"
-_encode = msgspec.json.Encoder().encode
+
+
+def _enc_hook(value: object) -> object:
+    """JSON for values PostgreSQL returns that msgspec does not encode natively."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (bytes, memoryview)):
+        return bytes(value).hex()
+    return str(value)
+
+
+_encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
 _LOOPBACK = ("127.", "::1", "localhost")
 
 
@@ -104,6 +116,7 @@ class Service:
             self._router(), max_body_bytes=settings.max_body_bytes, on_response=self._count
         )
         self.port: int | None = None
+        self._maintenance: asyncio.Future[None] | None = None
         self.stopping = asyncio.Event()
         self._started_at = time.time()
 
@@ -221,8 +234,10 @@ class Service:
                 f"{other.get('url')}); stop it or choose another ORBITSTREAM_DATA_DIR",
                 setting="ORBITSTREAM_DATA_DIR",
             )
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         await self.pipeline.start()
         await self._restore_alerts()
+        self._maintenance = asyncio.ensure_future(self._maintain_forever())
         gc.collect()
         gc.freeze()
         self.port = await self.server.start(s.host, s.port)
@@ -245,6 +260,22 @@ class Service:
         firing = await self.dashboard.firing_alerts(satellites.PIPELINE)
         self.mapper.alerts.restore(firing)
 
+    async def _maintain_forever(self, every_secs: float = 3600.0) -> None:
+        """Hourly store upkeep (PostgreSQL: partitions ahead, retention, ledger pruning)."""
+        while True:
+            await asyncio.sleep(every_secs)
+            for store in self.stores:
+                maintain = getattr(store, "maintain", None)
+                if maintain is None:
+                    continue
+                try:
+                    await maintain()
+                except Exception as exc:  # upkeep must never take the service down
+                    logger.warning(
+                        "Store maintenance failed.",
+                        extra={"component": store.name, "error": repr(exc)},
+                    )
+
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -260,6 +291,8 @@ class Service:
     async def stop(self) -> None:
         timeout = self.settings.shutdown_timeout_secs
         logger.info("Service stopping.", extra={"buffered": self.pipeline.health()})
+        if self._maintenance is not None:
+            self._maintenance.cancel()
         server_closed = asyncio.ensure_future(self.server.close(timeout))
         self.pipeline.flush()
         await server_closed

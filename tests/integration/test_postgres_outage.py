@@ -24,8 +24,10 @@ GOOD = {"battery_charge_percent": 55.0, "storage_usage_mb": 1000.0, "signal_stre
 
 @pytest.fixture
 def cluster() -> Iterator[TempCluster]:
-    require(pg_bin("initdb") is not None and pg_bin("pg_ctl") is not None,
-            "PostgreSQL server binaries (initdb, pg_ctl)")
+    require(
+        pg_bin("initdb") is not None and pg_bin("pg_ctl") is not None,
+        "PostgreSQL server binaries (initdb, pg_ctl)",
+    )
     c = TempCluster()
     c.start()
     try:
@@ -35,10 +37,15 @@ def cluster() -> Iterator[TempCluster]:
 
 
 def test_postgres_outage_during_load(cluster: TempCluster, service_factory: Any) -> None:
-    svc: ServiceProcess = service_factory({
-        "DATABASE_URL": cluster.url, "BATCH_SIZE": "500", "BATCH_TIMEOUT": "200ms",
-        "ORBITSTREAM_MAX_BUFFER_ROWS": "20000", "ORBITSTREAM_RETRY_MAX_BACKOFF": "1s",
-    })
+    svc: ServiceProcess = service_factory(
+        {
+            "DATABASE_URL": cluster.url,
+            "BATCH_SIZE": "500",
+            "BATCH_TIMEOUT": "200ms",
+            "ORBITSTREAM_MAX_BUFFER_ROWS": "20000",
+            "ORBITSTREAM_RETRY_MAX_BACKOFF": "1s",
+        }
+    )
     acked: list[str] = []
     statuses: Counter[int] = Counter()
     health_seen: list[tuple[float, int, str]] = []
@@ -73,7 +80,9 @@ def test_postgres_outage_during_load(cluster: TempCluster, service_factory: Any)
             while time.monotonic() < stop_at:
                 async with session.get(svc.url + "/health") as r:
                     doc = await r.json()
-                    health_seen.append((time.monotonic(), r.status, doc["sinks"]["postgres"]["status"]))
+                    health_seen.append(
+                        (time.monotonic(), r.status, doc["sinks"]["postgres"]["status"])
+                    )
                 await asyncio.sleep(0.5)
 
     async def scenario() -> None:

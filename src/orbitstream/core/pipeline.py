@@ -26,7 +26,7 @@ from orbitstream.core.metrics import Metrics
 from orbitstream.core.protocols import DeadLetterStore, Sink
 from orbitstream.core.retry import RetryPolicy
 from orbitstream.core.tables import Table
-from orbitstream.errors import BackpressureError, SinkRejectedError
+from orbitstream.errors import BackpressureError, SinkRejectedError, SinkRetryableError
 
 __all__ = ["Batcher", "Pipeline", "PipelineLimits", "SinkLane"]
 
@@ -338,10 +338,34 @@ class Pipeline:
             "sink_up", lambda: {(lane.sink.name,): float(lane.up) for lane in self.lanes}
         )
 
-    async def start(self) -> None:
-        """Create tables in every sink (retrying while a sink is unreachable) and start writers."""
+    async def start(self, timeout_secs: float = 60.0) -> None:
+        """Create tables in every sink and start writers.
+
+        A sink that is unreachable (a retryable error) is retried with backoff for up to
+        ``timeout_secs``; a configuration or schema error fails at once.
+        """
         for lane in self.lanes:
-            await lane.sink.start(list(self.tables.values()))
+            deadline = time.monotonic() + timeout_secs
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    await lane.sink.start(list(self.tables.values()))
+                    break
+                except SinkRetryableError as exc:
+                    if time.monotonic() >= deadline:
+                        raise
+                    delay = lane.retry.delay(attempt)
+                    logger.warning(
+                        "Sink not reachable at start; retrying.",
+                        extra={
+                            "component": lane.sink.name,
+                            "attempt": attempt,
+                            "retry_in_secs": round(delay, 3),
+                            "error": str(exc),
+                        },
+                    )
+                    await asyncio.sleep(delay)
         for lane in self.lanes:
             lane.start()
         self._started = True

@@ -135,9 +135,9 @@ async def test_retryable_failure_retries_then_succeeds(backend: Backend, tmp_pat
     backend.transient_failure()
     with pytest.raises(SinkRetryableError):
         await backend.sink.write(Batch(TELEMETRY, telemetry_rows(10), "direct"))
-    backend.transient_failure()
     p = pipeline(tmp_path, backend)
     await p.start()
+    backend.transient_failure()
     ack = Ack()
     p.submit({"telemetry": telemetry_rows(500, 100)}, ack)
     await asyncio.wait_for(ack.wait(), 30)

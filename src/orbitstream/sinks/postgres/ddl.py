@@ -1,0 +1,401 @@
+"""PostgreSQL DDL rendered from the table declarations (pure: strings out).
+
+Two layouts share table and column names, so dashboards work on both:
+
+- ``timescale``: a hypertable (1 h chunks), compression segmented by entity and ordered
+  by time after 1 day, a retention policy, and per rollup a continuous aggregate named
+  after the rollup with a refresh policy.
+- ``plain``: the table ``PARTITION BY RANGE (time)`` with daily partitions
+  ``<table>_pYYYYMMDD`` (created ahead and dropped past retention by
+  :func:`~orbitstream.sinks.postgres.migrations.maintain`) plus a DEFAULT partition,
+  so an out-of-range timestamp never fails a batch; per rollup a table
+  ``<rollup>_agg`` updated in the same transaction as each batch and a view named after
+  the rollup with ClickHouse's output columns.
+
+Both have the batch ledger ``orbitstream_batches`` and ``dead_letters``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Literal
+
+from orbitstream.core.tables import ColType, Column, Rollup, Table
+
+__all__ = [
+    "ANOMALY_COLUMN",
+    "DEAD_LETTERS",
+    "LEDGER",
+    "Layout",
+    "column_type",
+    "copy_sql",
+    "core_statements",
+    "interval",
+    "parse_partition_day",
+    "partition_bounds",
+    "partition_name",
+    "plain_partition_statement",
+    "plain_rollup_statements",
+    "plain_table_statements",
+    "quote_ident",
+    "quote_literal",
+    "rollup_table",
+    "rollup_upsert_sql",
+    "timescale_extension_statements",
+    "timescale_retention_statements",
+    "timescale_rollup_retention_statements",
+    "timescale_rollup_statements",
+    "timescale_table_statements",
+]
+
+Layout = Literal["plain", "timescale"]
+
+LEDGER = "orbitstream_batches"
+DEAD_LETTERS = "dead_letters"
+ANOMALY_COLUMN = "is_anomaly"
+CHUNK_INTERVAL = "1 hour"
+COMPRESS_AFTER = "1 day"
+
+_BASE: dict[ColType, str] = {
+    ColType.TIMESTAMP: "timestamptz",
+    ColType.STRING: "text",
+    ColType.FLOAT64: "double precision",
+    ColType.INT64: "bigint",
+    ColType.UINT64: "bigint",
+    ColType.BOOL: "boolean",
+    ColType.STRING_LIST: "text[]",
+    ColType.MAP_STR_FLOAT: "jsonb",
+    ColType.MAP_STR_STR: "jsonb",
+}
+
+
+def quote_ident(name: str) -> str:
+    """``"name"`` with embedded quotes doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """``'value'`` with embedded quotes doubled (``standard_conforming_strings`` on)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def interval(secs: int) -> str:
+    """``300`` -> ``'5 minutes'`` (an INTERVAL literal, quoted)."""
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if secs % size == 0:
+            n = secs // size
+            return quote_literal(f"{n} {unit}" + ("" if n == 1 else "s"))
+    return quote_literal(f"{secs} seconds")
+
+
+def column_type(col: Column) -> str:
+    return _BASE[col.type]
+
+
+def _q(names: Iterable[str]) -> str:
+    return ", ".join(quote_ident(n) for n in names)
+
+
+def _columns(table: Table) -> str:
+    lines = []
+    for c in table.columns:
+        null = "" if c.nullable else " NOT NULL"
+        lines.append(f"    {quote_ident(c.name)} {column_type(c)}{null}")
+    return ",\n".join(lines)
+
+
+def _comments(table: Table) -> list[str]:
+    out = []
+    if table.comment:
+        out.append(f"COMMENT ON TABLE {quote_ident(table.name)} IS {quote_literal(table.comment)}")
+    for c in table.columns:
+        if c.comment:
+            out.append(
+                f"COMMENT ON COLUMN {quote_ident(table.name)}.{quote_ident(c.name)} "
+                f"IS {quote_literal(c.comment)}"
+            )
+    return out
+
+
+def _has_anomaly_flag(table: Table) -> bool:
+    return ANOMALY_COLUMN in table.column_names and (
+        table.column(ANOMALY_COLUMN).type is ColType.BOOL
+    )
+
+
+def _entity_index(table: Table) -> str | None:
+    if table.entity_column is None:
+        return None
+    name = f"{table.name}_{table.entity_column}_time_idx"
+    return (
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} ON {quote_ident(table.name)} "
+        f"({quote_ident(table.entity_column)}, {quote_ident(table.time_column)} DESC)"
+    )
+
+
+def _anomaly_index(table: Table) -> str | None:
+    if not _has_anomaly_flag(table):
+        return None
+    return (
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(table.name + '_anomaly_idx')} "
+        f"ON {quote_ident(table.name)} ({quote_ident(table.time_column)} DESC) "
+        f"WHERE {quote_ident(ANOMALY_COLUMN)}"
+    )
+
+
+def copy_sql(table: Table) -> str:
+    """``COPY <table> (<columns>) FROM STDIN (FORMAT BINARY)``."""
+    return f"COPY {quote_ident(table.name)} ({_q(table.column_names)}) FROM STDIN (FORMAT BINARY)"
+
+
+# -- always ------------------------------------------------------------------------------
+
+
+def core_statements() -> list[str]:
+    """The batch ledger (deduplication) and the dead-letter table."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(LEDGER)} (\n"
+        "    batch_id text PRIMARY KEY,\n"
+        "    table_name text NOT NULL,\n"
+        "    rows integer NOT NULL,\n"
+        "    written_at timestamptz NOT NULL DEFAULT now()\n)",
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(LEDGER + '_written_at_brin')} "
+        f"ON {quote_ident(LEDGER)} USING brin (written_at)",
+        f"COMMENT ON TABLE {quote_ident(LEDGER)} IS "
+        + quote_literal(
+            "Batch ids committed, written in the same transaction as the rows: "
+            "a replayed batch finds its id here and is skipped."
+        ),
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(DEAD_LETTERS)} (\n"
+        "    time timestamptz NOT NULL,\n"
+        "    pipeline text NOT NULL,\n"
+        "    table_name text NOT NULL,\n"
+        "    batch_id text NOT NULL,\n"
+        "    row jsonb,\n"
+        "    error text NOT NULL\n)",
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(DEAD_LETTERS + '_time_brin')} "
+        f"ON {quote_ident(DEAD_LETTERS)} USING brin (time)",
+        f"COMMENT ON TABLE {quote_ident(DEAD_LETTERS)} IS "
+        + quote_literal("Rows a table refused, with the error."),
+    ]
+
+
+# -- plain PostgreSQL ----------------------------------------------------------------------
+
+
+def partition_name(table: Table | str, day: dt.date) -> str:
+    base = table if isinstance(table, str) else table.name
+    return f"{base}_p{day:%Y%m%d}"
+
+
+def parse_partition_day(table: Table | str, name: str) -> dt.date | None:
+    """The day of a partition named by :func:`partition_name`, else ``None``."""
+    base = table if isinstance(table, str) else table.name
+    prefix = base + "_p"
+    digits = name[len(prefix) :]
+    if not name.startswith(prefix) or len(digits) != 8 or not digits.isdigit():
+        return None
+    try:
+        return dt.datetime.strptime(digits, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def partition_bounds(day: dt.date) -> tuple[str, str]:
+    """``[day 00:00 UTC, next day 00:00 UTC)`` as timestamptz literals."""
+    nxt = day + dt.timedelta(days=1)
+    return f"{day.isoformat()} 00:00:00+00", f"{nxt.isoformat()} 00:00:00+00"
+
+
+def plain_partition_statement(table: Table, day: dt.date) -> str:
+    lo, hi = partition_bounds(day)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(partition_name(table, day))} "
+        f"PARTITION OF {quote_ident(table.name)} "
+        f"FOR VALUES FROM ({quote_literal(lo)}) TO ({quote_literal(hi)})"
+    )
+
+
+def plain_table_statements(table: Table) -> list[str]:
+    """Partitioned parent, DEFAULT partition, BRIN on time, btree on (entity, time DESC),
+    the partial anomaly index, comments. Daily partitions come from maintenance."""
+    name = quote_ident(table.name)
+    out = [
+        f"CREATE TABLE IF NOT EXISTS {name} (\n{_columns(table)}\n) "
+        f"PARTITION BY RANGE ({quote_ident(table.time_column)})",
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(table.name + '_default')} "
+        f"PARTITION OF {name} DEFAULT",
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(table.name + '_time_brin')} "
+        f"ON {name} USING brin ({quote_ident(table.time_column)})",
+    ]
+    out += [s for s in (_entity_index(table), _anomaly_index(table)) if s]
+    return out + _comments(table)
+
+
+def rollup_table(rollup: Rollup) -> str:
+    return f"{rollup.name}_agg"
+
+
+def _state(name: str) -> str:
+    return quote_ident("s_" + name)
+
+
+def plain_rollup_statements(table: Table, rollup: Rollup) -> list[str]:
+    """``<rollup>_agg`` (one row per bucket and entity, kept by upserts) and the view."""
+    target = quote_ident(rollup_table(rollup))
+    bucket = quote_ident(rollup.bucket_name)
+    keys = [quote_ident(k) for k in rollup.group_by]
+    cols = [f"    {bucket} timestamptz NOT NULL"]
+    cols += [
+        f"    {quote_ident(k)} {column_type(table.column(k))} NOT NULL" for k in rollup.group_by
+    ]
+    view = [bucket, *keys]
+    for _, short in rollup.measures:
+        cols += [
+            f"    {_state('sum_' + short)} double precision",
+            f"    {_state('min_' + short)} double precision",
+            f"    {_state('max_' + short)} double precision",
+        ]
+        view += [
+            f"{_state('sum_' + short)} / NULLIF({_state(rollup.count_name)}, 0)"
+            f" AS {quote_ident('avg_' + short)}",
+            f"{_state('min_' + short)} AS {quote_ident('min_' + short)}",
+            f"{_state('max_' + short)} AS {quote_ident('max_' + short)}",
+        ]
+    cols.append(f"    {_state(rollup.count_name)} bigint NOT NULL")
+    view.append(f"{_state(rollup.count_name)} AS {quote_ident(rollup.count_name)}")
+    for out, _ in rollup.flag_counts:
+        cols.append(f"    {_state(out)} bigint NOT NULL")
+        view.append(f"{_state(out)} AS {quote_ident(out)}")
+    cols.append(f"    PRIMARY KEY ({', '.join([bucket, *keys])})")
+    return [
+        f"CREATE TABLE IF NOT EXISTS {target} (\n" + ",\n".join(cols) + "\n)",
+        f"CREATE OR REPLACE VIEW {quote_ident(rollup.name)} AS\nSELECT {', '.join(view)}\n"
+        f"FROM {target}",
+        f"COMMENT ON TABLE {target} IS "
+        + quote_literal(
+            f"Running sums, minima and maxima per {rollup.bucket_secs} s bucket of "
+            f"{table.name}, updated in each batch's transaction; read the view "
+            f"{rollup.name}."
+        ),
+    ]
+
+
+def rollup_upsert_sql(table: Table, rollup: Rollup) -> str:
+    """Merge per-bucket aggregates of one batch into ``<rollup>_agg``.
+
+    Parameters, one array each, in this order: bucket (epoch seconds), the group-by
+    columns, per measure sum/min/max, the row count, per flag its count. Rows are
+    inserted sorted by key so concurrent writers lock them in the same order.
+    """
+    target = quote_ident(rollup_table(rollup))
+    names = [rollup.bucket_name, *rollup.group_by]
+    casts = ["bigint[]"] + [f"{column_type(table.column(k))}[]" for k in rollup.group_by]
+    merge: list[str] = []
+    for _, short in rollup.measures:
+        for fn, sql_fn in (("sum", ""), ("min", "LEAST"), ("max", "GREATEST")):
+            col = "s_" + fn + "_" + short
+            names.append(col)
+            casts.append("double precision[]")
+            q = quote_ident(col)
+            if sql_fn:
+                merge.append(f"{q} = {sql_fn}(a.{q}, EXCLUDED.{q})")
+            else:
+                merge.append(f"{q} = a.{q} + EXCLUDED.{q}")
+    for col in ["s_" + rollup.count_name] + ["s_" + out for out, _ in rollup.flag_counts]:
+        names.append(col)
+        casts.append("bigint[]")
+        q = quote_ident(col)
+        merge.append(f"{q} = a.{q} + EXCLUDED.{q}")
+    aliases = [f"c{i}" for i in range(len(names))]
+    select = ["to_timestamp(u.c0)"] + [f"u.{a}" for a in aliases[1:]]
+    params = ", ".join(f"%s::{c}" for c in casts)
+    conflict = _q([rollup.bucket_name, *rollup.group_by])
+    order = ", ".join(str(i + 1) for i in range(1 + len(rollup.group_by)))
+    return (
+        f"INSERT INTO {target} AS a ({_q(names)})\n"
+        f"SELECT {', '.join(select)}\nFROM unnest({params}) AS u({', '.join(aliases)})\n"
+        f"ORDER BY {order}\n"
+        f"ON CONFLICT ({conflict}) DO UPDATE SET\n    " + ",\n    ".join(merge)
+    )
+
+
+# -- TimescaleDB ---------------------------------------------------------------------------
+
+
+def timescale_extension_statements() -> list[str]:
+    return ["CREATE EXTENSION IF NOT EXISTS timescaledb"]
+
+
+def timescale_table_statements(table: Table) -> list[str]:
+    """Hypertable with 1 h chunks, indexes, compression after 1 day (segment by entity)."""
+    name = quote_ident(table.name)
+    out = [
+        f"CREATE TABLE IF NOT EXISTS {name} (\n{_columns(table)}\n)",
+        f"SELECT create_hypertable({quote_literal(table.name)}, "
+        f"{quote_literal(table.time_column)}, "
+        f"chunk_time_interval => INTERVAL {quote_literal(CHUNK_INTERVAL)}, "
+        "if_not_exists => TRUE)",
+    ]
+    out += [s for s in (_entity_index(table), _anomaly_index(table)) if s]
+    compress = [
+        "timescaledb.compress",
+        f"timescaledb.compress_orderby = {quote_literal(table.time_column + ' DESC')}",
+    ]
+    if table.entity_column:
+        compress.insert(1, f"timescaledb.compress_segmentby = {quote_literal(table.entity_column)}")
+    out.append(f"ALTER TABLE {name} SET ({', '.join(compress)})")
+    out.append(
+        f"SELECT add_compression_policy({quote_literal(table.name)}, "
+        f"INTERVAL {quote_literal(COMPRESS_AFTER)}, if_not_exists => TRUE)"
+    )
+    return out + _comments(table)
+
+
+def timescale_retention_statements(relation: str, days: int) -> list[str]:
+    """Replace the retention policy of a hypertable or continuous aggregate."""
+    rel = quote_literal(relation)
+    return [
+        f"SELECT remove_retention_policy({rel}, if_exists => TRUE)",
+        f"SELECT add_retention_policy({rel}, INTERVAL {interval(int(days) * 86_400)})",
+    ]
+
+
+def timescale_rollup_statements(table: Table, rollup: Rollup) -> list[str]:
+    """A continuous aggregate named after the rollup (real-time: recent rows included)."""
+    bucket = quote_ident(rollup.bucket_name)
+    keys = [quote_ident(k) for k in rollup.group_by]
+    select = [
+        f"time_bucket(INTERVAL {interval(rollup.bucket_secs)}, "
+        f"{quote_ident(table.time_column)}) AS {bucket}",
+        *keys,
+    ]
+    for src, short in rollup.measures:
+        s = quote_ident(src)
+        select += [
+            f"avg({s}) AS {quote_ident('avg_' + short)}",
+            f"min({s}) AS {quote_ident('min_' + short)}",
+            f"max({s}) AS {quote_ident('max_' + short)}",
+        ]
+    select.append(f"count(*) AS {quote_ident(rollup.count_name)}")
+    for out, flag in rollup.flag_counts:
+        # sum(CASE) rather than FILTER: accepted by every TimescaleDB 2.x; bigint either way.
+        select.append(f"sum(CASE WHEN {quote_ident(flag)} THEN 1 ELSE 0 END) AS {quote_ident(out)}")
+    view = quote_ident(rollup.name)
+    width = rollup.bucket_secs
+    return [
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view}\n"
+        "WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS\n"
+        f"SELECT {', '.join(select)}\nFROM {quote_ident(table.name)}\n"
+        f"GROUP BY {', '.join([bucket, *keys])}\nWITH NO DATA",
+        f"SELECT add_continuous_aggregate_policy({quote_literal(rollup.name)}, "
+        f"start_offset => INTERVAL {quote_literal(COMPRESS_AFTER)}, "
+        f"end_offset => INTERVAL {interval(width)}, "
+        f"schedule_interval => INTERVAL {interval(width)}, "
+        "if_not_exists => TRUE)",
+    ]
+
+
+def timescale_rollup_retention_statements(rollup: Rollup, days: int) -> list[str]:
+    return timescale_retention_statements(rollup.name, days)

@@ -1,0 +1,432 @@
+"""The PostgreSQL / TimescaleDB sink: one transaction per batch, effectively once.
+
+``write(batch)`` runs, in one transaction on a pooled connection:
+
+1. ``INSERT INTO orbitstream_batches ... ON CONFLICT DO NOTHING RETURNING`` -- no row
+   back means this batch id was committed before (a retry after a lost commit
+   acknowledgement, a replay): nothing else happens;
+2. ``COPY <table> (<columns>) FROM STDIN (FORMAT BINARY)`` with the bytes of
+   :mod:`~orbitstream.sinks.postgres.encoding`;
+3. on the plain layout, the rollup upserts (``<rollup>_agg``);
+4. ``COMMIT``.
+
+Errors are classified here by SQLSTATE class: ``08`` connection, ``53`` resources,
+``57`` operator intervention, ``40`` serialization/deadlock, ``58`` system and
+connection-level failures are :class:`PostgresRetryableError`; ``22`` data, ``23``
+integrity and ``42`` syntax/undefined objects are :class:`PostgresRejectedError` (the
+pipeline bisects the batch and dead-letters the offending rows). ``42501``
+(insufficient privilege) is retryable: an operator can fix it, and the rows are fine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from orbitstream.core.batch import Batch, DeadLetter, Row
+from orbitstream.core.tables import Rollup, Table
+from orbitstream.errors import ConfigError, SinkRejectedError, SinkRetryableError
+from orbitstream.sinks.postgres import ddl
+from orbitstream.sinks.postgres.ddl import Layout
+from orbitstream.sinks.postgres.encoding import (
+    CopyEncoder,
+    EncodeError,
+    aggregate_rollup,
+    encoder_for,
+)
+from orbitstream.sinks.postgres.migrations import MaintenanceReport, maintain, migrate_schema
+from orbitstream.sinks.postgres.settings import PostgresSettings
+from orbitstream.sinks.results import QueryError, Rows
+
+try:
+    import psycopg
+    from psycopg.types.json import Jsonb
+    from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
+except ImportError as _exc:  # pragma: no cover - depends on the install
+    raise ConfigError(
+        "DATABASE_URL selects PostgreSQL, which needs the postgres extra: "
+        "pip install 'orbitstream[postgres]'",
+        setting="DATABASE_URL",
+    ) from _exc
+
+__all__ = [
+    "REJECTED_CLASSES",
+    "RETRYABLE_CLASSES",
+    "PostgresRejectedError",
+    "PostgresRetryableError",
+    "PostgresSink",
+    "classify_error",
+    "classify_sqlstate",
+]
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_CLASSES = frozenset({"08", "53", "57", "40", "58"})
+REJECTED_CLASSES = frozenset({"22", "23", "42"})
+_RETRYABLE_STATES = frozenset({"42501"})  # insufficient_privilege: fixable, rows are fine
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_CHUNK_ROWS = 2048  # rows per COPY piece (about 200 KiB of telemetry)
+_LEDGER_INSERT = (
+    f"INSERT INTO {ddl.quote_ident(ddl.LEDGER)} (batch_id, table_name, rows) "
+    "VALUES (%s, %s, %s) ON CONFLICT (batch_id) DO NOTHING RETURNING 1"
+)
+_DEAD_LETTER_INSERT = (
+    f"INSERT INTO {ddl.quote_ident(ddl.DEAD_LETTERS)} "
+    "(time, pipeline, table_name, batch_id, row, error) VALUES (%s, %s, %s, %s, %s, %s)"
+)
+
+Kind = Literal["retryable", "rejected"]
+
+
+class PostgresRetryableError(SinkRetryableError):
+    """A transient PostgreSQL failure.
+
+    :param sqlstate: the five-character SQLSTATE (``57P01``), ``None`` for failures
+        below SQL (connection refused, pool timeout). ``status_code`` holds it as an
+        int when it is all digits.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        sink: str = "postgres",
+        table: str = "",
+        batch_id: str = "",
+    ) -> None:
+        super().__init__(
+            message, sink=sink, table=table, batch_id=batch_id, status_code=_status(sqlstate)
+        )
+        self.sqlstate = sqlstate
+
+
+class PostgresRejectedError(SinkRejectedError):
+    """PostgreSQL refused the data itself (see :class:`PostgresRetryableError`)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        sink: str = "postgres",
+        table: str = "",
+        batch_id: str = "",
+    ) -> None:
+        super().__init__(
+            message, sink=sink, table=table, batch_id=batch_id, status_code=_status(sqlstate)
+        )
+        self.sqlstate = sqlstate
+
+
+def _status(sqlstate: str | None) -> int | None:
+    return int(sqlstate) if sqlstate and sqlstate.isdigit() else None
+
+
+def classify_sqlstate(sqlstate: str | None) -> Kind:
+    """``rejected`` for data, integrity and schema errors; ``retryable`` otherwise."""
+    if sqlstate is None or sqlstate in _RETRYABLE_STATES:
+        return "retryable"
+    if sqlstate[:2] in REJECTED_CLASSES:
+        return "rejected"
+    return "retryable"  # RETRYABLE_CLASSES and anything unknown: never drop rows
+
+
+def classify_error(exc: BaseException) -> Kind:
+    """Classify any failure of a write (psycopg errors, pool timeouts, OS errors)."""
+    if isinstance(exc, EncodeError):
+        return "rejected"
+    if isinstance(exc, psycopg.Error):
+        return classify_sqlstate(exc.sqlstate)
+    return "retryable"
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """A dead connection rather than a refused statement or a starved pool."""
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(
+        exc, PoolTimeout | PoolClosed | TooManyRequests
+    )
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0] if isinstance(exc, psycopg.Error) else text
+
+
+@dataclass(frozen=True, slots=True)
+class _TablePlan:
+    table: Table
+    encoder: CopyEncoder
+    copy_sql: str
+    rollups: tuple[tuple[Rollup, str], ...]
+
+
+class PostgresSink:
+    """Writes batches with binary ``COPY``, deduplicated by a ledger; answers queries.
+
+    :param settings: connection, pool size, retention and layout settings.
+    :raises PostgresRetryableError: from ``start``/``write``/``ping``, transient.
+    :raises PostgresRejectedError: from ``write``, when PostgreSQL refuses the rows.
+    :raises ConfigError: from ``start``, when the ``timescale`` setting is impossible.
+    """
+
+    name = "postgres"
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self.settings = settings
+        self.layout: Layout | None = None
+        self.applied: list[str] = []
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._plans: dict[str, _TablePlan] = {}
+        self._tables: tuple[Table, ...] = ()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        if self._pool is None:
+            raise PostgresRetryableError("the PostgreSQL sink is not started", sink=self.name)
+        return self._pool
+
+    async def start(self, tables: Sequence[Table]) -> None:
+        """Open the pool, apply migrations, run maintenance once."""
+        s = self.settings
+        if self._pool is None:
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                s.dsn,
+                min_size=s.min_connections,
+                max_size=s.max_connections,
+                kwargs={
+                    "autocommit": True,
+                    "application_name": s.application_name,
+                    "connect_timeout": max(1, round(s.connect_timeout_secs)),
+                },
+                timeout=s.connect_timeout_secs,
+                name="orbitstream-postgres",
+                open=False,
+            )
+            try:
+                await pool.open(wait=True, timeout=s.connect_timeout_secs)
+            except (psycopg.Error, OSError) as exc:
+                await pool.close()
+                raise PostgresRetryableError(
+                    f"cannot connect to PostgreSQL at {s.redacted_dsn}: {_message(exc)}",
+                    sink=self.name,
+                ) from exc
+            self._pool = pool
+        try:
+            result = await migrate_schema(self.pool, tables, s)
+        except psycopg.Error as exc:
+            raise self._error(exc, "", "") from exc
+        self.layout = result.layout
+        self.applied = result.applied
+        self._tables = tuple(tables)
+        self._plans = {t.name: self._plan(t) for t in tables}
+        await self.maintain()
+        logger.info(
+            "PostgreSQL sink started.",
+            extra={
+                "component": self.name,
+                "component_kind": "sink",
+                "dsn": s.redacted_dsn,
+                "layout": self.layout,
+                "migrations_applied": len(result.applied),
+                "max_connections": s.max_connections,
+            },
+        )
+
+    def _plan(self, table: Table) -> _TablePlan:
+        rollups: tuple[tuple[Rollup, str], ...] = ()
+        if self.layout == "plain":
+            rollups = tuple((r, ddl.rollup_upsert_sql(table, r)) for r in table.rollups)
+        return _TablePlan(table, encoder_for(table), ddl.copy_sql(table), rollups)
+
+    async def maintain(self, now: dt.datetime | None = None) -> MaintenanceReport | None:
+        """Partition and retention upkeep (the service calls it hourly). Never raises: a
+        failed step is logged and retried next time; ``None`` when nothing could run."""
+        try:
+            return await maintain(self.pool, self._tables, self.settings, now)
+        except (psycopg.Error, OSError) as exc:
+            logger.warning(
+                "Maintenance failed.",
+                extra={"component": self.name, "error": _message(exc)},
+            )
+            return None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def ping(self) -> None:
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(f"SELECT 1 FROM {ddl.quote_ident(ddl.LEDGER)} LIMIT 0")
+        except (psycopg.Error, OSError) as exc:
+            raise self._error(exc, "", "") from exc
+
+    # -- writes --------------------------------------------------------------------------
+    def _error(
+        self, exc: BaseException, table: str, batch_id: str
+    ) -> PostgresRetryableError | PostgresRejectedError:
+        sqlstate = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+        cls = PostgresRejectedError if classify_error(exc) == "rejected" else PostgresRetryableError
+        return cls(_message(exc), sqlstate=sqlstate, sink=self.name, table=table, batch_id=batch_id)
+
+    async def write(self, batch: Batch) -> None:
+        """Commit ``batch`` once: rows, rollups and ledger entry in one transaction."""
+        if not batch.rows:
+            return
+        table = batch.table
+        plan = self._plans.get(table.name)
+        if plan is None or (plan.table is not table and plan.table != table):
+            plan = self._plan(table)
+            self._plans[table.name] = plan
+        started = time.perf_counter()
+        duplicate = False
+        nbytes = 0
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(
+                    _LEDGER_INSERT, (batch.batch_id, table.name, len(batch.rows))
+                )
+                if await cur.fetchone() is None:
+                    duplicate = True
+                else:
+                    async with conn.cursor() as copy_cur, copy_cur.copy(plan.copy_sql) as copy:
+                        # Encoded piece by piece: the server inserts one while the next is
+                        # encoded.
+                        for piece in plan.encoder.iter_encode(batch.rows, _CHUNK_ROWS):
+                            nbytes += len(piece)
+                            await copy.write(piece)
+                        # PostgreSQL is still inserting the tail of the stream: aggregate
+                        # the rollups meanwhile (a failure here waits for the COPY's
+                        # verdict, which names the bad value better).
+                        updates = _rollup_updates(plan, batch.rows)
+                    if isinstance(updates, Exception):
+                        raise PostgresRejectedError(
+                            f"rollup aggregation failed: {updates}",
+                            sink=self.name,
+                            table=table.name,
+                            batch_id=batch.batch_id,
+                        ) from updates
+                    for sql, params in updates:
+                        await conn.execute(sql, params)
+        except (psycopg.Error, OSError, EncodeError) as exc:
+            if _connection_lost(exc):
+                await self._drop_broken_connections()
+            raise self._error(exc, table.name, batch.batch_id) from exc
+        logger.debug(
+            "Batch already committed; skipped." if duplicate else "Batch committed.",
+            extra={
+                "component": self.name,
+                "table": table.name,
+                "batch_id": batch.batch_id,
+                "records": len(batch.rows),
+                "bytes": nbytes,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+
+    async def _drop_broken_connections(self) -> None:
+        """After a lost connection (server restart, terminated backend), test the idle
+        pooled connections so the retry does not pick another dead one."""
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.check(), timeout=self.settings.connect_timeout_secs)
+        except Exception as exc:  # the write's own error is what matters
+            logger.debug(
+                "Pool check failed.", extra={"component": self.name, "error": _message(exc)}
+            )
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Store refused rows in ``dead_letters`` (row as jsonb)."""
+        if not letters:
+            return
+        params = [
+            (
+                _EPOCH + dt.timedelta(microseconds=letter.time_ns // 1000),
+                letter.pipeline,
+                letter.table,
+                letter.batch_id,
+                Jsonb(letter.row, dumps=_dumps),
+                letter.error,
+            )
+            for letter in letters
+        ]
+        try:
+            async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                await cur.executemany(_DEAD_LETTER_INSERT, params)
+        except (psycopg.Error, OSError) as exc:
+            raise self._error(exc, ddl.DEAD_LETTERS, letters[0].batch_id) from exc
+
+    # -- reads ---------------------------------------------------------------------------
+    async def query(self, sql: str, params: dict[str, object] | None = None) -> Rows:
+        """Run one read-only statement (``%(name)s`` placeholders).
+
+        The transaction is ``READ ONLY`` with a ``statement_timeout``; the statement is
+        sent with the extended protocol, so ``...; COMMIT; DROP ...`` cannot slip out.
+
+        :raises QueryError: the query failed; ``code`` is the SQLSTATE as an int when
+            it is all digits (``25006``: a write was refused).
+        """
+        timeout_ms = max(1, int(self.settings.query_timeout_secs * 1000))
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                await conn.execute("SET TRANSACTION READ ONLY")
+                await conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+                cur = await conn.execute(sql, params, prepare=True if params is None else None)
+                if cur.description is None:
+                    return Rows([], [], [])
+                columns = [d.name for d in cur.description]
+                types = [d.type_display for d in cur.description]
+                rows = [tuple(r) for r in await cur.fetchall()]
+        except psycopg.Error as exc:
+            raise QueryError(_message(exc), _status(exc.sqlstate)) from exc
+        return Rows(columns, types, rows)
+
+    def query_sync(self, sql: str, params: dict[str, object] | None = None) -> Rows:
+        """:meth:`query` for synchronous callers (the CLI): its own short connection."""
+        timeout_ms = max(1, int(self.settings.query_timeout_secs * 1000))
+        try:
+            with (
+                psycopg.connect(
+                    self.settings.dsn,
+                    autocommit=True,
+                    application_name=self.settings.application_name,
+                    connect_timeout=max(1, round(self.settings.connect_timeout_secs)),
+                ) as conn,
+                conn.transaction(),
+            ):
+                conn.execute("SET TRANSACTION READ ONLY")
+                conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+                cur = conn.execute(sql, params, prepare=True if params is None else None)
+                if cur.description is None:
+                    return Rows([], [], [])
+                columns = [d.name for d in cur.description]
+                types = [d.type_display for d in cur.description]
+                rows = [tuple(r) for r in cur.fetchall()]
+        except psycopg.Error as exc:
+            raise QueryError(_message(exc), _status(exc.sqlstate)) from exc
+        return Rows(columns, types, rows)
+
+
+def _rollup_updates(plan: _TablePlan, rows: Sequence[Row]) -> list[tuple[str, Any]] | Exception:
+    try:
+        return [(sql, aggregate_rollup(plan.table, r, rows)) for r, sql in plan.rollups]
+    except Exception as exc:  # bad rows: PostgreSQL will most likely refuse them too
+        return exc
+
+
+def _dumps(value: object) -> str:
+    # Rows may hold what JSON cannot: NaN/inf become null, unknown types their str().
+    return msgspec.json.encode(value, enc_hook=str).decode()
