@@ -1,0 +1,86 @@
+"""The service with DATABASE_URL=postgres://…: ingest, dashboard, query, fan-out to chDB."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+import pytest
+
+from orbitstream.sinks.chdb import ChdbSink
+from tests.conftest import ServiceProcess, http, post_json
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"battery_charge_percent": 85.5, "storage_usage_mb": 45000.0, "signal_strength_dbm": -55.0}
+
+
+def test_service_writes_postgres_and_serves_dashboard(service_factory: Any, pg_dsn: str) -> None:
+    svc: ServiceProcess = service_factory(
+        {"DATABASE_URL": pg_dsn, "BATCH_TIMEOUT": "100ms", "ORBITSTREAM_ACK_MODE": "sink"}
+    )
+    status, doc = post_json(
+        svc.url + "/telemetry", {"satellite_id": "PGX", **GOOD, "battery_charge_percent": 3.0}
+    )
+    assert status == 202 and doc["ack"] == "sink"
+    batch = [
+        {"satellite_id": f"PG-{i % 5}", **GOOD, "timestamp": f"2026-11-23T10:00:{i:02d}Z"}
+        for i in range(50)
+    ]
+    status, doc = post_json(svc.url + "/telemetry/batch", batch)
+    assert status == 202 and doc["accepted"] == 50
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (51,)
+        row = conn.execute(
+            "SELECT is_anomaly, anomaly_reasons FROM telemetry WHERE battery_charge_percent = 3"
+        ).fetchone()
+        assert row == (True, ["battery_low"])
+        assert conn.execute("SELECT entity_id, rule, state FROM alerts").fetchall() == [
+            ("PGX", "battery_low", "firing")
+        ]
+        assert conn.execute("SELECT sum(data_points) FROM satellite_stats").fetchone() == (51,)
+    status, _, body = http("GET", svc.url + "/health")
+    assert status == 200 and json.loads(body)["sinks"]["postgres"]["status"] == "up"
+    status, _, body = http("GET", svc.url + "/api/dashboard/summary")
+    summary = json.loads(body)
+    assert status == 200, summary
+    assert summary["total_points"] == 51 and summary["total_anomalies"] == 1
+    assert [a["entity_id"] for a in summary["active_alerts"]] == ["PGX"]
+    assert {s["satellite_id"] for s in summary["satellites"]} == {"PGX"} | {
+        f"PG-{i}" for i in range(5)
+    }
+    status, _, body = http("GET", svc.url + "/api/dashboard/series?satellite_id=PGX&minutes=60")
+    assert status == 200 and len(json.loads(body)["t"]) >= 1
+    assert svc.query("SELECT count(*) AS n FROM telemetry WHERE satellite_id = 'PG-0'") == [[10]]
+    status, doc = post_json(svc.url + "/api/query", {"sql": "DELETE FROM telemetry"})
+    assert status == 400
+    assert svc.stop() == 0
+
+
+def test_fan_out_to_postgres_and_chdb(service_factory: Any, pg_dsn: str) -> None:
+    svc: ServiceProcess = service_factory(
+        {
+            "DATABASE_URL": pg_dsn,
+            "ORBITSTREAM_SINKS": "postgres,chdb",
+            "BATCH_TIMEOUT": "100ms",
+            "ORBITSTREAM_ACK_MODE": "sink",
+        }
+    )
+    for k in range(4):
+        status, doc = post_json(
+            svc.url + "/telemetry/batch",
+            [{"satellite_id": f"F-{k}-{i}", **GOOD} for i in range(250)],
+        )
+        assert status == 202 and doc["accepted"] == 250
+    status, _, body = http("GET", svc.url + "/health")
+    assert set(json.loads(body)["sinks"]) == {"postgres", "chdb"}
+    assert svc.stop() == 0
+    with psycopg.connect(pg_dsn) as conn:
+        pg_ids = {r[0] for r in conn.execute("SELECT satellite_id FROM telemetry").fetchall()}
+    store = ChdbSink(svc.data_dir / "chdb")
+    try:
+        ch_ids = {r[0] for r in store.query_sync("SELECT satellite_id FROM telemetry").rows}
+    finally:
+        store.close_sync()
+    assert pg_ids == ch_ids and len(pg_ids) == 1000
