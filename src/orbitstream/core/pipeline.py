@@ -104,6 +104,14 @@ class Batcher:
         self.queue.put_nowait(batch)
 
     async def run(self) -> None:
+        """Run ``concurrency`` writers on this table's queue (a sink may allow several)."""
+        await asyncio.gather(*(self._work() for _ in range(self.lane.concurrency)))
+
+    def stop(self) -> None:
+        for _ in range(self.lane.concurrency):
+            self.queue.put_nowait(None)
+
+    async def _work(self) -> None:
         stop = False
         while not stop:
             batch = await self.queue.get()
@@ -142,6 +150,9 @@ class SinkLane:
         self.metrics = metrics
         self.dead_letters = dead_letters
         self.epoch = f"{os.getpid()}-{time.time_ns()}"
+        # Concurrent writes per table: a server store (PostgreSQL) can commit on several
+        # connections at once; the embedded store serializes on one thread anyway.
+        self.concurrency = max(1, int(getattr(sink, "max_concurrent_writes", 1)))
         self.batchers = {t.name: Batcher(self, t) for t in tables}
         self.rows = 0  # buffered + in flight
         self.bytes = 0
@@ -434,7 +445,7 @@ class Pipeline:
             lane.give_up_at = deadline
             for batcher in lane.batchers.values():
                 batcher.cut()
-                batcher.queue.put_nowait(None)
+                batcher.stop()
         tasks = [b.task for lane in self.lanes for b in lane.batchers.values() if b.task]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)

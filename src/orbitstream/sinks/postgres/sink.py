@@ -182,6 +182,9 @@ class PostgresSink:
 
     def __init__(self, settings: PostgresSettings) -> None:
         self.settings = settings
+        # Batches of one table committed on this many connections at once (the ledger
+        # keeps each batch once; row order across batches does not matter here).
+        self.max_concurrent_writes = max(1, min(4, settings.max_connections // 2))
         self.layout: Layout | None = None
         self.applied: list[str] = []
         self._pool: AsyncConnectionPool[Any] | None = None
