@@ -64,7 +64,7 @@ def test_postgres_outage_during_load(cluster: TempCluster, service_factory: Any)
                         doc = await r.json()
                         if r.status == 202:
                             assert doc["accepted"] == 20
-                            acked.extend(p["satellite_id"] for p in batch)
+                            acked.extend(str(p["satellite_id"]) for p in batch)
                         elif r.status == 503:
                             assert int(r.headers["Retry-After"]) >= 1
                             await asyncio.sleep(0.2)

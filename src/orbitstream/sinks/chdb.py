@@ -136,18 +136,10 @@ class ChdbSink:
         return statements
 
     def schema_statements(self, tables: Sequence[Table]) -> list[str]:
-        out: list[str] = []
-        for table in tables:
-            out.append(self.dialect.create_table(table))
-            ttl = self.dialect.modify_ttl(table)
-            if ttl:
-                out.append(ttl)
-            for rollup in table.rollups:
-                out.extend(
-                    self.dialect.rollup_statements(table, rollup, self.rollup_retention_days)
-                )
-        out.append(self.dialect.dead_letters())
-        return out
+        """The same DDL a ClickHouse server gets (sinks/clickhouse/ddl.py)."""
+        from orbitstream.sinks.clickhouse.ddl import schema_statements
+
+        return schema_statements(self.dialect, tables, self.rollup_retention_days)
 
     async def start(self, tables: Sequence[Table]) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.migrate_sync, tables)

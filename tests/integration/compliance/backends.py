@@ -69,4 +69,38 @@ async def _postgres_backend(tmp_path: Path) -> AsyncIterator[Any]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-EXTRA: dict[str, Callable[[Path], AsyncIterator[Any]]] = {"postgres": _postgres_backend}
+async def _clickhouse_backend(tmp_path: Path) -> AsyncIterator[Any]:
+    from orbitstream.sinks.clickhouse import ClickHouseSettings
+    from orbitstream.sinks.clickhouse.sink import ClickHouseSink
+    from tests.conftest import _has_chdb
+    from tests.integration.compliance.test_sink_compliance import Backend
+    from tests.support.clickhouse_front import ClickHouseFront
+
+    require(_has_chdb(), "chdb (pip install 'orbitstream[chdb]')")
+    front = ClickHouseFront(tmp_path / "front").start()
+    settings = ClickHouseSettings(url=front.url, database=f"comp_{uuid.uuid4().hex[:8]}")
+    sink = ClickHouseSink(settings)
+    await sink.start(list(tables()))
+    reader = ClickHouseSink(settings)  # the pipeline closes its sink; count with another client
+
+    async def count(table: str) -> int:
+        res = await reader.query(f"SELECT count() FROM {table}")
+        return int(str(res.rows[0][0]))
+
+    def set_down(flag: bool) -> None:
+        front.down = flag
+
+    try:
+        yield Backend(
+            sink, count, lambda: count("dead_letters"), lambda: front.fail_next(1, 503), set_down
+        )
+    finally:
+        await sink.close()
+        await reader.close()
+        front.stop()
+
+
+EXTRA: dict[str, Callable[[Path], AsyncIterator[Any]]] = {
+    "postgres": _postgres_backend,
+    "clickhouse": _clickhouse_backend,
+}

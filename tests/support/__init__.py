@@ -1,0 +1,1 @@
+"""Test support: local stand-ins for servers (ClickHouse HTTP front over chDB, PostgreSQL clusters)."""
