@@ -175,7 +175,7 @@ async def test_an_existing_database_is_used_without_the_grant_to_create_one(
     clickhouse_front.fail_next_with_code(
         1, code=497, status=403, message=denied, match="CREATE DATABASE"
     )
-    with pytest.raises(ClickHouseRejectedError) as info:  # missing, and may not be created
+    with pytest.raises(ClickHouseRetryableError) as info:  # missing, and may not be created
         await _start_and_close(ch_settings)
     assert (info.value.code, info.value.status_code) == (497, 403)
     clickhouse_target.command(f"CREATE DATABASE `{ch_settings.database}`")
@@ -274,7 +274,7 @@ async def test_503_and_timeouts_are_retried_by_the_pipeline_without_loss_or_dupl
         (209, "retryable"),  # SOCKET_TIMEOUT (HTTP 503)
         (210, "retryable"),  # NETWORK_ERROR
         (62, "rejected"),  # SYNTAX_ERROR (HTTP 400)
-        (60, "rejected"),  # UNKNOWN_TABLE (HTTP 404)
+        (60, "retryable"),  # UNKNOWN_TABLE (HTTP 404): a deployment problem, rows are held
         (16, "rejected"),  # NO_SUCH_COLUMN_IN_TABLE
         (349, "rejected"),  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
         (117, "rejected"),  # INCORRECT_DATA
@@ -523,7 +523,7 @@ async def test_the_password_never_shows_in_reprs_errors_or_logs(
 
     wrong = ClickHouseSink(dataclasses.replace(settings, password=SecretStr(secret + "-wrong")))
     try:
-        with pytest.raises(ClickHouseRejectedError) as auth:
+        with pytest.raises(ClickHouseRetryableError) as auth:
             await wrong.start([TELEMETRY])
         assert (auth.value.code, auth.value.status_code) == (516, 403)
         texts.append(str(auth.value))

@@ -381,7 +381,7 @@ def test_invalid_settings_are_config_errors(kwargs: dict[str, object]) -> None:
         ("58030", "retryable"),  # I/O error
         ("22P02", "rejected"),  # invalid text representation
         ("23502", "rejected"),  # NOT NULL violation
-        ("42P01", "rejected"),  # undefined table
+        ("42P01", "retryable"),  # undefined table: a deployment problem, rows are held
         ("42601", "rejected"),  # syntax error
         ("42501", "retryable"),  # insufficient privilege: an operator can fix it
         (None, "retryable"),

@@ -125,7 +125,10 @@ class ClickHouseSink:
     def _create_database(self, sql: str) -> None:
         try:
             self._call(partial(self._transport.command, sql, use_database=False))
-        except SinkRejectedError:
+        except (SinkRejectedError, ClickHouseRetryableError) as exc:
+            # ACCESS_DENIED (497) is fine when the database already exists
+            if isinstance(exc, ClickHouseRetryableError) and exc.code != 497:
+                raise
             exists = self._call(
                 partial(
                     self._transport.query_bytes,

@@ -61,6 +61,13 @@ RETRYABLE_CODES = frozenset(
         394,  # QUERY_WAS_CANCELLED (server shutting down, client gone)
         425,  # SYSTEM_ERROR
         999,  # KEEPER_EXCEPTION
+        # Deployment problems, not bad rows (every batch would fail alike): hold the rows,
+        # report the sink down, retry until an operator fixes it.
+        60,  # UNKNOWN_TABLE
+        81,  # UNKNOWN_DATABASE
+        192,  # UNKNOWN_USER
+        497,  # ACCESS_DENIED
+        516,  # AUTHENTICATION_FAILED
     }
 )
 #: The data or the statement is wrong: retrying the same rows cannot succeed.

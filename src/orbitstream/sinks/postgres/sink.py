@@ -70,7 +70,18 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE_CLASSES = frozenset({"08", "53", "57", "40", "58"})
 REJECTED_CLASSES = frozenset({"22", "23", "42"})
-_RETRYABLE_STATES = frozenset({"42501"})  # insufficient_privilege: fixable, rows are fine
+# Deployment problems, not bad rows: every row of every batch would fail the same way, so
+# dead-lettering them would empty the buffers into the dead-letter table. Hold the rows,
+# report the sink down, retry until an operator fixes it.
+_RETRYABLE_STATES = frozenset(
+    {
+        "42501",  # insufficient_privilege
+        "42P01",  # undefined_table (dropped or never migrated)
+        "3D000",  # invalid_catalog_name (database missing)
+        "28000",  # invalid_authorization_specification
+        "28P01",  # invalid_password
+    }
+)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _CHUNK_ROWS = 2048  # rows per COPY piece (about 200 KiB of telemetry)
