@@ -57,6 +57,17 @@ class ClickHouseDialect:
     database: str | None = None
     replicated: bool = False
     cluster: str | None = None
+    distributed: bool = False
+
+    def distributed_table(self, name: str, local: str, sharding_key: str) -> str:
+        """A ``Distributed`` table over ``local`` on every shard of the cluster."""
+        if not self.cluster:
+            raise ValueError("a Distributed table needs a cluster")
+        db = quote_str(self.database or "default")
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.name(name)}{self._on_cluster()} AS {self.name(local)}\n"
+            f"ENGINE = Distributed({quote_str(self.cluster)}, {db}, {quote_str(local)}, {sharding_key})"
+        )
 
     def name(self, table: str) -> str:
         return (

@@ -8,6 +8,7 @@ table, materialized view and view, then the ``dead_letters`` table.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from orbitstream.core.tables import Table
@@ -31,6 +32,8 @@ def schema_statements(
 
     Idempotent (``IF NOT EXISTS``; ``MODIFY TTL`` does not rewrite existing parts).
     """
+    if dialect.distributed:
+        return _distributed_statements(dialect, tables, rollup_retention_days)
     out: list[str] = []
     for table in tables:
         out.append(dialect.create_table(table))
@@ -39,5 +42,48 @@ def schema_statements(
             out.append(ttl)
         for rollup in table.rollups:
             out.extend(dialect.rollup_statements(table, rollup, rollup_retention_days))
+    out.append(dialect.dead_letters())
+    return out
+
+
+def _local(table: Table) -> Table:
+    return Table(
+        name=f"{table.name}_local",
+        columns=table.columns,
+        time_column=table.time_column,
+        order_by=table.order_by,
+        entity_column=table.entity_column,
+        ttl_days=table.ttl_days,
+        comment=table.comment,
+    )
+
+
+def _distributed_statements(
+    dialect: ClickHouseDialect, tables: Sequence[Table], rollup_retention_days: int | None
+) -> list[str]:
+    """Cluster layout: ``<t>_local`` (Replicated)MergeTree on every shard, ``<t>`` a
+    ``Distributed`` table over them (sharded by entity), rollups kept per shard by a
+    materialized view on the local table, and read through a Distributed aggregate table.
+    Inserts go to ``<t>``; queries read ``<t>`` and the rollup view, as on one server.
+    """
+    out: list[str] = []
+    for table in tables:
+        local = _local(table)
+        out.append(dialect.create_table(local))
+        ttl = dialect.modify_ttl(local)
+        if ttl:
+            out.append(ttl)
+        key = f"cityHash64({quote_ident(table.entity_column)})" if table.entity_column else "rand()"
+        out.append(dialect.distributed_table(table.name, local.name, key))
+        for rollup in table.rollups:
+            local_rollup = dataclasses.replace(rollup, name=f"{rollup.name}_local")
+            agg_table, mv, _ = dialect.rollup_statements(local, local_rollup, rollup_retention_days)
+            out += [agg_table, mv]
+            out.append(
+                dialect.distributed_table(
+                    f"{rollup.name}_agg", f"{rollup.name}_local_agg", "rand()"
+                )
+            )
+            out.append(dialect.rollup_statements(table, rollup, rollup_retention_days)[2])
     out.append(dialect.dead_letters())
     return out

@@ -13,6 +13,7 @@ in error messages (a URL quoted in an error has its password replaced by ``***``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -90,6 +91,7 @@ class ClickHouseSettings:
     database: str = "default"
     cluster: str | None = None
     replicated: bool = False
+    distributed: bool = False
     connect_timeout_secs: float = DEFAULT_CONNECT_TIMEOUT_SECS
     send_receive_timeout_secs: float = DEFAULT_SEND_RECEIVE_TIMEOUT_SECS
     compress: Compression = "lz4"
@@ -266,10 +268,19 @@ class ClickHouseSettings:
             environ.get("ORBITSTREAM_CLICKHOUSE_REPLICATED", ""),
             "ORBITSTREAM_CLICKHOUSE_REPLICATED",
         )
+        distributed = _bool(
+            environ.get("ORBITSTREAM_CLICKHOUSE_DISTRIBUTED", ""),
+            "ORBITSTREAM_CLICKHOUSE_DISTRIBUTED",
+        )
+        if distributed and not cluster:
+            raise ConfigError(
+                "ORBITSTREAM_CLICKHOUSE_DISTRIBUTED needs ORBITSTREAM_CLICKHOUSE_CLUSTER",
+                setting="ORBITSTREAM_CLICKHOUSE_DISTRIBUTED",
+            )
         user = get("CLICKHOUSE_USER")
         password = environ.get("CLICKHOUSE_PASSWORD")  # an empty password is a password
         if url is not None:
-            return cls.from_url(
+            parsed = cls.from_url(
                 url,
                 user=user,
                 password=password,
@@ -277,6 +288,7 @@ class ClickHouseSettings:
                 cluster=cluster.strip() if cluster else None,
                 replicated=replicated,
             )
+            return dataclasses.replace(parsed, distributed=distributed)
         assert host is not None
         host = host.strip()
         if "://" in host or "/" in host or not _HOST.match(host):
@@ -299,4 +311,5 @@ class ClickHouseSettings:
             database=database or "default",
             cluster=cluster.strip() if cluster else None,
             replicated=replicated,
+            distributed=distributed,
         )

@@ -85,7 +85,10 @@ class ClickHouseSink:
         self.settings = settings
         self.rollup_retention_days = rollup_retention_days
         self.dialect = ClickHouseDialect(
-            database=settings.database, replicated=settings.replicated, cluster=settings.cluster
+            database=settings.database,
+            replicated=settings.replicated,
+            cluster=settings.cluster,
+            distributed=settings.distributed,
         )
         self._transport = ClickHouseTransport(settings)
 
