@@ -231,15 +231,17 @@ async def bench_pg(url: str, table: Table, rows: list[Row], reps: int) -> tuple[
             # The server's own ceiling: pre-encoded bytes into the bare, unindexed table.
             data = encode_batch(Batch(table, rows, "ceiling"))
 
-            async def ceiling() -> None:
-                async with (
-                    aconn.cursor() as cur,
-                    cur.copy(f"COPY raw_bench ({cols}) FROM STDIN (FORMAT BINARY)") as copy,
-                ):
-                    await copy.write(data)
-                await aconn.commit()
+            for target in ("raw_bench", table.name):
 
-            PG_CEILING.append(await _timed(ceiling, len(rows), reps))
+                async def ceiling(target: str = target) -> None:
+                    async with (
+                        aconn.cursor() as cur,
+                        cur.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy,
+                    ):
+                        await copy.write(data)
+                    await aconn.commit()
+
+                PG_CEILING.append(await _timed(ceiling, len(rows), reps))
         await aconn.close()
         return result
     finally:
@@ -353,10 +355,12 @@ async def main() -> int:
         print(
             f"| {sink} | {shape} | {n:,} | {ours:,.0f} | {raw:,.0f} | {ours / raw:.0%} | {target} {verdict} |"
         )
-    if PG_CEILING:
+    if len(PG_CEILING) == 2:
         print(
             f"\nPostgreSQL server ceiling here: pre-encoded binary COPY of 10,000 satellite rows into a "
-            f"bare table (no partitions, no indexes, no ledger): {PG_CEILING[0]:,.0f} rows/s"
+            f"bare table (no partitions, no indexes, no ledger): {PG_CEILING[0]:,.0f} rows/s; "
+            f"into the seed's layout (daily partitions, btree (satellite_id, time DESC), BRIN, "
+            f"partial anomaly index): {PG_CEILING[1]:,.0f} rows/s"
         )
     accepted_rate, committed_rate = bench_http_pg(args.pg, 5 if args.quick else args.http_duration)
     verdict = "PASS" if committed_rate >= 500_000 else "FAIL"
