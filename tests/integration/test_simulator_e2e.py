@@ -42,7 +42,9 @@ def test_every_acknowledged_point_is_stored_with_its_content(
     )
     stored = {(r[0], int(r[1])) for r in rows}
     assert stored == acked
-    for _, _, battery, storage, signal, is_anomaly, reasons in rows:
+    assert summary.accepted_values is not None
+    for sid, t, battery, storage, signal, is_anomaly, reasons in rows:
+        assert (battery, storage, signal) == summary.accepted_values[(sid, int(t))]  # exact content
         assert 0 <= battery <= 100 and storage >= 0 and -200 <= signal <= 0
         expected = [
             name

@@ -175,6 +175,8 @@ class Summary:
     p50_ms: float
     p99_ms: float
     accepted_points: list[tuple[str, int]] | None = None
+    #: with ``record_accepted``: the values sent for each accepted point (for exact checks)
+    accepted_values: dict[tuple[str, int], tuple[float, float, float]] | None = None
 
     @property
     def achieved_rate(self) -> float:
@@ -384,6 +386,9 @@ class _Driver:
         self.total_latency = LatencyHistogram()
         self.interval_latency = LatencyHistogram()
         self.accepted_points: list[tuple[str, int]] | None = [] if cfg.record_accepted else None
+        self.sent_values: dict[tuple[str, int], tuple[float, float, float]] | None = (
+            {} if cfg.record_accepted else None
+        )
         self.started = 0.0
 
     # ------------------------------------------------------------------ connections
@@ -595,6 +600,8 @@ class _Driver:
             sid = ids[i]
             ts = start_ns + int(k * step_ns)
             battery, storage, sig = models[i].sample(ts)
+            if self.sent_values is not None:
+                self.sent_values[(sid, ts)] = (battery, storage, sig)
             body = encode(TelemetryPoint(sid, battery, storage, sig, ts))
             self.dispatch(_Request(b"%b%d\r\n\r\n%b" % (prefix, len(body), body), [(sid, ts)]))
 
@@ -613,6 +620,8 @@ class _Driver:
             sid = ids[i]
             ts = start_ns + int(k * step_ns)
             battery, storage, sig = models[i].sample(ts)
+            if self.sent_values is not None:
+                self.sent_values[(sid, ts)] = (battery, storage, sig)
             batch.append((sid, ts, TelemetryPoint(sid, battery, storage, sig, ts)))
             if len(batch) >= size:
                 self.flush_batch(batch)
@@ -669,6 +678,11 @@ class _Driver:
             p50_ms=self.total_latency.percentile_ms(0.50),
             p99_ms=self.total_latency.percentile_ms(0.99),
             accepted_points=self.accepted_points,
+            accepted_values=(
+                {p: self.sent_values[p] for p in self.accepted_points}
+                if self.accepted_points is not None and self.sent_values is not None
+                else None
+            ),
         )
 
     # ------------------------------------------------------------------ live output
