@@ -56,6 +56,8 @@ class RecordRejected(RecordError):
 
 
 class SinkError(OrbitStreamError):
+    deployment: bool = False
+
     """A sink failed to write a batch.
 
     :param sink: name of the sink.
@@ -71,8 +73,11 @@ class SinkError(OrbitStreamError):
         table: str = "",
         batch_id: str = "",
         status_code: int | str | None = None,
+        deployment: bool | None = None,
     ) -> None:
         super().__init__(message)
+        if deployment is not None:
+            self.deployment = deployment
         self.sink = sink
         self.table = table
         self.batch_id = batch_id
@@ -80,7 +85,15 @@ class SinkError(OrbitStreamError):
 
 
 class SinkRetryableError(SinkError):
-    """A transient failure: the same batch may be retried."""
+    """A transient failure: the same batch may be retried.
+
+    ``deployment`` marks failures about the deployment rather than the rows (a missing
+    table or database, bad credentials, a missing grant): retried for a bounded time
+    (``ORBITSTREAM_DEPLOYMENT_ERROR_RETRY``) so an operator can fix it, then the whole
+    batch goes to dead letters — a 4xx is never retried forever.
+    """
+
+    deployment: bool = False
 
 
 class SinkRejectedError(SinkError):

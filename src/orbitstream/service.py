@@ -97,6 +97,7 @@ class Service:
                 linger_secs=settings.batch_timeout,
                 max_buffer_rows=settings.max_buffer_rows,
                 max_buffer_bytes=settings.max_buffer_bytes,
+                deployment_retry_secs=settings.deployment_error_retry_secs,
             ),
             retry=RetryPolicy(max_secs=settings.retry_max_backoff_secs),
             metrics=self.metrics,

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     retry_max_backoff_secs: float = Field(
         30.0, gt=0, validation_alias=_env("ORBITSTREAM_RETRY_MAX_BACKOFF", "retry_max_backoff_secs")
     )
+    deployment_error_retry_secs: float = Field(
+        300.0,
+        gt=0,
+        validation_alias=_env("ORBITSTREAM_DEPLOYMENT_ERROR_RETRY", "deployment_error_retry_secs"),
+    )
     shutdown_timeout_secs: float = Field(
         30.0, gt=0, validation_alias=_env("ORBITSTREAM_SHUTDOWN_TIMEOUT", "shutdown_timeout_secs")
     )
@@ -143,7 +148,11 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "batch_timeout", "shutdown_timeout_secs", "retry_max_backoff_secs", mode="before"
+        "batch_timeout",
+        "shutdown_timeout_secs",
+        "retry_max_backoff_secs",
+        "deployment_error_retry_secs",
+        mode="before",
     )
     @classmethod
     def _duration(cls, value: object) -> float:

@@ -42,6 +42,7 @@ class PipelineLimits:
     max_buffer_rows: int = 2_000_000
     max_buffer_bytes: int = 512 * 1024 * 1024
     max_merge_rows: int = 50_000
+    deployment_retry_secs: float = 300.0
 
 
 class Batcher:
@@ -186,6 +187,7 @@ class SinkLane:
     async def _write_with_retry(self, batch: Batch) -> None:
         labels = (self.sink.name, batch.table.name)
         attempt = 0
+        deployment_since: float | None = None
         while True:
             attempt += 1
             started = time.perf_counter()
@@ -199,6 +201,14 @@ class SinkLane:
                 self.metrics.inc("sink_errors", (self.sink.name, "retryable"))
                 self.up = False
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if getattr(exc, "deployment", False):
+                    now = time.monotonic()
+                    deployment_since = deployment_since if deployment_since is not None else now
+                    if now - deployment_since >= self.limits.deployment_retry_secs:
+                        await self._give_up_deployment(batch, exc, now - deployment_since)
+                        return
+                else:
+                    deployment_since = None
                 if self._must_give_up(attempt):
                     self._spill(batch, exc)
                     return
@@ -238,6 +248,16 @@ class SinkLane:
                 },
             )
             return
+
+    async def _give_up_deployment(self, batch: Batch, exc: BaseException, waited: float) -> None:
+        """A deployment error outlived its retry window: dead-letter the whole batch at once
+        (bisecting would fail for every row) and go on with the next."""
+        error = f"{type(exc).__name__}: {exc} (gave up after {waited:.0f} s)"
+        letters = [
+            DeadLetter(self.pipeline, batch.table.name, batch.batch_id, row, error)
+            for row in batch.table.row_dicts(batch.rows)
+        ]
+        await self._dead_letter(batch, letters)
 
     def _must_give_up(self, attempt: int) -> bool:
         if self.retry.exhausted(attempt):

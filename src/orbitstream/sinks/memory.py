@@ -24,6 +24,7 @@ class MemorySink:
         self.dead_letters: list[DeadLetter] = []
         self.down = False
         self.fail_next = 0
+        self.misconfigured = False  # a deployment error (e.g. a missing table)
         self.reject: Callable[[Row], bool] | None = None
         self.write_delay_secs = 0.0
         self.writes = 0
@@ -43,6 +44,14 @@ class MemorySink:
         if self.down:
             raise SinkRetryableError(
                 "sink is down", sink=self.name, table=batch.table.name, batch_id=batch.batch_id
+            )
+        if self.misconfigured:
+            raise SinkRetryableError(
+                "table does not exist",
+                sink=self.name,
+                table=batch.table.name,
+                batch_id=batch.batch_id,
+                deployment=True,
             )
         if self.fail_next > 0:
             self.fail_next -= 1

@@ -229,3 +229,53 @@ async def test_batches_waiting_for_a_slow_sink_are_merged_into_one_write(tmp_pat
     assert sink.writes == 2  # the first alone, then the five that queued behind it
     assert any("+" in b for b in sink.batch_ids)
     await p.close()
+
+
+async def test_deployment_errors_retry_for_a_window_then_dead_letter_the_batch(
+    tmp_path: Path,
+) -> None:
+    sink = MemorySink()
+    sink.misconfigured = True
+    p = Pipeline(
+        "p",
+        [T, U],
+        [sink],
+        limits=PipelineLimits(batch_size=50, linger_secs=0.01, deployment_retry_secs=0.3),
+        retry=RetryPolicy(base_secs=0.01, max_secs=0.05),
+        metrics=Metrics(),
+        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
+    )
+    await p.start()
+    ack = Ack()
+    p.submit({"t": rows(50)}, ack)
+    await asyncio.sleep(0.15)
+    assert not ack.done and not p.healthy  # held and retried while an operator may fix it
+    await asyncio.wait_for(ack.wait(), 5)
+    assert len(sink.dead_letters) == 50 and "gave up" in sink.dead_letters[0].error
+    assert sink.attempts > 3  # retried, and never bisected row by row (that would be ~100 calls)
+    assert sink.attempts < 60
+    sink.misconfigured = False
+    p.submit({"t": rows(5, 100)})
+    await p.close()
+    assert len(sink.rows("t")) == 5
+
+
+async def test_transient_errors_are_not_bounded_by_the_deployment_window(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.down = True
+    p = Pipeline(
+        "p",
+        [T, U],
+        [sink],
+        limits=PipelineLimits(batch_size=10, linger_secs=0.01, deployment_retry_secs=0.05),
+        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
+        metrics=Metrics(),
+        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
+    )
+    await p.start()
+    p.submit({"t": rows(10)})
+    await asyncio.sleep(0.3)
+    assert sink.dead_letters == [] and p.lanes[0].rows == 10
+    sink.down = False
+    await p.close()
+    assert len(sink.rows("t")) == 10

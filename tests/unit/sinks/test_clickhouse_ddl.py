@@ -64,3 +64,15 @@ def test_distributed_needs_a_cluster() -> None:
         }
     )
     assert s is not None and s.distributed and s.cluster == "c"
+
+
+def test_deployment_errors_are_flagged() -> None:
+    from orbitstream.sinks.clickhouse.transport import ClickHouseRetryableError
+    from orbitstream.sinks.postgres.sink import PostgresRetryableError
+
+    assert ClickHouseRetryableError("x", code=60).deployment
+    assert ClickHouseRetryableError("x", code=516).deployment
+    assert not ClickHouseRetryableError("x", code=252).deployment
+    assert PostgresRetryableError("x", sqlstate="42P01").deployment
+    assert PostgresRetryableError("x", sqlstate="28P01").deployment
+    assert not PostgresRetryableError("x", sqlstate="57P01").deployment

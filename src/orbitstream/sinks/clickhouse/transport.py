@@ -61,8 +61,12 @@ RETRYABLE_CODES = frozenset(
         394,  # QUERY_WAS_CANCELLED (server shutting down, client gone)
         425,  # SYSTEM_ERROR
         999,  # KEEPER_EXCEPTION
-        # Deployment problems, not bad rows (every batch would fail alike): hold the rows,
-        # report the sink down, retry until an operator fixes it.
+    }
+)
+#: Deployment problems, not bad rows (every batch would fail alike): the rows are held and
+#: retried for a bounded time, then the whole batch is dead-lettered (never bisected).
+DEPLOYMENT_CODES = frozenset(
+    {
         60,  # UNKNOWN_TABLE
         81,  # UNKNOWN_DATABASE
         192,  # UNKNOWN_USER
@@ -70,6 +74,7 @@ RETRYABLE_CODES = frozenset(
         516,  # AUTHENTICATION_FAILED
     }
 )
+RETRYABLE_CODES = RETRYABLE_CODES | DEPLOYMENT_CODES
 #: The data or the statement is wrong: retrying the same rows cannot succeed.
 REJECT_CODES = (
     _EMBEDDED_REJECT_CODES
@@ -114,7 +119,7 @@ class ClickHouseRetryableError(SinkRetryableError):
     status (both ``None`` when the server never answered)."""
 
     def __init__(self, message: str, *, code: int | None = None, **context: Any) -> None:
-        super().__init__(message, **context)
+        super().__init__(message, deployment=code in DEPLOYMENT_CODES, **context)
         self.code = code
 
 

@@ -115,7 +115,12 @@ class PostgresRetryableError(SinkRetryableError):
         batch_id: str = "",
     ) -> None:
         super().__init__(
-            message, sink=sink, table=table, batch_id=batch_id, status_code=_status(sqlstate)
+            message,
+            sink=sink,
+            table=table,
+            batch_id=batch_id,
+            status_code=_status(sqlstate),
+            deployment=sqlstate in _RETRYABLE_STATES,
         )
         self.sqlstate = sqlstate
 
