@@ -167,6 +167,20 @@ def _run_query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[obje
     return list(res.columns), list(res.rows)
 
 
+def _query_or_exit(settings: Settings, sql: str) -> tuple[list[str], list[tuple[object, ...]]]:
+    """``_run_query``, turning failures into a message and exit code 1 (query) or 2 (config)."""
+    from orbitstream.sinks.results import QueryError
+
+    try:
+        return _run_query(settings, sql)
+    except (QueryError, ValueError) as exc:
+        console.print(f"[red]query failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
 def _print_rows(columns: list[str], rows: list[tuple[object, ...]], fmt: OutputFormat) -> None:
     out = sys.stdout
     if fmt is OutputFormat.json:
@@ -195,17 +209,8 @@ def query(
     data_dir: DataDir = None,
 ) -> None:
     """Run a read-only query: through the running service if one holds the store, else directly."""
-    from orbitstream.sinks.results import QueryError
-
     settings = _settings(data_dir=data_dir)
-    try:
-        columns, rows = _run_query(settings, sql)
-    except (QueryError, ValueError) as exc:
-        console.print(f"[red]query failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    columns, rows = _query_or_exit(settings, sql)
     _print_rows(columns, rows, fmt)
 
 
@@ -219,7 +224,6 @@ def deadletters(
 ) -> None:
     """List rows a store refused: its dead_letters table, then the dead-letter file."""
     from orbitstream.sinks.deadletter import read_dead_letter_file
-    from orbitstream.sinks.results import QueryError
 
     settings = _settings(data_dir=data_dir)
     table_col = "table_name" if settings.store_kind == "postgres" else "`table`"
@@ -227,14 +231,7 @@ def deadletters(
         f"SELECT time, pipeline, {table_col} AS table_name, batch_id, error, row "
         f"FROM dead_letters ORDER BY time DESC LIMIT {int(limit)}"
     )
-    try:
-        columns, rows = _run_query(settings, sql)
-    except (QueryError, ValueError) as exc:
-        console.print(f"[red]query failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    columns, rows = _query_or_exit(settings, sql)
     spilled = read_dead_letter_file(settings.data_dir / "dead_letters.jsonl")
     for letter in spilled[-limit:]:
         rows.append(

@@ -248,16 +248,7 @@ class ChdbSink:
             res = conn.query(sql, "JSONCompact", params=params or None)
         except Exception as exc:
             raise QueryError(_short(str(exc)), error_code(exc)) from exc
-        raw = res.bytes()
-        if not raw:
-            return Rows([], [], [])
-        doc = json.loads(raw)
-        meta = doc.get("meta", [])
-        return Rows(
-            [m["name"] for m in meta],
-            [m["type"] for m in meta],
-            [tuple(r) for r in doc.get("data", [])],
-        )
+        return Rows.from_json_compact(res.bytes())
 
 
 def _short(message: str) -> str:

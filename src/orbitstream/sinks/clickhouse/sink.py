@@ -245,15 +245,7 @@ class ClickHouseSink:
         except Exception as exc:
             message, code, _status, _kind = describe_error(exc)
             raise QueryError(message, code) from exc
-        if not raw.strip():
-            return Rows([], [], [])
-        doc = json.loads(raw)
-        meta = doc.get("meta", [])
-        return Rows(
-            [m["name"] for m in meta],
-            [m["type"] for m in meta],
-            [tuple(r) for r in doc.get("data", [])],
-        )
+        return Rows.from_json_compact(raw)
 
     # -- helpers ---------------------------------------------------------------------
     def _call(self, fn: Callable[[], T], *, table: str = "", batch_id: str = "") -> T:
