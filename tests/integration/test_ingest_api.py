@@ -223,8 +223,14 @@ def test_metrics_and_openapi(service: ServiceProcess) -> None:
     post_json(service.url + "/telemetry", GOOD)
     post_json(service.url + "/telemetry", {"x": 1})
     service.wait_count(1)
-    status, headers, body = http("GET", service.url + "/metrics")
-    text = body.decode()
+    deadline = time.monotonic() + 10  # the counter moves just after the store commit returns
+    while True:
+        status, headers, body = http("GET", service.url + "/metrics")
+        text = body.decode()
+        if 'orbitstream_written_rows_total{sink="chdb",table="telemetry"} 1.0' in text:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     for needle in (
         'orbitstream_received_total{pipeline="satellites"} 2.0',
