@@ -334,3 +334,21 @@ def test_bad_setting_stops_startup_naming_the_variable(tmp_path: Any) -> None:
     )
     assert out.returncode == 2
     assert "BATCH_TIMEOUT" in out.stderr
+
+
+def test_dashboard_rate_is_not_diluted_by_an_unfilled_window(service: ServiceProcess) -> None:
+    assert (
+        post_json(
+            service.url + "/telemetry/batch",
+            [{**GOOD, "satellite_id": f"R-{i}"} for i in range(300)],
+        )[0]
+        == 202
+    )
+    sent = time.monotonic()
+    service.wait_count(300)
+    status, _, body = http("GET", service.url + "/api/dashboard/summary")
+    summary = json.loads(body)
+    elapsed = time.monotonic() - sent
+    assert status == 200 and summary["total_points"] == 300
+    # all 300 arrived within the last second or so: the rate is ~300/s, not 300/60
+    assert 300 / (elapsed + 1.5) <= summary["ingest_rate"] <= 300

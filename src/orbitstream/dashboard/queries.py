@@ -54,7 +54,12 @@ class DashboardQueries:
     async def summary(self) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)
         totals = await self.store.query(self.sql["totals"], {"w": self.window_secs})
-        total, anomalies, in_window, anomalies_window = (int(str(v)) for v in totals.rows[0])
+        row = totals.rows[0]
+        total, anomalies, in_window, anomalies_window = (int(str(v)) for v in row[:4])
+        # Rate over the window, or over the time since the first point when that is shorter
+        # (just after start the window is not yet full).
+        span = float(str(row[4])) if row[4] is not None and in_window else float(self.window_secs)
+        span = min(float(self.window_secs), max(1.0, span))
         sats = await self.store.query(self.sql["satellites"])
         satellites = []
         for sid, last_seen, points, anom, battery, storage, signal, latest_anom, age in sats.rows:
@@ -79,7 +84,7 @@ class DashboardQueries:
             "window_seconds": self.window_secs,
             "total_points": total,
             "total_anomalies": anomalies,
-            "ingest_rate": in_window / self.window_secs,
+            "ingest_rate": in_window / span,
             "anomaly_rate": (anomalies_window / in_window) if in_window else 0.0,
             "active_alerts": [
                 {
@@ -125,7 +130,9 @@ _CLICKHOUSE = {
     "totals": (
         "SELECT count(), countIf(is_anomaly), "
         "countIf(received_at >= now64(9) - toIntervalSecond({w:UInt32})), "
-        "countIf(is_anomaly AND received_at >= now64(9) - toIntervalSecond({w:UInt32})) "
+        "countIf(is_anomaly AND received_at >= now64(9) - toIntervalSecond({w:UInt32})), "
+        "dateDiff('millisecond', minIf(received_at, received_at >= now64(9) - "
+        "toIntervalSecond({w:UInt32})), now64(9)) / 1000 "
         "FROM telemetry"
     ),
     "satellites": (
@@ -164,7 +171,9 @@ _POSTGRES = {
     "totals": (
         "SELECT count(*), count(*) FILTER (WHERE is_anomaly), "
         "count(*) FILTER (WHERE received_at >= now() - make_interval(secs => %(w)s)), "
-        "count(*) FILTER (WHERE is_anomaly AND received_at >= now() - make_interval(secs => %(w)s)) "
+        "count(*) FILTER (WHERE is_anomaly AND received_at >= now() - make_interval(secs => %(w)s)), "
+        "extract(epoch FROM now() - min(received_at) FILTER "
+        "(WHERE received_at >= now() - make_interval(secs => %(w)s))) "
         "FROM telemetry"
     ),
     "satellites": (
