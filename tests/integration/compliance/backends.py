@@ -22,16 +22,10 @@ async def _postgres_backend(tmp_path: Path) -> AsyncIterator[Any]:
     from orbitstream.sinks.postgres.settings import PostgresSettings
     from orbitstream.sinks.postgres.sink import PostgresSink
     from tests.integration.compliance.test_sink_compliance import Backend
-    from tests.integration.postgres.conftest import server_url, with_database
+    from tests.integration.postgres.conftest import require_server, server_url, with_database
 
     admin = server_url()
-    try:
-        with psycopg.connect(admin, connect_timeout=3, autocommit=True) as conn:
-            conn.execute("SELECT 1")
-        reachable = True
-    except psycopg.Error:
-        reachable = False
-    require(reachable, "PostgreSQL (ORBITSTREAM_TEST_POSTGRES_URL)")
+    require_server(admin)
     name = f"os_comp_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

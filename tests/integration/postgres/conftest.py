@@ -28,9 +28,8 @@ def with_database(url: str, dbname: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> str:
-    url = server_url()
+def require_server(url: str) -> None:
+    """Skip locally, fail in CI, when the PostgreSQL server does not answer."""
     try:
         with psycopg.connect(url, connect_timeout=3, autocommit=True) as conn:
             conn.execute("SELECT 1")
@@ -38,6 +37,12 @@ def pg_server() -> str:
     except psycopg.Error:
         reachable = False
     require(reachable, f"PostgreSQL at {redact_dsn(url)} (set ORBITSTREAM_TEST_POSTGRES_URL)")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    url = server_url()
+    require_server(url)
     return url
 
 
