@@ -36,13 +36,20 @@ def make(
     batch_size: int = 10,
     linger: float = 0.05,
     max_rows: int = 1_000_000,
+    deployment_retry: float = 300.0,
+    max_backoff: float = 0.05,
 ) -> Pipeline:
     return Pipeline(
         "p",
         [T, U],
         list(sinks),
-        limits=PipelineLimits(batch_size=batch_size, linger_secs=linger, max_buffer_rows=max_rows),
-        retry=RetryPolicy(base_secs=0.01, max_secs=0.05),
+        limits=PipelineLimits(
+            batch_size=batch_size,
+            linger_secs=linger,
+            max_buffer_rows=max_rows,
+            deployment_retry_secs=deployment_retry,
+        ),
+        retry=RetryPolicy(base_secs=0.01, max_secs=max_backoff),
         metrics=Metrics(),
         dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
     )
@@ -236,15 +243,7 @@ async def test_deployment_errors_retry_for_a_window_then_dead_letter_the_batch(
 ) -> None:
     sink = MemorySink()
     sink.misconfigured = True
-    p = Pipeline(
-        "p",
-        [T, U],
-        [sink],
-        limits=PipelineLimits(batch_size=50, linger_secs=0.01, deployment_retry_secs=0.3),
-        retry=RetryPolicy(base_secs=0.01, max_secs=0.05),
-        metrics=Metrics(),
-        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
-    )
+    p = make(tmp_path, sink, batch_size=50, linger=0.01, deployment_retry=0.3)
     await p.start()
     ack = Ack()
     p.submit({"t": rows(50)}, ack)
@@ -263,15 +262,7 @@ async def test_deployment_errors_retry_for_a_window_then_dead_letter_the_batch(
 async def test_transient_errors_are_not_bounded_by_the_deployment_window(tmp_path: Path) -> None:
     sink = MemorySink()
     sink.down = True
-    p = Pipeline(
-        "p",
-        [T, U],
-        [sink],
-        limits=PipelineLimits(batch_size=10, linger_secs=0.01, deployment_retry_secs=0.05),
-        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
-        metrics=Metrics(),
-        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
-    )
+    p = make(tmp_path, sink, batch_size=10, linger=0.01, deployment_retry=0.05, max_backoff=0.02)
     await p.start()
     p.submit({"t": rows(10)})
     await asyncio.sleep(0.3)
