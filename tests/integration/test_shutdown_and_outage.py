@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,20 @@ pytestmark = pytest.mark.integration
 GOOD = {"battery_charge_percent": 55.0, "storage_usage_mb": 1000.0, "signal_strength_dbm": -60.0}
 
 
-async def _load(url: str, acked: list[str], stop_after: float, conns: int = 16) -> int:
+async def _load(
+    url: str,
+    acked: list[str],
+    stop_after: float,
+    conns: int = 16,
+    alive: Callable[[], bool] = lambda: True,
+) -> int:
     errors = 0
     deadline = time.monotonic() + stop_after
     counter = 0
 
     async def worker(session: aiohttp.ClientSession, wid: int) -> None:
         nonlocal errors, counter
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and alive():
             counter += 1
             sid = f"SD-{wid}-{counter}"
             try:
@@ -62,15 +69,21 @@ def test_sigterm_under_load_keeps_every_acknowledged_point(
     acked: list[str] = []
 
     async def scenario() -> None:
-        load = asyncio.ensure_future(_load(svc.url, acked, stop_after=4.0))
-        await asyncio.sleep(1.5)
+        assert svc.proc is not None
+        proc = svc.proc
+        load = asyncio.ensure_future(
+            _load(svc.url, acked, stop_after=15.0, alive=lambda: proc.poll() is None)
+        )
+        started = time.monotonic()  # signal once load is flowing (not after a fixed sleep)
+        while len(acked) < 300 and time.monotonic() - started < 5:
+            await asyncio.sleep(0.05)
         assert svc.proc is not None
         svc.proc.send_signal(signal.SIGTERM)
         await load
 
     asyncio.run(scenario())
     assert svc.stop(timeout=60) == 0, svc.logs()
-    assert len(acked) > 50
+    assert len(acked) >= 300
     store = ChdbSink(svc.data_dir / "chdb")
     try:
         rows = store.query_sync("SELECT satellite_id FROM telemetry")
