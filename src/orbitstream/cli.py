@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from orbitstream.errors import ConfigError
+from orbitstream.errors import ConfigError, SinkError
 from orbitstream.logging import configure_logging
 from orbitstream.settings import Settings, load_settings
 
@@ -84,6 +84,12 @@ def serve(
         _run_loop(main())
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except SinkError as exc:
+        console.print(
+            f"[red]error:[/red] the {exc.sink or 'store'} store is not reachable: {exc} "
+            "(check DATABASE_URL / CLICKHOUSE_URL)"
+        )
         raise typer.Exit(2) from exc
     except OSError as exc:
         console.print(

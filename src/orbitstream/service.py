@@ -236,7 +236,7 @@ class Service:
                 setting="ORBITSTREAM_DATA_DIR",
             )
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-        await self.pipeline.start()
+        await self.pipeline.start(s.start_timeout_secs)
         await self._restore_alerts()
         self._maintenance = asyncio.ensure_future(self._maintain_forever())
         gc.collect()

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias=_env("ORBITSTREAM_DEPLOYMENT_ERROR_RETRY", "deployment_error_retry_secs"),
     )
+    start_timeout_secs: float = Field(
+        60.0, gt=0, validation_alias=_env("ORBITSTREAM_START_TIMEOUT", "start_timeout_secs")
+    )
     shutdown_timeout_secs: float = Field(
         30.0, gt=0, validation_alias=_env("ORBITSTREAM_SHUTDOWN_TIMEOUT", "shutdown_timeout_secs")
     )
@@ -152,6 +155,7 @@ class Settings(BaseSettings):
         "shutdown_timeout_secs",
         "retry_max_backoff_secs",
         "deployment_error_retry_secs",
+        "start_timeout_secs",
         mode="before",
     )
     @classmethod

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from orbitstream.sinks.chdb import ChdbSink
-from tests.conftest import ServiceProcess, http, post_json
+from tests.conftest import ServiceProcess, free_port, http, post_json
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +84,27 @@ def test_fan_out_to_postgres_and_chdb(service_factory: Any, pg_dsn: str) -> None
     finally:
         store.close_sync()
     assert pg_ids == ch_ids and len(pg_ids) == 1000
+
+
+def test_unreachable_store_at_start_is_a_clear_error(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "ORBITSTREAM_DATA_DIR": str(tmp_path),
+        "PORT": str(free_port()),
+        "DATABASE_URL": "postgresql://postgres:s3cret@127.0.0.1:1/nowhere",
+        "ORBITSTREAM_START_TIMEOUT": "2s",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "orbitstream", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "not reachable" in out.stderr and "DATABASE_URL" in out.stderr
+    assert "s3cret" not in out.stderr + out.stdout
