@@ -50,6 +50,7 @@ class Column:
 
     :param low_cardinality: an enum-like string (``LowCardinality`` in ClickHouse).
     :param codec: ClickHouse compression codec, e.g. ``"Gorilla, ZSTD(1)"``.
+    :param skip_index: a ClickHouse data-skipping index type for this column (``minmax``).
     :param default_now: filled with the insert time when the row lacks it.
     """
 
@@ -59,6 +60,7 @@ class Column:
     nullable: bool = False
     codec: str | None = None
     comment: str = ""
+    skip_index: str | None = None  # e.g. "minmax": lets range filters on this column skip data
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,27 +45,46 @@ class DashboardQueries:
         dialect: str = "clickhouse",
         window_secs: int = 60,
         stale_secs: int = 60,
+        latest_secs: int = 300,
     ) -> None:
         self.store = store
         self.sql = _POSTGRES if dialect == "postgres" else _CLICKHOUSE
         self.window_secs = window_secs
         self.stale_secs = stale_secs
+        self.latest_secs = latest_secs
 
     async def summary(self) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)
-        totals = await self.store.query(self.sql["totals"], {"w": self.window_secs})
-        row = totals.rows[0]
-        total, anomalies, in_window, anomalies_window = (int(str(v)) for v in row[:4])
+        # Everything here stays cheap however large the table grows: the window counts read
+        # only recent data, per-satellite counts come from the 5-minute rollup (kept with the
+        # same dedup as the raw rows), and latest values from the last ``latest_secs``.
+        window = await self.store.query(self.sql["window"], {"w": self.window_secs})
+        row = window.rows[0]
+        in_window, anomalies_window = int(str(row[0] or 0)), int(str(row[1] or 0))
         # Rate over the window, or over the time since the first point when that is shorter
         # (just after start the window is not yet full).
-        span = float(str(row[4])) if row[4] is not None and in_window else float(self.window_secs)
+        span = float(str(row[2])) if row[2] is not None and in_window else float(self.window_secs)
         span = min(float(self.window_secs), max(1.0, span))
-        sats = await self.store.query(self.sql["satellites"])
+        counts = await self.store.query(self.sql["sat_counts"])
+        latest = {
+            r[0]: r[1:]
+            for r in (await self.store.query(self.sql["sat_latest"], {"h": self.latest_secs})).rows
+        }
         satellites = []
-        for sid, last_seen, points, anom, battery, storage, signal, latest_anom, age in sats.rows:
-            status = "anomaly" if latest_anom else "ok"
-            if float(str(age)) > self.stale_secs:
-                status = "stale"
+        total = anomalies = 0
+        for sid, points, anom, last_bucket in counts.rows:
+            total += int(str(points))
+            anomalies += int(str(anom))
+            recent = latest.get(sid)
+            if recent is not None:
+                last_seen, battery, storage, signal, latest_anom, age = recent
+                status = (
+                    "stale"
+                    if float(str(age)) > self.stale_secs
+                    else ("anomaly" if latest_anom else "ok")
+                )
+            else:  # nothing lately: the rollup bucket tells when it was last seen
+                last_seen, battery, storage, signal, status = last_bucket, None, None, None, "stale"
             satellites.append(
                 {
                     "satellite_id": sid,
@@ -127,21 +146,21 @@ class DashboardQueries:
 
 
 _CLICKHOUSE = {
-    "totals": (
+    "window": (
         "SELECT count(), countIf(is_anomaly), "
-        "countIf(received_at >= now64(9) - toIntervalSecond({w:UInt32})), "
-        "countIf(is_anomaly AND received_at >= now64(9) - toIntervalSecond({w:UInt32})), "
-        "dateDiff('millisecond', minIf(received_at, received_at >= now64(9) - "
-        "toIntervalSecond({w:UInt32})), now64(9)) / 1000 "
-        "FROM telemetry"
+        "dateDiff('millisecond', min(received_at), now64(9)) / 1000 "
+        "FROM telemetry WHERE received_at >= now64(9) - toIntervalSecond({w:UInt32})"
     ),
-    "satellites": (
-        "SELECT satellite_id, max(time) AS last_seen, count() AS points, "
-        "countIf(is_anomaly) AS anomalies, "
-        "argMax(battery_charge_percent, time), argMax(storage_usage_mb, time), "
-        "argMax(signal_strength_dbm, time), argMax(is_anomaly, time), "
-        "dateDiff('second', max(time), now64(9)) AS age "
-        "FROM telemetry GROUP BY satellite_id ORDER BY satellite_id"
+    "sat_counts": (
+        "SELECT satellite_id, sum(s_data_points), sum(s_anomaly_points), max(bucket) "
+        "FROM satellite_stats_agg GROUP BY satellite_id ORDER BY satellite_id"
+    ),
+    "sat_latest": (
+        "SELECT satellite_id, max(time), argMax(battery_charge_percent, time), "
+        "argMax(storage_usage_mb, time), argMax(signal_strength_dbm, time), "
+        "argMax(is_anomaly, time), dateDiff('millisecond', max(time), now64(9)) / 1000 "
+        "FROM telemetry WHERE time >= now64(9) - toIntervalSecond({h:UInt32}) "
+        "GROUP BY satellite_id"
     ),
     "alerts": (
         "SELECT entity_id, rule, since, value, threshold, message FROM ("
@@ -165,30 +184,24 @@ _CLICKHOUSE = {
     ),
 }
 
-_LATEST_PG = "(array_agg({c} ORDER BY time DESC))[1]"
-
 _POSTGRES = {
-    "totals": (
+    # received_at has no index: the time condition (1 day of slack) lets the planner skip
+    # old partitions; points received now but stamped more than a day ago are not counted.
+    "window": (
         "SELECT count(*), count(*) FILTER (WHERE is_anomaly), "
-        "count(*) FILTER (WHERE received_at >= now() - make_interval(secs => %(w)s)), "
-        "count(*) FILTER (WHERE is_anomaly AND received_at >= now() - make_interval(secs => %(w)s)), "
-        "extract(epoch FROM now() - min(received_at) FILTER "
-        "(WHERE received_at >= now() - make_interval(secs => %(w)s))) "
-        "FROM telemetry"
+        "extract(epoch FROM now() - min(received_at)) FROM telemetry "
+        "WHERE received_at >= now() - make_interval(secs => %(w)s) "
+        "AND time >= now() - interval '1 day'"
     ),
-    "satellites": (
-        "SELECT satellite_id, max(time), count(*), count(*) FILTER (WHERE is_anomaly), "
-        + ", ".join(
-            _LATEST_PG.format(c=c)
-            for c in (
-                "battery_charge_percent",
-                "storage_usage_mb",
-                "signal_strength_dbm",
-                "is_anomaly",
-            )
-        )
-        + ", extract(epoch FROM now() - max(time)) "
-        "FROM telemetry GROUP BY satellite_id ORDER BY satellite_id"
+    "sat_counts": (
+        "SELECT satellite_id, sum(data_points), sum(anomaly_points), max(bucket) "
+        "FROM satellite_stats GROUP BY satellite_id ORDER BY satellite_id"
+    ),
+    "sat_latest": (
+        "SELECT DISTINCT ON (satellite_id) satellite_id, time, battery_charge_percent, "
+        "storage_usage_mb, signal_strength_dbm, is_anomaly, extract(epoch FROM now() - time) "
+        "FROM telemetry WHERE time >= now() - make_interval(secs => %(h)s) "
+        "ORDER BY satellite_id, time DESC"
     ),
     "alerts": (
         "SELECT entity_id, rule, since, value, threshold, message FROM ("

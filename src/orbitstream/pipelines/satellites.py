@@ -128,7 +128,7 @@ TELEMETRY_TABLE = Table(
         Column("signal_strength_dbm", ColType.FLOAT64, codec="Gorilla, ZSTD(1)"),
         Column("is_anomaly", ColType.BOOL),
         Column("anomaly_reasons", ColType.STRING_LIST),
-        Column("received_at", ColType.TIMESTAMP, codec="DoubleDelta, ZSTD(1)"),
+        Column("received_at", ColType.TIMESTAMP, codec="DoubleDelta, ZSTD(1)", skip_index="minmax"),
     ),
     time_column="time",
     order_by=("satellite_id", "time"),

@@ -108,6 +108,16 @@ class ClickHouseDialect:
             f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}{comment}"
         )
 
+    def skip_indexes(self, table: Table) -> list[str]:
+        """``ADD INDEX IF NOT EXISTS`` per indexed column (also upgrades existing tables)."""
+        return [
+            f"ALTER TABLE {self.name(table.name)}{self._on_cluster()} ADD INDEX IF NOT EXISTS "
+            f"{quote_ident(c.name + '_' + c.skip_index)} {quote_ident(c.name)} "
+            f"TYPE {c.skip_index} GRANULARITY 1"
+            for c in table.columns
+            if c.skip_index
+        ]
+
     def modify_ttl(self, table: Table) -> str | None:
         if not table.ttl_days:
             return None

@@ -19,6 +19,7 @@ def test_single_server_schema() -> None:
     assert "CREATE MATERIALIZED VIEW IF NOT EXISTS `orbit`.`satellite_stats_mv`" in sql
     assert "CREATE VIEW IF NOT EXISTS `orbit`.`satellite_stats`" in sql
     assert "Replicated" not in sql and "Distributed" not in sql
+    assert "ADD INDEX IF NOT EXISTS `received_at_minmax` `received_at` TYPE minmax" in sql
 
 
 def test_replicated_schema() -> None:

@@ -37,6 +37,7 @@ def schema_statements(
     out: list[str] = []
     for table in tables:
         out.append(dialect.create_table(table))
+        out.extend(dialect.skip_indexes(table))
         ttl = dialect.modify_ttl(table)
         if ttl:
             out.append(ttl)
@@ -70,6 +71,7 @@ def _distributed_statements(
     for table in tables:
         local = _local(table)
         out.append(dialect.create_table(local))
+        out.extend(dialect.skip_indexes(local))
         ttl = dialect.modify_ttl(local)
         if ttl:
             out.append(ttl)
