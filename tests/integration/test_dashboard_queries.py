@@ -21,7 +21,7 @@ async def test_summary_counts_from_rollup_and_marks_silent_satellites_stale(tmp_
     await store.start([telemetry, alerts])
     now = time.time_ns()
     old = now - 20 * 60 * 10**9  # 20 minutes ago: outside the 5-minute "latest" window
-    rows: list[tuple[object, ...]] = [
+    recent: list[tuple[object, ...]] = [
         (
             now - i * 10**6,
             "SAT-A",
@@ -33,7 +33,11 @@ async def test_summary_counts_from_rollup_and_marks_silent_satellites_stale(tmp_
             now,
         )
         for i in range(30)
-    ] + [(old - i * 10**6, "SAT-B", 50.0, 2000.0, -70.0, False, (), old) for i in range(12)]
+    ]
+    silent: list[tuple[object, ...]] = [
+        (old - i * 10**6, "SAT-B", 50.0, 2000.0, -70.0, False, (), old) for i in range(12)
+    ]
+    rows = recent + silent
     try:
         await store.write(Batch(telemetry, rows, "dash"))
         summary = await DashboardQueries(store).summary()
