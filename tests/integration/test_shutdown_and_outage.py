@@ -209,3 +209,32 @@ async def test_dashboard_reads_run_beside_the_writer(tmp_path: Path) -> None:
         assert (await dash.summary())["total_points"] == 150_000
     finally:
         await store.close()
+
+
+def test_kill_9_keeps_every_point_acknowledged_in_sink_mode(service_factory: Any) -> None:
+    svc: ServiceProcess = service_factory(
+        {"BATCH_SIZE": "500", "BATCH_TIMEOUT": "50ms", "ORBITSTREAM_ACK_MODE": "sink"}
+    )
+    acked: list[str] = []
+
+    async def scenario() -> None:
+        assert svc.proc is not None
+        proc = svc.proc
+        load = asyncio.ensure_future(
+            _load(svc.url, acked, stop_after=15.0, alive=lambda: proc.poll() is None)
+        )
+        started = time.monotonic()
+        while len(acked) < 300 and time.monotonic() - started < 5:
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        await load
+
+    asyncio.run(scenario())
+    assert svc.stop(timeout=30) == -signal.SIGKILL
+    assert len(acked) >= 300
+    restarted: ServiceProcess = service_factory(
+        {"ORBITSTREAM_ACK_MODE": "sink"}, data_dir=svc.data_dir
+    )
+    stored = {r[0] for r in restarted.query("SELECT satellite_id FROM telemetry")}
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} points acknowledged in sink mode were lost by kill -9"
