@@ -60,7 +60,14 @@ class _Worker:
         self._readonly = readonly
 
     def open(self) -> None:
-        import chdb
+        try:
+            import chdb
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ConfigError(
+                "the embedded store (empty DATABASE_URL) needs the chdb extra: "
+                "pip install 'orbitstream[chdb]'",
+                setting="DATABASE_URL",
+            ) from exc
 
         try:
             self.conn = chdb.connect(str(self.path))  # type: ignore[no-untyped-call]
