@@ -521,31 +521,17 @@ async def _maintain_plain(
                 report.dropped.append(name)
             except Exception as exc:
                 report.errors.append(f"{name}: {exc}")
-        try:
-            async with conn.transaction():
-                cur = await conn.execute(
-                    f"DELETE FROM {quote_ident(table.name + '_default')} "
-                    f"WHERE {quote_ident(table.time_column)} < %s",
-                    (cutoff,),
-                )
-                report.default_rows_deleted += max(0, cur.rowcount)
-        except Exception as exc:
-            report.errors.append(f"{table.name}_default: {exc}")
+        report.default_rows_deleted += await _delete_older(
+            conn, f"{table.name}_default", table.time_column, cutoff, report
+        )
     if settings.rollup_retention_days is None:
         return
     rollup_cutoff = now - dt.timedelta(days=settings.rollup_retention_days)
     for table in tables:
         for rollup in table.rollups:
-            try:
-                async with conn.transaction():
-                    cur = await conn.execute(
-                        f"DELETE FROM {quote_ident(ddl.rollup_table(rollup))} "
-                        f"WHERE {quote_ident(rollup.bucket_name)} < %s",
-                        (rollup_cutoff,),
-                    )
-                    report.rollup_rows_deleted += max(0, cur.rowcount)
-            except Exception as exc:
-                report.errors.append(f"{ddl.rollup_table(rollup)}: {exc}")
+            report.rollup_rows_deleted += await _delete_older(
+                conn, ddl.rollup_table(rollup), rollup.bucket_name, rollup_cutoff, report
+            )
 
 
 async def maintain(
@@ -598,3 +584,18 @@ async def maintain(
     else:
         logger.info("Maintenance done.", extra=extra)
     return report
+
+
+async def _delete_older(
+    conn: Any, relation: str, column: str, cutoff: dt.datetime, report: MaintenanceReport
+) -> int:
+    """Delete rows older than ``cutoff`` in one transaction; a failure goes to the report."""
+    try:
+        async with conn.transaction():
+            cur = await conn.execute(
+                f"DELETE FROM {quote_ident(relation)} WHERE {quote_ident(column)} < %s", (cutoff,)
+            )
+            return max(0, int(cur.rowcount))
+    except Exception as exc:
+        report.errors.append(f"{relation}: {exc}")
+        return 0

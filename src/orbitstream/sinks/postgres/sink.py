@@ -32,7 +32,7 @@ import msgspec
 
 from orbitstream.core.batch import Batch, DeadLetter, Row
 from orbitstream.core.tables import Rollup, Table
-from orbitstream.errors import ConfigError, SinkRejectedError, SinkRetryableError
+from orbitstream.errors import ConfigError, SinkError, SinkRejectedError, SinkRetryableError
 from orbitstream.sinks.postgres import ddl
 from orbitstream.sinks.postgres.ddl import Layout
 from orbitstream.sinks.postgres.encoding import (
@@ -97,13 +97,8 @@ _DEAD_LETTER_INSERT = (
 Kind = Literal["retryable", "rejected"]
 
 
-class PostgresRetryableError(SinkRetryableError):
-    """A transient PostgreSQL failure.
-
-    :param sqlstate: the five-character SQLSTATE (``57P01``), ``None`` for failures
-        below SQL (connection refused, pool timeout). ``status_code`` holds it as an
-        int when it is all digits.
-    """
+class _SqlstateError(SinkError):
+    """Shared constructor: ``sqlstate`` kept, and in ``status_code`` when all digits."""
 
     def __init__(
         self,
@@ -125,22 +120,18 @@ class PostgresRetryableError(SinkRetryableError):
         self.sqlstate = sqlstate
 
 
-class PostgresRejectedError(SinkRejectedError):
-    """PostgreSQL refused the data itself (see :class:`PostgresRetryableError`)."""
+class PostgresRetryableError(_SqlstateError, SinkRetryableError):
+    """A transient PostgreSQL failure.
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        sqlstate: str | None = None,
-        sink: str = "postgres",
-        table: str = "",
-        batch_id: str = "",
-    ) -> None:
-        super().__init__(
-            message, sink=sink, table=table, batch_id=batch_id, status_code=_status(sqlstate)
-        )
-        self.sqlstate = sqlstate
+    :param sqlstate: the five-character SQLSTATE (``57P01``), ``None`` for failures
+        below SQL (connection refused, pool timeout). ``status_code`` holds it as an
+        int when it is all digits. ``deployment`` is set for a missing table or
+        database, bad credentials or a missing grant.
+    """
+
+
+class PostgresRejectedError(_SqlstateError, SinkRejectedError):
+    """PostgreSQL refused the data itself (see :class:`PostgresRetryableError`)."""
 
 
 def _status(sqlstate: str | None) -> int | None:
