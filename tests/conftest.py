@@ -29,6 +29,14 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
+def rfc3339(epoch_secs: float) -> str:
+    """An RFC 3339 UTC time (tests post times relative to now: the service refuses
+    timestamps outside its accepted window)."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch_secs, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -167,7 +167,7 @@ def _run_query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[obje
         raise typer.Exit(2)
     store = build_stores(settings)[0]
     try:
-        res = store.query_sync(sql)
+        res = store.user_query_sync(sql)
     finally:
         store.close_sync()
     return list(res.columns), list(res.rows)

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BackpressureError",
     "ConfigError",
@@ -97,7 +99,22 @@ class SinkRetryableError(SinkError):
 
 
 class SinkRejectedError(SinkError):
-    """The backend refused the data itself: retrying cannot help."""
+    """The backend refused the data itself: retrying cannot help.
+
+    :param bad_rows: indices (in the batch) of the rows at fault when the sink knows them
+        (an encoder that names the row); the pipeline then dead-letters exactly those and
+        writes the rest. ``None``: unknown, the pipeline bisects the batch.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        bad_rows: tuple[int, ...] | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(message, **context)
+        self.bad_rows = bad_rows
 
 
 class BackpressureError(OrbitStreamError):

@@ -28,6 +28,7 @@ from orbitstream.core.metrics import Metrics
 from orbitstream.core.pipeline import Pipeline, PipelineLimits
 from orbitstream.core.protocols import Sink
 from orbitstream.core.retry import RetryPolicy
+from orbitstream.core.times import TimeWindow
 from orbitstream.dashboard import assets
 from orbitstream.dashboard.queries import DashboardQueries
 from orbitstream.errors import ConfigError
@@ -37,7 +38,15 @@ from orbitstream.settings import Settings
 from orbitstream.sinks.deadletter import FileDeadLetters
 from orbitstream.sinks.results import QueryError
 from orbitstream.sources.http.ingest import IngestHandlers
-from orbitstream.sources.http.server import HttpServer, Request, Response, Router, error_response
+from orbitstream.sources.http.origin import is_loopback, origin_problem
+from orbitstream.sources.http.server import (
+    HttpServer,
+    Request,
+    Response,
+    Router,
+    ServerLimits,
+    error_response,
+)
 from orbitstream.stores import build_stores
 
 __all__ = ["SERVICE_FILE", "Service", "chdb_path", "read_service_file"]
@@ -56,12 +65,27 @@ def _enc_hook(value: object) -> object:
 
 
 _encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
-_LOOPBACK = ("127.", "::1", "localhost")
 
 
 def sql_dialect(store: object) -> str:
     """``postgres`` for PostgreSQL stores, ``clickhouse`` for chDB and ClickHouse."""
     return "postgres" if getattr(store, "name", "") == "postgres" else "clickhouse"
+
+
+def server_limits(settings: Settings) -> ServerLimits:
+    """The HTTP server's per-client limits from the settings (docs/security.md)."""
+    return ServerLimits(
+        header_timeout_secs=settings.http_header_timeout_secs,
+        body_timeout_secs=settings.http_body_timeout_secs,
+        keepalive_timeout_secs=settings.http_keepalive_timeout_secs,
+        send_timeout_secs=settings.http_send_timeout_secs,
+        max_header_bytes=settings.http_max_header_bytes,
+        max_url_bytes=settings.http_max_url_bytes,
+        max_body_bytes=settings.max_body_bytes,
+        max_connections=settings.http_max_connections,
+        write_buffer_high_bytes=settings.http_write_buffer_bytes,
+        write_buffer_low_bytes=settings.http_write_buffer_bytes // 4,
+    )
 
 
 def chdb_path(settings: Settings) -> Path:
@@ -110,11 +134,27 @@ class Service:
                 settings.anomaly_threshold_signal,
             ),
             self.metrics,
+            window=TimeWindow.of(
+                settings.timestamp_max_ahead_secs,
+                settings.timestamp_max_age,
+                [
+                    s.time_range_ns
+                    for s in (*self.stores, *extra_sinks)
+                    if hasattr(s, "time_range_ns")
+                ],
+            ),
         )
-        self.ingest = IngestHandlers(self.pipeline, self.mapper, self.metrics, settings.ack_mode)
+        self.ingest = IngestHandlers(
+            self.pipeline,
+            self.mapper,
+            self.metrics,
+            settings.ack_mode,
+            ndjson_max_body_bytes=settings.ndjson_max_body_bytes,
+            ndjson_max_line_bytes=settings.ndjson_max_line_bytes,
+        )
         self.dashboard = DashboardQueries(self.store, dialect=sql_dialect(self.store))
         self.server = HttpServer(
-            self._router(), max_body_bytes=settings.max_body_bytes, on_response=self._count
+            self._router(), limits=server_limits(settings), on_response=self._count
         )
         self.port: int | None = None
         self._maintenance: asyncio.Future[None] | None = None
@@ -126,7 +166,14 @@ class Service:
         r = Router()
         r.add("POST", "/telemetry", self.ingest.telemetry)
         r.add("POST", "/telemetry/batch", self.ingest.batch)
-        r.add_stream("POST", "/telemetry/ndjson", self.ingest.ndjson, max_body=1 << 40)
+        # The NDJSON handler enforces its own limit (answering with next_line); the server's
+        # is a backstop just above it.
+        r.add_stream(
+            "POST",
+            "/telemetry/ndjson",
+            self.ingest.ndjson,
+            max_body=self.settings.ndjson_max_body_bytes + (1 << 20),
+        )
         r.add("GET", "/health", self.health)
         r.add("GET", "/metrics", self.metrics_route)
         r.add("GET", "/openapi.json", self.openapi)
@@ -138,7 +185,8 @@ class Service:
         return r
 
     def _count(self, request: Request, response: Response) -> None:
-        self.metrics.counters["http_requests"][(request.path, str(response.status))] += 1
+        # by route pattern, never the raw path: the label set stays bounded
+        self.metrics.counters["http_requests"][(request.route, str(response.status))] += 1
 
     def health(self, request: Request) -> Response:
         healthy = self.pipeline.healthy
@@ -198,21 +246,35 @@ class Service:
             return error_response(500, f"query failed: {exc}")
 
     async def query(self, request: Request) -> Response:
-        if not self.settings.query_allow_remote and not request.client.startswith(_LOOPBACK):
+        """``POST /api/query`` ``{"sql": "SELECT …"}``: a read-only query (see docs/security.md)."""
+        if not self.settings.query_allow_remote and not is_loopback(request.client):
             return error_response(
                 403,
                 "the query endpoint answers loopback clients only "
                 "(set ORBITSTREAM_QUERY_ALLOW_REMOTE=true to change)",
             )
+        problem = origin_problem(request, self.settings.allowed_hosts)
+        if problem is not None:
+            return error_response(403, problem)
+        if request.content_type != "application/json":
+            return error_response(
+                415,
+                'send the query as application/json: {"sql": "SELECT ..."}',
+                [("Accept-Post", "application/json")],
+            )
         try:
             doc = msgspec.json.decode(request.body)
-            sql = doc["sql"]
-            if not isinstance(sql, str) or not sql.strip():
-                raise TypeError
-        except (msgspec.DecodeError, KeyError, TypeError):
-            return error_response(400, 'send {"sql": "SELECT ..."}')
+        except (msgspec.DecodeError, RecursionError):
+            doc = None
+        sql = doc.get("sql") if isinstance(doc, dict) else None
+        if not isinstance(sql, str) or not sql.strip():
+            return error_response(
+                400,
+                'send {"sql": "SELECT ..."}',
+                errors=[{"field": "sql", "message": "a non-empty string is required"}],
+            )
         try:
-            rows = await self.store.query(sql)
+            rows = await self.store.user_query(sql)
         except QueryError as exc:
             return error_response(400, str(exc), code=exc.code)
         return Response(

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -27,8 +28,17 @@ __all__ = ["AckMode", "Settings", "default_data_dir", "load_settings", "parse_du
 
 AckMode = Literal["memory", "sink"]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
-_UNIT_SECS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)?\s*$")
+_UNIT_SECS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
 
 
 def parse_duration(value: object) -> float:
@@ -40,7 +50,7 @@ def parse_duration(value: object) -> float:
     if not isinstance(value, str):
         raise ValueError("expected a duration such as 1s or 100ms")
     total = 0.0
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", value.strip())
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)", value.strip())
     if parts and "".join(n + u for n, u in parts) == value.strip():
         for number, unit in parts:
             total += float(number) * _UNIT_SECS[unit]
@@ -103,6 +113,72 @@ class Settings(BaseSettings):
         ge=1024,
         validation_alias=_env("ORBITSTREAM_MAX_BODY_BYTES", "max_body_bytes"),
     )
+    ndjson_max_body_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        validation_alias=_env("ORBITSTREAM_NDJSON_MAX_BODY_BYTES", "ndjson_max_body_bytes"),
+    )
+    ndjson_max_line_bytes: int = Field(
+        64 * 1024,
+        ge=256,
+        validation_alias=_env("ORBITSTREAM_NDJSON_MAX_LINE_BYTES", "ndjson_max_line_bytes"),
+    )
+    http_header_timeout_secs: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("ORBITSTREAM_HTTP_HEADER_TIMEOUT", "http_header_timeout_secs"),
+    )
+    http_body_timeout_secs: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("ORBITSTREAM_HTTP_BODY_TIMEOUT", "http_body_timeout_secs"),
+    )
+    http_keepalive_timeout_secs: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("ORBITSTREAM_HTTP_KEEPALIVE_TIMEOUT", "http_keepalive_timeout_secs"),
+    )
+    http_send_timeout_secs: float = Field(
+        60.0,
+        gt=0,
+        validation_alias=_env("ORBITSTREAM_HTTP_SEND_TIMEOUT", "http_send_timeout_secs"),
+    )
+    http_max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        validation_alias=_env("ORBITSTREAM_HTTP_MAX_HEADER_BYTES", "http_max_header_bytes"),
+    )
+    http_max_url_bytes: int = Field(
+        8 * 1024,
+        ge=256,
+        le=16 * 1024 * 1024,
+        validation_alias=_env("ORBITSTREAM_HTTP_MAX_URL_BYTES", "http_max_url_bytes"),
+    )
+    http_max_connections: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        validation_alias=_env("ORBITSTREAM_HTTP_MAX_CONNECTIONS", "http_max_connections"),
+    )
+    http_write_buffer_bytes: int = Field(
+        256 * 1024,
+        ge=4096,
+        validation_alias=_env("ORBITSTREAM_HTTP_WRITE_BUFFER_BYTES", "http_write_buffer_bytes"),
+    )
+    timestamp_max_ahead_secs: float = Field(
+        3600.0,
+        ge=0,
+        validation_alias=_env("ORBITSTREAM_TIMESTAMP_MAX_AHEAD", "timestamp_max_ahead_secs"),
+        description="How far ahead of the receive time a point's timestamp may be.",
+    )
+    timestamp_max_age_secs: float | None = Field(
+        None,
+        ge=0,
+        validation_alias=_env("ORBITSTREAM_TIMESTAMP_MAX_AGE", "timestamp_max_age_secs"),
+        description="How far behind the receive time a point's timestamp may be "
+        "(default: the retention, ORBITSTREAM_RETENTION_DAYS).",
+    )
     max_buffer_rows: int = Field(
         2_000_000, ge=1, validation_alias=_env("ORBITSTREAM_MAX_BUFFER_ROWS", "max_buffer_rows")
     )
@@ -137,6 +213,23 @@ class Settings(BaseSettings):
     query_allow_remote: bool = Field(
         False, validation_alias=_env("ORBITSTREAM_QUERY_ALLOW_REMOTE", "query_allow_remote")
     )
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        validation_alias=_env("ORBITSTREAM_ALLOWED_HOSTS", "allowed_hosts"),
+        description="Host names (besides IP addresses and localhost) the query endpoint "
+        "answers under; comma-separated.",
+    )
+    query_timeout_secs: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("ORBITSTREAM_QUERY_TIMEOUT", "query_timeout_secs"),
+    )
+    query_database_url: str = Field(
+        "",
+        validation_alias=_env("ORBITSTREAM_QUERY_DATABASE_URL", "query_database_url"),
+        description="PostgreSQL: a read-only login for users' queries (default: a role the "
+        "service creates).",
+    )
     sinks: str = Field(
         "",
         validation_alias=_env("ORBITSTREAM_SINKS", "sinks"),
@@ -156,11 +249,27 @@ class Settings(BaseSettings):
         "retry_max_backoff_secs",
         "deployment_error_retry_secs",
         "start_timeout_secs",
+        "http_header_timeout_secs",
+        "http_body_timeout_secs",
+        "http_keepalive_timeout_secs",
+        "http_send_timeout_secs",
+        "timestamp_max_ahead_secs",
+        "timestamp_max_age_secs",
+        "query_timeout_secs",
         mode="before",
     )
     @classmethod
-    def _duration(cls, value: object) -> float:
+    def _duration(cls, value: object) -> float | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
         return parse_duration(value)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(h.strip().lower() for h in value.split(",") if h.strip())
+        return value
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -196,6 +305,13 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError("a sink is listed twice")
         return ",".join(names)
+
+    @property
+    def timestamp_max_age(self) -> float:
+        """Seconds a timestamp may lie behind the receive time (default: the retention)."""
+        if self.timestamp_max_age_secs is not None:
+            return self.timestamp_max_age_secs
+        return self.retention_days * 86400.0
 
     @property
     def store_kind(self) -> str:

@@ -11,6 +11,7 @@ list is a sink the pipeline fans out to (each with its own batcher, retry state 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -51,7 +52,9 @@ def build_stores(settings: Settings, environ: Mapping[str, str] | None = None) -
 
             stores.append(
                 ChdbSink(
-                    settings.data_dir / "chdb", rollup_retention_days=settings.rollup_retention_days
+                    settings.data_dir / "chdb",
+                    rollup_retention_days=settings.rollup_retention_days,
+                    query_timeout_secs=settings.query_timeout_secs,
                 )
             )
         elif name == "postgres":
@@ -59,6 +62,7 @@ def build_stores(settings: Settings, environ: Mapping[str, str] | None = None) -
                 raise ConfigError(
                     "the postgres sink needs DATABASE_URL=postgres://…", setting="DATABASE_URL"
                 )
+            from orbitstream.pipelines import satellites
             from orbitstream.sinks.postgres.settings import PostgresSettings
             from orbitstream.sinks.postgres.sink import PostgresSink
 
@@ -69,7 +73,10 @@ def build_stores(settings: Settings, environ: Mapping[str, str] | None = None) -
                         max_connections=settings.max_connections,
                         retention_days=settings.retention_days,
                         rollup_retention_days=settings.rollup_retention_days,
-                    )
+                        query_timeout_secs=settings.query_timeout_secs,
+                        query_dsn=settings.query_database_url or None,
+                    ),
+                    satellites.tables(settings.retention_days),
                 )
             )
         elif name == "clickhouse":
@@ -82,5 +89,6 @@ def build_stores(settings: Settings, environ: Mapping[str, str] | None = None) -
                     "the clickhouse sink needs CLICKHOUSE_URL (or CLICKHOUSE_HOST)",
                     setting="CLICKHOUSE_URL",
                 )
+            ch = dataclasses.replace(ch, query_timeout_secs=settings.query_timeout_secs)
             stores.append(ClickHouseSink(ch, rollup_retention_days=settings.rollup_retention_days))
     return stores

@@ -978,8 +978,13 @@ class ClickHouseFront:
                         undo.append(f"SET {old}")
             if database:
                 conn.query(f"USE {_ident(database)}")
-            if settings:
-                conn.query("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in settings.items()))
+            others = {k: v for k, v in settings.items() if k != "readonly"}
+            if others:
+                conn.query("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in others.items()))
+            if "readonly" in settings:
+                # the server checks URL settings against the user's profile, so readonly
+                # given with other settings in one request takes effect after them
+                conn.query(f"SET readonly = {_quote(settings['readonly'])}")
         except Exception as exc:
             _undo(conn, undo)
             raise self._from_chdb(exc) from exc

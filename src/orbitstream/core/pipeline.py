@@ -43,6 +43,7 @@ class PipelineLimits:
     max_buffer_bytes: int = 512 * 1024 * 1024
     max_merge_rows: int = 50_000
     deployment_retry_secs: float = 300.0
+    health_check_secs: float = 5.0
 
 
 class Batcher:
@@ -53,6 +54,7 @@ class Batcher:
         self.table = table
         self.rows: list[Row] = []
         self.acks: list[Ack] = []
+        self.ack_ends: list[int] = []
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
         self._seq = itertools.count(1)
@@ -81,6 +83,7 @@ class Batcher:
                 start += room
             if ack is not None:
                 self.acks.append(ack)
+                self.ack_ends.append(len(self.rows))
                 parts += 1
             if len(self.rows) >= size:
                 self.cut()
@@ -99,9 +102,11 @@ class Batcher:
             f"{self.lane.pipeline}:{self.table.name}:{self.lane.sink.name}:"
             f"{self.lane.epoch}:{next(self._seq)}",
             self.acks,
+            ack_ends=self.ack_ends,
         )
         self.rows = []
         self.acks = []
+        self.ack_ends = []
         self.queue.put_nowait(batch)
 
     async def run(self) -> None:
@@ -128,7 +133,7 @@ class Batcher:
                     stop = True
                     break
                 batch = batch.merge(nxt)
-            await self.lane.deliver(batch)
+            await self.lane.deliver_until_done(batch)
 
 
 class SinkLane:
@@ -158,8 +163,12 @@ class SinkLane:
         self.rows = 0  # buffered + in flight
         self.bytes = 0
         self.up = True
+        self.down_reason: str | None = None  # "write", "ping" or "dead_letters"
         self.last_error: str | None = None
         self.last_success: float | None = None
+        self.last_contact = time.monotonic()
+        self.in_flight = 0
+        self.deployment_since: float | None = None  # the lane's deployment-error window
         self.give_up_at: float | None = None  # set during shutdown
 
     def has_room(self, rows: int, nbytes: int) -> bool:
@@ -174,20 +183,57 @@ class SinkLane:
                 batcher.run(), name=f"writer:{self.sink.name}:{batcher.table.name}"
             )
 
+    async def deliver_until_done(self, batch: Batch) -> None:
+        """:meth:`deliver`, and should anything unforeseen escape it, say so loudly, mark
+        the sink down and try again: a writer never ends silently, rows never vanish."""
+        attempt = 0
+        while True:
+            try:
+                await self.deliver(batch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                self._mark_down("write", f"{type(exc).__name__}: {exc}")
+                delay = self.retry.delay(attempt)
+                logger.exception(
+                    "Writer failed unexpectedly; retrying the batch.",
+                    extra={
+                        "component": self.sink.name,
+                        "table": batch.table.name,
+                        "batch_id": batch.batch_id,
+                        "records": batch.size,
+                        "retry_in_secs": round(delay, 3),
+                    },
+                )
+                await asyncio.sleep(delay)
+
     async def deliver(self, batch: Batch) -> None:
         """Write ``batch`` until it is committed (or isolated into dead letters)."""
+        self.in_flight += 1
         try:
             await self._write_with_retry(batch)
         finally:
-            self.rows -= batch.size
-            self.bytes -= batch.nbytes
-            for ack in batch.acks:
-                ack.part_done()
+            self.in_flight -= 1
+        self.rows -= batch.size
+        self.bytes -= batch.nbytes
+        for ack in batch.acks:
+            ack.part_done()
+
+    def _mark_down(self, reason: str, error: str) -> None:
+        self.up = False
+        self.down_reason = reason
+        self.last_error = error
+
+    def _mark_up(self) -> None:
+        self.up = True
+        self.down_reason = None
+        self.last_error = None
 
     async def _write_with_retry(self, batch: Batch) -> None:
         labels = (self.sink.name, batch.table.name)
         attempt = 0
-        deployment_since: float | None = None
         while True:
             attempt += 1
             started = time.perf_counter()
@@ -195,22 +241,26 @@ class SinkLane:
                 await self.sink.write(batch)
             except SinkRejectedError as exc:
                 self.metrics.inc("sink_errors", (self.sink.name, "rejected"))
-                await self._isolate(batch, exc)
+                self.deployment_since = None
+                await self._isolate(batch, exc, exc.bad_rows)
                 return
-            except Exception as exc:
+            except (SinkRetryableError, OSError, TimeoutError) as exc:
                 self.metrics.inc("sink_errors", (self.sink.name, "retryable"))
-                self.up = False
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._mark_down("write", f"{type(exc).__name__}: {exc}")
                 if getattr(exc, "deployment", False):
+                    # The window is the lane's: once it has run out, later batches are not
+                    # held again (until a write succeeds and the deployment is fixed).
                     now = time.monotonic()
-                    deployment_since = deployment_since if deployment_since is not None else now
-                    if now - deployment_since >= self.limits.deployment_retry_secs:
-                        await self._give_up_deployment(batch, exc, now - deployment_since)
+                    if self.deployment_since is None:
+                        self.deployment_since = now
+                    waited = now - self.deployment_since
+                    if waited >= self.limits.deployment_retry_secs:
+                        await self._give_up_deployment(batch, exc, waited)
                         return
                 else:
-                    deployment_since = None
+                    self.deployment_since = None
                 if self._must_give_up(attempt):
-                    self._spill(batch, exc)
+                    await self._spill(batch, exc)
                     return
                 delay = self.retry.delay(attempt)
                 if self.give_up_at is not None:
@@ -230,10 +280,28 @@ class SinkLane:
                 )
                 await asyncio.sleep(delay)
                 continue
+            except Exception as exc:
+                # Not a transport or server failure the sink recognised: most likely the
+                # rows could not be encoded for this store. Retrying would stall every
+                # row behind them, so the rows are treated as refused.
+                self.metrics.inc("sink_errors", (self.sink.name, "rejected"))
+                logger.exception(
+                    "Sink raised an unclassified error; treating the rows as refused.",
+                    extra={
+                        "component": self.sink.name,
+                        "table": batch.table.name,
+                        "batch_id": batch.batch_id,
+                        "records": batch.size,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    },
+                )
+                await self._isolate(batch, exc, None)
+                return
             elapsed = time.perf_counter() - started
-            self.up = True
-            self.last_error = None
+            self._mark_up()
+            self.deployment_since = None
             self.last_success = time.time()
+            self.last_contact = time.monotonic()
             self.metrics.flush_seconds.labels(*labels).observe(elapsed)
             self.metrics.inc("written_rows", labels, batch.size)
             self.metrics.inc("batches", (*labels, "delivered"))
@@ -253,31 +321,46 @@ class SinkLane:
         """A deployment error outlived its retry window: dead-letter the whole batch at once
         (bisecting would fail for every row) and go on with the next."""
         error = f"{type(exc).__name__}: {exc} (gave up after {waited:.0f} s)"
-        letters = [
-            DeadLetter(self.pipeline, batch.table.name, batch.batch_id, row, error)
-            for row in batch.table.row_dicts(batch.rows)
-        ]
-        await self._dead_letter(batch, letters)
+        await self._dead_letter(batch, range(batch.size), error)
 
     def _must_give_up(self, attempt: int) -> bool:
         if self.retry.exhausted(attempt):
             return True
         return self.give_up_at is not None and time.monotonic() >= self.give_up_at
 
-    async def _isolate(self, batch: Batch, exc: SinkRejectedError) -> None:
-        """Bisect a refused batch so only the offending rows become dead letters."""
+    async def _isolate(
+        self, batch: Batch, exc: BaseException, bad_rows: tuple[int, ...] | None
+    ) -> None:
+        """Only the offending rows become dead letters: the ones the sink named, or else
+        found by bisecting the batch; their neighbours are written."""
+        error = str(exc) or type(exc).__name__
+        if bad_rows is not None and 0 < len(bad_rows) < batch.size:
+            bad = sorted(set(i for i in bad_rows if 0 <= i < batch.size))
+            await self._dead_letter(batch, bad, error)
+            start = 0
+            for part, index in enumerate([*bad, batch.size]):
+                if index > start:  # the rows between two refused ones
+                    await self._write_with_retry(batch.slice(start, index, f".ok{part}"))
+                start = index + 1
+            return
         if batch.size <= 1:
-            letters = [
-                DeadLetter(self.pipeline, batch.table.name, batch.batch_id, row, str(exc))
-                for row in batch.table.row_dicts(batch.rows)
-            ]
-            await self._dead_letter(batch, letters)
+            await self._dead_letter(batch, range(batch.size), error)
             return
         for half in batch.split():
             if half.rows:
                 await self._write_with_retry(half)
 
-    async def _dead_letter(self, batch: Batch, letters: list[DeadLetter]) -> None:
+    async def _dead_letter(self, batch: Batch, indices: Sequence[int], error: str) -> None:
+        """Keep rows ``indices`` of ``batch`` with the error: in the sink's own dead-letter
+        table, else in the dead-letter file. Until one of them takes them the rows stay
+        here (the sink shows as down): dead letters are data too."""
+        if not indices:
+            return
+        rows = [batch.rows[i] for i in indices]
+        letters = [
+            DeadLetter(self.pipeline, batch.table.name, batch.batch_id, row, error)
+            for row in batch.table.row_dicts(rows)
+        ]
         self.metrics.inc("dead_letters", (self.sink.name, batch.table.name), len(letters))
         self.metrics.inc("batches", (self.sink.name, batch.table.name, "rejected"))
         logger.error(
@@ -287,19 +370,49 @@ class SinkLane:
                 "table": batch.table.name,
                 "batch_id": batch.batch_id,
                 "records": len(letters),
-                "error": letters[0].error if letters else "",
+                "error": error,
             },
         )
-        try:
-            await self.sink.write_dead_letters(letters)
-        except Exception as store_exc:
-            logger.warning(
-                "Sink could not store dead letters; using the dead-letter file.",
-                extra={"component": self.sink.name, "error": repr(store_exc)},
-            )
-            self.dead_letters.write(letters)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.sink.write_dead_letters(letters)
+                break
+            except Exception as store_exc:
+                logger.warning(
+                    "Sink could not store dead letters; using the dead-letter file.",
+                    extra={"component": self.sink.name, "error": repr(store_exc)},
+                )
+            try:
+                await asyncio.to_thread(self.dead_letters.write, letters)
+                break
+            except Exception as file_exc:
+                delay = self.retry.delay(attempt)
+                self._mark_down("dead_letters", f"cannot store dead letters: {file_exc!r}")
+                logger.error(
+                    "Dead letters could not be stored anywhere; holding the rows.",
+                    extra={
+                        "component": self.sink.name,
+                        "table": batch.table.name,
+                        "records": len(letters),
+                        "retry_in_secs": round(delay, 3),
+                        "error": repr(file_exc),
+                    },
+                )
+                if self._must_give_up(attempt):
+                    logger.critical(
+                        "Shutdown deadline passed with dead letters unstored; rows lost.",
+                        extra={"component": self.sink.name, "records": len(letters)},
+                    )
+                    break
+                await asyncio.sleep(delay)
+        if self.down_reason == "dead_letters":
+            self._mark_up()
+        for pos, count in batch.acks_of(indices).items():
+            batch.acks[pos].rows_dead_lettered(self.sink.name, count, error)
 
-    def _spill(self, batch: Batch, exc: BaseException) -> None:
+    async def _spill(self, batch: Batch, exc: BaseException) -> None:
         """Last resort at shutdown: keep the rows in the dead-letter file, never drop them."""
         error = f"sink unavailable at shutdown: {type(exc).__name__}: {exc}"
         letters = [
@@ -317,7 +430,39 @@ class SinkLane:
                 "records": batch.size,
             },
         )
-        self.dead_letters.write(letters)
+        try:
+            await asyncio.to_thread(self.dead_letters.write, letters)
+        except Exception as file_exc:
+            logger.critical(
+                "Rows could not be spilled at shutdown; they are lost.",
+                extra={
+                    "component": self.sink.name,
+                    "records": batch.size,
+                    "error": repr(file_exc),
+                },
+            )
+        for pos, count in batch.acks_of(range(batch.size)).items():
+            batch.acks[pos].rows_spilled(self.sink.name, count)
+
+    async def check(self, timeout_secs: float) -> None:
+        """Ping the store when nothing has been written lately, so ``/health`` notices a
+        store that went away while idle (and comes back)."""
+        if self.in_flight or self.rows:
+            return  # writes are going on: they tell the state
+        try:
+            await asyncio.wait_for(self.sink.ping(), timeout_secs)
+        except Exception as exc:
+            if self.up or self.down_reason == "ping":
+                self._mark_down("ping", f"{type(exc).__name__}: {exc}")
+                logger.warning(
+                    "Store unreachable.",
+                    extra={"component": self.sink.name, "error": self.last_error},
+                )
+            return
+        self.last_contact = time.monotonic()
+        if self.down_reason == "ping":
+            self._mark_up()
+            logger.info("Store reachable again.", extra={"component": self.sink.name})
 
     def health(self) -> dict[str, object]:
         return {
@@ -359,6 +504,7 @@ class Pipeline:
         ]
         self._started = False
         self._closed = False
+        self._watcher: asyncio.Task[None] | None = None
         metrics.add_gauge(
             "buffer_rows", lambda: {(lane.sink.name,): float(lane.rows) for lane in self.lanes}
         )
@@ -400,6 +546,16 @@ class Pipeline:
         for lane in self.lanes:
             lane.start()
         self._started = True
+        self._watcher = asyncio.create_task(self._watch(), name=f"health:{self.name}")
+
+    async def _watch(self) -> None:
+        """Ping idle stores every ``health_check_secs`` (see :meth:`SinkLane.check`)."""
+        every = self.limits.health_check_secs
+        while True:
+            await asyncio.sleep(every)
+            await asyncio.gather(
+                *(lane.check(every) for lane in self.lanes), return_exceptions=True
+            )
 
     @property
     def accepting(self) -> bool:
@@ -460,6 +616,8 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         deadline = time.monotonic() + timeout_secs
         for lane in self.lanes:
             lane.give_up_at = deadline

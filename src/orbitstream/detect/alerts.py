@@ -59,10 +59,21 @@ class AlertTracker:
             self.active[entity] = tuple(r for r in order if r in names)
 
     def observe(
-        self, entity: str, time_ns: int, reasons: tuple[str, ...], values: Sequence[float]
+        self,
+        entity: str,
+        time_ns: int,
+        reasons: tuple[str, ...],
+        values: Sequence[float],
+        changes: dict[str, tuple[str, ...]],
     ) -> list[Row]:
-        """Compare with the entity's previous state; return alert rows for what changed."""
-        previous = self.active.get(entity, _EMPTY)
+        """Compare with the entity's previous state; return alert rows for what changed.
+
+        The new state goes into ``changes`` (the tracker itself is unchanged until
+        :meth:`commit`), so rows refused downstream (backpressure) change nothing.
+        """
+        previous = changes.get(entity)
+        if previous is None:
+            previous = self.active.get(entity, _EMPTY)
         if reasons == previous:
             return []
         events: list[Row] = []
@@ -77,21 +88,28 @@ class AlertTracker:
             events.append(
                 (time_ns, self.pipeline, entity, rule.rule, state, value, rule.threshold, message)
             )
+        changes[entity] = reasons
+        return events
+
+    def commit(self, changes: dict[str, tuple[str, ...]], events: Iterable[Row]) -> None:
+        """Apply the state changes of accepted rows; count and log their alert events."""
+        for entity, reasons in changes.items():
+            if reasons:
+                self.active[entity] = reasons
+            else:
+                self.active.pop(entity, None)
+        for event in events:
+            subject, rule, state, value, threshold = event[2:7]
             if self.metrics is not None:
-                self.metrics.inc("alerts", (self.pipeline, rule.rule, state))
+                self.metrics.inc("alerts", (self.pipeline, str(rule), str(state)))
             logger.warning(
-                "Anomaly alert fired." if now else "Anomaly alert cleared.",
+                "Anomaly alert fired." if state == "firing" else "Anomaly alert cleared.",
                 extra={
                     "pipeline": self.pipeline,
-                    "entity_id": entity,
-                    "rule": rule.rule,
+                    "entity_id": subject,
+                    "rule": rule,
                     "state": state,
                     "value": value,
-                    "threshold": rule.threshold,
+                    "threshold": threshold,
                 },
             )
-        if reasons:
-            self.active[entity] = reasons
-        else:
-            self.active.pop(entity, None)
-        return events

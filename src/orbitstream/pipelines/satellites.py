@@ -8,6 +8,8 @@ where ``timestamp`` is RFC 3339 (with offset) or integer epoch nanoseconds.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ import msgspec
 from orbitstream.core.batch import Row
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.tables import ColType, Column, Rollup, Table
+from orbitstream.core.times import TimeWindow
 from orbitstream.detect.alerts import ALERTS_TABLE, AlertTracker
 from orbitstream.detect.thresholds import ThresholdRule, ThresholdRules
 
@@ -26,8 +29,11 @@ __all__ = [
     "FIELD_TYPES",
     "TELEMETRY_TABLE",
     "FieldError",
+    "Mapped",
     "Point",
     "SatelliteMapper",
+    "body_errors",
+    "decode_raw",
     "field_errors",
     "tables",
     "threshold_rules",
@@ -66,6 +72,11 @@ FIELD_TYPES: dict[str, tuple[Any, bool]] = {
     "signal_strength_dbm": (Signal, True),
     "timestamp": (Timestamp, False),
 }
+_NUMBER_FIELDS: tuple[tuple[str, float | None, float | None], ...] = (
+    ("battery_charge_percent", 0.0, 100.0),
+    ("storage_usage_mb", 0.0, None),
+    ("signal_strength_dbm", -200.0, 0.0),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,32 +92,104 @@ def _clean(message: str) -> str:
     return message[:cut] if cut >= 0 else message
 
 
+# The slow path decodes floats as Decimal, so a value such as 1e400 (which no float64 can
+# hold) is reported as out of range for its field instead of failing the whole document.
+_RAW = msgspec.json.Decoder(float_hook=decimal.Decimal)
+_TS_MESSAGE = "use an RFC 3339 time with an offset or integer epoch nanoseconds (≥ 2000-01-01)"
+
+
+def decode_raw(body: bytes) -> object:
+    """Any JSON document, floats as :class:`decimal.Decimal` (for error reports).
+
+    :raises msgspec.DecodeError: not JSON (also for nesting deeper than the decoder allows).
+    """
+    try:
+        return _RAW.decode(body)
+    except RecursionError as exc:
+        raise msgspec.DecodeError("JSON nested too deeply") from exc
+
+
+def _number(value: object, lo: float | None, hi: float | None) -> str | None:
+    """Why ``value`` is not a finite number within ``[lo, hi]`` (``None`` if it is)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | decimal.Decimal):
+        return f"Expected `float`, got `{_json_type(value)}`"
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        return "Number out of range: not a finite 64-bit floating point number"
+    if lo is not None and number < lo:
+        return f"Expected `float` >= {lo:g}"
+    if hi is not None and number > hi:
+        return f"Expected `float` <= {hi:g}"
+    return None
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "float" if isinstance(value, float | decimal.Decimal) else "int"
+
+
+def _timestamp_error(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return f"Expected `str | int | null`, got `{_json_type(value)}`: {_TS_MESSAGE}"
+    try:
+        msgspec.convert(value, Timestamp)
+    except msgspec.ValidationError as exc:
+        return f"{_clean(str(exc))}: {_TS_MESSAGE}"
+    return None
+
+
 def field_errors(raw: object) -> list[FieldError]:
-    """Every problem with one decoded JSON value, one entry per field."""
+    """Every problem with one decoded JSON value (see :func:`decode_raw`), one per field."""
     if not isinstance(raw, dict):
-        return [FieldError("$", f"expected a JSON object, got {type(raw).__name__}")]
+        return [FieldError("$", f"expected a JSON object, got {_json_type(raw)}")]
     errors: list[FieldError] = []
-    for name, (typ, required) in FIELD_TYPES.items():
-        if name not in raw:
-            if required:
-                errors.append(FieldError(name, "missing required field"))
-            continue
+    sid = raw.get("satellite_id")
+    if "satellite_id" not in raw:
+        errors.append(FieldError("satellite_id", "missing required field"))
+    else:
         try:
-            msgspec.convert(raw[name], typ)
+            msgspec.convert(sid, SatelliteId)
         except msgspec.ValidationError as exc:
-            text = _clean(str(exc))
-            if name == "timestamp" and "Expected" in text:
-                text = (
-                    f"{text}: use an RFC 3339 time with an offset or integer epoch "
-                    "nanoseconds (≥ 2000-01-01)"
-                )
-            errors.append(FieldError(name, text))
+            errors.append(FieldError("satellite_id", _clean(str(exc))))
+    for name, lo, hi in _NUMBER_FIELDS:
+        if name not in raw:
+            errors.append(FieldError(name, "missing required field"))
+            continue
+        problem = _number(raw[name], lo, hi)
+        if problem is not None:
+            errors.append(FieldError(name, problem))
+    if "timestamp" in raw:
+        problem = _timestamp_error(raw["timestamp"])
+        if problem is not None:
+            errors.append(FieldError("timestamp", problem))
     if not errors:  # a constraint msgspec checks only on the whole struct
         try:
             msgspec.convert(raw, Point)
         except msgspec.ValidationError as exc:
             errors.append(FieldError("$", _clean(str(exc))))
     return errors
+
+
+def body_errors(body: bytes) -> list[FieldError]:
+    """:func:`field_errors` of a raw body, never raising (a non-JSON body is one ``$`` error)."""
+    try:
+        return field_errors(decode_raw(body))
+    except msgspec.DecodeError as exc:
+        return [FieldError("$", f"malformed JSON: {exc}")]
 
 
 def to_ns(ts: dt.datetime | int | None, default_ns: int) -> int:
@@ -169,25 +252,59 @@ def threshold_rules(
     )
 
 
-class SatelliteMapper:
-    """Points -> rows for ``telemetry`` and ``alerts``, with anomaly flags."""
+@dataclass(slots=True)
+class Mapped:
+    """Rows for each table, the points refused by the time window (by input index) and
+    the alert state they would change (applied by :meth:`SatelliteMapper.commit`)."""
 
-    def __init__(self, rules: ThresholdRules, metrics: Metrics | None = None) -> None:
+    rows: dict[str, list[Row]]
+    rejected: list[tuple[int, FieldError]]
+    alert_changes: dict[str, tuple[str, ...]]
+    alert_events: list[Row]
+
+    @property
+    def accepted(self) -> int:
+        return len(self.rows["telemetry"])
+
+
+class SatelliteMapper:
+    """Points -> rows for ``telemetry`` and ``alerts``, with anomaly flags.
+
+    :param window: accepted timestamps (default: whatever the stores can hold).
+    """
+
+    def __init__(
+        self,
+        rules: ThresholdRules,
+        metrics: Metrics | None = None,
+        *,
+        window: TimeWindow | None = None,
+    ) -> None:
         self.rules = rules
+        self.window = window or TimeWindow()
         self.alerts = AlertTracker(PIPELINE, rules, metrics)
         b, s, g = rules.rules
         self._b, self._s, self._g = b.check, s.check, g.check
         self._tb, self._ts, self._tg = b.threshold, s.threshold, g.threshold
         self._nb, self._ns, self._ng = b.rule, s.rule, g.rule
 
-    def map(self, points: Sequence[Point], received_ns: int | None = None) -> dict[str, list[Row]]:
+    def map(self, points: Sequence[Point], received_ns: int | None = None) -> Mapped:
+        """Map ``points``; nothing changes until :meth:`commit` (call it once the rows
+        were accepted downstream)."""
         received = received_ns if received_ns is not None else time.time_ns()
+        lo, hi = self.window.bounds(received)
         telemetry: list[Row] = []
         alerts: list[Row] = []
+        rejected: list[tuple[int, FieldError]] = []
         active = self.alerts.active
-        for p in points:
+        changes: dict[str, tuple[str, ...]] = {}
+        for index, p in enumerate(points):
             ts = p.timestamp
             t_ns = received if ts is None else (ts if isinstance(ts, int) else to_ns(ts, received))
+            if t_ns < lo or t_ns > hi:
+                problem = self.window.problem(t_ns, received) or "timestamp out of range"
+                rejected.append((index, FieldError("timestamp", problem)))
+                continue
             battery = p.battery_charge_percent
             storage = p.storage_usage_mb
             signal = p.signal_strength_dbm
@@ -202,9 +319,16 @@ class SatelliteMapper:
             telemetry.append(
                 (t_ns, sid, battery, storage, signal, bool(reasons), reasons, received)
             )
-            if reasons or sid in active:
-                alerts.extend(self.alerts.observe(sid, t_ns, reasons, (battery, storage, signal)))
+            if reasons or sid in active or sid in changes:
+                alerts.extend(
+                    self.alerts.observe(sid, t_ns, reasons, (battery, storage, signal), changes)
+                )
         out: dict[str, list[Row]] = {"telemetry": telemetry}
         if alerts:
             out["alerts"] = alerts
-        return out
+        return Mapped(out, rejected, changes, alerts)
+
+    def commit(self, mapped: Mapped) -> None:
+        """The rows of ``mapped`` were accepted: apply their alert state changes."""
+        if mapped.alert_changes:
+            self.alerts.commit(mapped.alert_changes, mapped.alert_events)

@@ -9,7 +9,7 @@ import pyarrow as pa
 from orbitstream.core.batch import Batch
 from orbitstream.core.tables import ColType, Table
 
-__all__ = ["arrow_schema", "to_arrow", "to_ipc_stream"]
+__all__ = ["arrow_schema", "bad_rows", "to_arrow", "to_ipc_stream"]
 
 _TYPES: dict[ColType, Any] = {
     ColType.TIMESTAMP: pa.timestamp("ns", tz="UTC"),
@@ -60,3 +60,29 @@ def to_ipc_stream(batch: Batch) -> bytes:
         writer.write_table(table)
     data: bytes = sink.getvalue().to_pybytes()
     return data
+
+
+def bad_rows(batch: Batch) -> tuple[int, ...]:
+    """Indices of the rows whose values Arrow cannot encode for their columns (a wrong
+    type, an integer out of range...): found column by column, value by value. Used
+    only after :func:`to_arrow` failed, so the refused rows alone become dead letters."""
+    table = batch.table
+    bad: set[int] = set()
+    width = len(table.columns)
+    for index, row in enumerate(batch.rows):
+        if len(row) != width:
+            bad.add(index)
+    good = [i for i in range(len(batch.rows)) if i not in bad]
+    for c, col in enumerate(table.columns):
+        values = [batch.rows[i][c] for i in good]
+        try:
+            _column(values, col.type)
+            continue
+        except Exception:
+            pass
+        for i, value in zip(good, values, strict=True):
+            try:
+                _column([value], col.type)
+            except Exception:
+                bad.add(i)
+    return tuple(sorted(bad))

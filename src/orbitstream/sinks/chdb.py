@@ -17,14 +17,16 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from orbitstream.core.batch import Batch, DeadLetter
 from orbitstream.core.tables import Table
 from orbitstream.errors import ConfigError, SinkRejectedError, SinkRetryableError
-from orbitstream.sinks.arrow import to_ipc_stream
-from orbitstream.sinks.clickhouse_sql import ClickHouseDialect
+from orbitstream.sinks.arrow import bad_rows, to_ipc_stream
+from orbitstream.sinks.clickhouse_guard import guard_query
+from orbitstream.sinks.clickhouse_sql import ClickHouseDialect, quote_ident
 from orbitstream.sinks.results import QueryError, Rows
 
 __all__ = ["ChdbSink", "QueryError", "Rows", "classify_clickhouse_error"]
@@ -49,15 +51,39 @@ def classify_clickhouse_error(code: int | None) -> str:
     return "rejected" if code in REJECT_CODES else "retryable"
 
 
-class _Worker:
-    """A thread owning one chDB connection; jobs run there in order."""
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """Limits of a read connection: every query has a time limit, results a size limit.
 
-    def __init__(self, path: Path, name: str, readonly: bool) -> None:
+    :param timeout_secs: ``max_execution_time`` (ClickHouse cancels the query after it).
+    """
+
+    timeout_secs: float = 30.0
+    max_result_rows: int = 1_000_000
+    max_result_bytes: int = 512 * 1024 * 1024
+
+    def settings(self) -> str:
+        return (
+            f"max_execution_time = {max(1, round(self.timeout_secs))}, "
+            f"max_result_rows = {int(self.max_result_rows)}, "
+            f"max_result_bytes = {int(self.max_result_bytes)}, "
+            "result_overflow_mode = 'throw'"
+        )
+
+
+class _Worker:
+    """A thread owning one chDB connection; jobs run there in order.
+
+    A read-only worker sets its limits, then ``readonly = 1``: from then on the
+    connection cannot write, change a setting or lift the limits again.
+    """
+
+    def __init__(self, path: Path, name: str, read_limits: ReadLimits | None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.closed = False
         self.path = path
         self.conn: Any = None
-        self._readonly = readonly
+        self._read_limits = read_limits
 
     def open(self) -> None:
         try:
@@ -79,8 +105,9 @@ class _Worker:
                     setting="ORBITSTREAM_DATA_DIR",
                 ) from exc
             raise
-        if self._readonly:
-            self.conn.query("SET readonly = 2")
+        if self._read_limits is not None:
+            self.conn.query(f"SET {self._read_limits.settings()}")
+            self.conn.query("SET readonly = 1")
 
     async def run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
@@ -108,14 +135,29 @@ class ChdbSink:
 
     name = "chdb"
 
-    def __init__(self, path: Path, *, rollup_retention_days: int | None = 365) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        rollup_retention_days: int | None = 365,
+        query_timeout_secs: float = 30.0,
+        databases: Sequence[str] = ("default",),
+    ) -> None:
         self.path = Path(path)
         self.dialect = ClickHouseDialect()
         self.rollup_retention_days = rollup_retention_days
-        self._writer = _Worker(self.path, "chdb-writer", readonly=False)
-        self._reader = _Worker(self.path, "chdb-reader", readonly=True)
+        self.databases = tuple(databases)
+        self._read_limits = ReadLimits(timeout_secs=query_timeout_secs)
         self._opened = False
         self._lock = threading.Lock()
+        self._new_workers()
+
+    def _new_workers(self) -> None:
+        # writes; the dashboard's own queries; users' queries (so a slow one never holds
+        # up the dashboard)
+        self._writer = _Worker(self.path, "chdb-writer", None)
+        self._reader = _Worker(self.path, "chdb-reader", self._read_limits)
+        self._user = _Worker(self.path, "chdb-query", self._read_limits)
 
     # -- lifecycle ---------------------------------------------------------------
     def open_sync(self) -> None:
@@ -124,10 +166,10 @@ class ChdbSink:
                 return
             self.path.mkdir(parents=True, exist_ok=True)
             if self._writer.closed:  # reopened after close()
-                self._writer = _Worker(self.path, "chdb-writer", readonly=False)
-                self._reader = _Worker(self.path, "chdb-reader", readonly=True)
+                self._new_workers()
             self._writer.call(self._writer.open)
             self._reader.call(self._reader.open)
+            self._user.call(self._user.open)
             self._opened = True
 
     def migrate_sync(self, tables: Sequence[Table]) -> list[str]:
@@ -158,6 +200,7 @@ class ChdbSink:
         with self._lock:
             if not self._opened:
                 return
+            self._user.close()
             self._reader.close()
             self._writer.close()
             self._opened = False
@@ -180,7 +223,16 @@ class ChdbSink:
         return int(result.rows_written)
 
     def write_sync(self, batch: Batch) -> None:
-        data = to_ipc_stream(batch)
+        try:
+            data = to_ipc_stream(batch)
+        except Exception as exc:  # the rows themselves cannot be encoded: never retried
+            raise SinkRejectedError(
+                f"rows cannot be encoded for the embedded store: {type(exc).__name__}: {exc}",
+                bad_rows=bad_rows(batch),
+                sink=self.name,
+                table=batch.table.name,
+                batch_id=batch.batch_id,
+            ) from exc
         try:
             self._insert(batch.table.name, self.dialect.insert_settings(batch.batch_id), data)
         except Exception as exc:
@@ -253,6 +305,45 @@ class ChdbSink:
             raise QueryError("store is closed")
         try:
             res = conn.query(sql, "JSONCompact", params=params or None)
+        except Exception as exc:
+            raise QueryError(_short(str(exc)), error_code(exc)) from exc
+        return Rows.from_json_compact(res.bytes())
+
+    # -- users' queries (read-only for real: clickhouse_guard) -------------------------
+    def user_query_sync(self, sql: str, database: str | None = None) -> Rows:
+        """A user's query (``orbitstream query``) from any thread: checked by
+        :func:`~orbitstream.sinks.clickhouse_guard.guard_query`, then run read-only with
+        a time limit, ``database`` as the current one.
+
+        :raises QueryError: refused, or failed in the store.
+        """
+        self.open_sync()
+        return self._user.call(lambda: self._user_query(sql, database))
+
+    async def user_query(self, sql: str, database: str | None = None) -> Rows:
+        """:meth:`user_query_sync` for the event loop (``POST /api/query``)."""
+        if not self._opened:
+            await asyncio.get_running_loop().run_in_executor(None, self.open_sync)
+        return await self._user.run(lambda: self._user_query(sql, database))
+
+    def _user_query(self, sql: str, database: str | None) -> Rows:
+        conn = self._user.conn
+        if conn is None:
+            raise QueryError("store is closed")
+
+        def run(text: str) -> str:
+            try:
+                return str(conn.query(text, "TabSeparated").bytes().decode())
+            except Exception as exc:
+                raise QueryError(_short(str(exc)), error_code(exc)) from exc
+
+        db = database or "default"
+        if db not in self.databases:
+            raise QueryError(f"unknown database {db!r}", 81)
+        run(f"USE {quote_ident(db)}")
+        normalized = guard_query(sql, self.databases, run)
+        try:
+            res = conn.query(normalized, "JSONCompact")
         except Exception as exc:
             raise QueryError(_short(str(exc)), error_code(exc)) from exc
         return Rows.from_json_compact(res.bytes())

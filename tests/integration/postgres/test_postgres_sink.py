@@ -462,7 +462,7 @@ async def test_query_reads_and_refuses_writes(pg_sink: PostgresSink) -> None:
     with pytest.raises(QueryError):
         await pg_sink.query("SELECT 1; COMMIT; DELETE FROM telemetry")
     assert (await pg_sink.query("SELECT count(*) FROM telemetry")).rows == [(20,)]
-    sync = await asyncio.to_thread(pg_sink.query_sync, "SELECT count(*) AS c FROM telemetry")
+    sync = await asyncio.to_thread(pg_sink.user_query_sync, "SELECT count(*) AS c FROM telemetry")
     assert (sync.columns, sync.rows) == (["c"], [(20,)])
     with pytest.raises(QueryError):
-        await asyncio.to_thread(pg_sink.query_sync, "DROP TABLE telemetry")
+        await asyncio.to_thread(pg_sink.user_query_sync, "DROP TABLE telemetry")

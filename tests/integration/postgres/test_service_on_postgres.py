@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import psycopg
 import pytest
 
 from orbitstream.sinks.chdb import ChdbSink
-from tests.conftest import ServiceProcess, free_port, http, post_json
+from tests.conftest import ServiceProcess, free_port, http, post_json, rfc3339
 
 pytestmark = pytest.mark.integration
 
@@ -24,9 +25,9 @@ def test_service_writes_postgres_and_serves_dashboard(service_factory: Any, pg_d
         svc.url + "/telemetry", {"satellite_id": "PGX", **GOOD, "battery_charge_percent": 3.0}
     )
     assert status == 202 and doc["ack"] == "sink"
+    base = time.time() - 3600
     batch = [
-        {"satellite_id": f"PG-{i % 5}", **GOOD, "timestamp": f"2026-11-23T10:00:{i:02d}Z"}
-        for i in range(50)
+        {"satellite_id": f"PG-{i % 5}", **GOOD, "timestamp": rfc3339(base + i)} for i in range(50)
     ]
     status, doc = post_json(svc.url + "/telemetry/batch", batch)
     assert status == 202 and doc["accepted"] == 50

@@ -10,10 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orbitstream.core.metrics import Metrics
+from orbitstream.core.times import TimeWindow
 from orbitstream.pipelines.satellites import (
     TELEMETRY_TABLE,
     Point,
     SatelliteMapper,
+    body_errors,
     field_errors,
     tables,
     threshold_rules,
@@ -124,7 +126,7 @@ def test_valid_points_roundtrip(b: float, s: float, g: float, sid: str) -> None:
             }
         )
     )
-    rows = SatelliteMapper(threshold_rules()).map([p], 1)["telemetry"]
+    rows = SatelliteMapper(threshold_rules()).map([p], 1).rows["telemetry"]
     assert rows[0][1:5] == (sid, b, s, g)
 
 
@@ -139,7 +141,7 @@ def test_mapping_row_matches_table_and_flags_anomalies() -> None:
             )
         ],
         99,
-    )
+    ).rows
     (row,) = out["telemetry"]
     assert len(row) == len(TELEMETRY_TABLE.columns)
     rec = dict(zip(TELEMETRY_TABLE.column_names, row, strict=True))
@@ -153,10 +155,10 @@ def test_thresholds_are_strict_and_configurable() -> None:
     m = SatelliteMapper(threshold_rules())
     rows = m.map(
         [point(battery_charge_percent=10.0, storage_usage_mb=95000.0, signal_strength_dbm=-100.0)]
-    )
+    ).rows
     assert rows["telemetry"][0][5] is False and "alerts" not in rows
     m2 = SatelliteMapper(threshold_rules(battery=50, storage=1000, signal=-10))
-    r2 = m2.map([point()])["telemetry"][0]
+    r2 = m2.map([point()]).rows["telemetry"][0]
     assert r2[6] == ("storage_high", "signal_weak")
 
 
@@ -166,9 +168,9 @@ def test_alerts_fire_once_and_clear_once_per_satellite_and_rule() -> None:
     seq = [85, 8, 7, 6, 9, 50, 50, 4, 60]
     events = []
     for i, b in enumerate(seq):
-        events += m.map([point(battery_charge_percent=float(b), timestamp=10**18 + i)]).get(
-            "alerts", []
-        )
+        mapped = m.map([point(battery_charge_percent=float(b), timestamp=10**18 + i)])
+        m.commit(mapped)
+        events += mapped.rows.get("alerts", [])
     states = [(e[3], e[4], int(str(e[0])) - 10**18) for e in events]
     assert states == [
         ("battery_low", "firing", 1),
@@ -177,7 +179,9 @@ def test_alerts_fire_once_and_clear_once_per_satellite_and_rule() -> None:
         ("battery_low", "cleared", 8),
     ]
     # another satellite is independent
-    ev2 = m.map([point(satellite_id="OTHER", battery_charge_percent=1.0)])["alerts"]
+    other = m.map([point(satellite_id="OTHER", battery_charge_percent=1.0)])
+    m.commit(other)
+    ev2 = other.rows["alerts"]
     assert ev2[0][2] == "OTHER" and ev2[0][4] == "firing"
     assert metrics.get("alerts", ("satellites", "battery_low", "firing")) == 3
 
@@ -185,9 +189,93 @@ def test_alerts_fire_once_and_clear_once_per_satellite_and_rule() -> None:
 def test_alert_state_restores_from_store() -> None:
     m = SatelliteMapper(threshold_rules())
     m.alerts.restore([("SAT-01", "battery_low"), ("SAT-01", "unknown_rule")])
-    assert "alerts" not in m.map([point(battery_charge_percent=3.0)])
-    cleared = m.map([point(battery_charge_percent=30.0)])["alerts"]
+    assert "alerts" not in m.map([point(battery_charge_percent=3.0)]).rows
+    cleared = m.map([point(battery_charge_percent=30.0)]).rows["alerts"]
     assert cleared[0][4] == "cleared"
+
+
+def test_alert_state_moves_only_when_the_rows_are_committed() -> None:
+    metrics = Metrics()
+    m = SatelliteMapper(threshold_rules(), metrics)
+    refused = m.map([point(battery_charge_percent=3.0)])  # e.g. answered 503: never committed
+    assert refused.rows["alerts"][0][4] == "firing"
+    assert m.alerts.active == {}
+    assert metrics.get("alerts", ("satellites", "battery_low", "firing")) == 0
+    again = m.map([point(battery_charge_percent=3.0)])  # the client retries
+    assert again.rows["alerts"][0][4] == "firing"  # the firing row is not lost
+    m.commit(again)
+    assert m.alerts.active == {"SAT-01": ("battery_low",)}
+    assert metrics.get("alerts", ("satellites", "battery_low", "firing")) == 1
+    assert "alerts" not in m.map([point(battery_charge_percent=2.0)]).rows
+
+
+def test_one_batch_sees_its_own_alert_changes() -> None:
+    m = SatelliteMapper(threshold_rules())
+    mapped = m.map(
+        [point(battery_charge_percent=b, timestamp=10**18 + i) for i, b in enumerate((3, 2, 50))]
+    )
+    assert [a[4] for a in mapped.rows["alerts"]] == ["firing", "cleared"]
+    m.commit(mapped)
+    assert m.alerts.active == {}
+
+
+def test_timestamps_outside_the_window_are_refused_by_index() -> None:
+    now = 1_800_000_000 * 10**9
+    hour = 3600 * 10**9
+    m = SatelliteMapper(
+        threshold_rules(), window=TimeWindow(max_ahead_ns=hour, max_age_ns=24 * hour)
+    )
+    points = [
+        point(timestamp=now),
+        point(timestamp=now + 2 * hour),  # ahead of the window
+        point(timestamp=now - 25 * hour),  # too old
+        point(timestamp="2300-01-01T00:00:00Z"),
+        point(timestamp="0001-01-01T00:00:00Z"),  # Go's zero time
+        point(timestamp=now + hour),  # the edge is inside
+    ]
+    mapped = m.map(points, now)
+    assert [i for i, _ in mapped.rejected] == [1, 2, 3, 4]
+    assert {e.field for _, e in mapped.rejected} == {"timestamp"}
+    assert "ahead" in mapped.rejected[0][1].message
+    assert "older" in mapped.rejected[1][1].message
+    assert [r[0] for r in mapped.rows["telemetry"]] == [now, now + hour]
+
+
+def test_stores_range_applies_without_a_window() -> None:
+    m = SatelliteMapper(threshold_rules())  # no window: only what every store can hold
+    mapped = m.map(
+        [point(timestamp="2300-01-01T00:00:00Z"), point(timestamp="0001-01-01T00:00:00Z")], 1
+    )
+    assert len(mapped.rejected) == 2 and mapped.accepted == 0
+    assert "latest the stores can hold" in mapped.rejected[0][1].message
+    assert "earliest the stores can hold" in mapped.rejected[1][1].message
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"),
+    [
+        (b'{"battery_charge_percent": 1e400}', "battery_charge_percent", "out of range"),
+        (b'{"storage_usage_mb": -1e400}', "storage_usage_mb", "out of range"),
+        (b'{"signal_strength_dbm": 1' + b"0" * 400 + b"}", "signal_strength_dbm", "out of range"),
+    ],
+)
+def test_numbers_no_float_can_hold_are_named(body: bytes, field: str, fragment: str) -> None:
+    doc = body[:-1] + b', "satellite_id": "S"}'
+    for name in ("battery_charge_percent", "storage_usage_mb", "signal_strength_dbm"):
+        if name != field:
+            doc = doc[:-1] + b', "' + name.encode() + b'": -1}'
+    doc = doc.replace(b'"storage_usage_mb": -1', b'"storage_usage_mb": 1').replace(
+        b'"battery_charge_percent": -1', b'"battery_charge_percent": 1'
+    )
+    errors = body_errors(doc)
+    assert [e.field for e in errors] == [field]
+    assert fragment in errors[0].message
+
+
+def test_slow_path_never_raises() -> None:
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a": "\xff"}', b"\xff", b"", b"nul"):
+        errors = body_errors(body)
+        assert errors and errors[0].field == "$"
 
 
 def test_tables_carry_retention() -> None:

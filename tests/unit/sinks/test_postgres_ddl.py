@@ -350,7 +350,7 @@ def test_dsn_password_is_never_shown() -> None:
     assert "s3cret" not in repr(s)
     assert "s3cret" not in str(s)
     assert redact_dsn("postgresql://h/db?password=x&sslmode=disable") == (
-        "postgresql://h/db?password=%2A%2A%2A&sslmode=disable"
+        "postgresql://h/db?password=***&sslmode=disable"
     )
     assert redact_dsn("postgresql://bob@h/db") == "postgresql://bob@h/db"
 

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import SecretStr
 
 from orbitstream.errors import ConfigError
+from orbitstream.redaction import redact_url
 
 __all__ = ["DEFAULT_HTTPS_PORT", "DEFAULT_HTTP_PORT", "ClickHouseSettings", "Compression"]
 
@@ -42,7 +43,7 @@ _HOST = re.compile(r"^[A-Za-z0-9_.\-:\[\]]+$")
 
 def _redact(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe to put in an error message)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*):[^@/]*@", r"\1:***@", url.strip())
+    return redact_url(url.strip())
 
 
 def _port(value: str, setting: str) -> int:
@@ -82,6 +83,7 @@ class ClickHouseSettings:
     :param connect_timeout_secs: TCP connect timeout.
     :param send_receive_timeout_secs: read timeout of one request (an insert or a query).
     :param compress: compression of inserted data and query results (``none`` to disable).
+    :param query_timeout_secs: ``max_execution_time`` of users' read-only queries.
     :raises ConfigError: a value is invalid.
     """
 
@@ -95,6 +97,7 @@ class ClickHouseSettings:
     connect_timeout_secs: float = DEFAULT_CONNECT_TIMEOUT_SECS
     send_receive_timeout_secs: float = DEFAULT_SEND_RECEIVE_TIMEOUT_SECS
     compress: Compression = "lz4"
+    query_timeout_secs: float = 30.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.password, SecretStr):

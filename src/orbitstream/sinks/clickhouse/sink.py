@@ -16,15 +16,17 @@ import pyarrow as pa
 from orbitstream.core.batch import Batch, DeadLetter
 from orbitstream.core.tables import Table
 from orbitstream.errors import ConfigError, SinkError, SinkRejectedError
-from orbitstream.sinks.arrow import to_arrow
+from orbitstream.sinks.arrow import bad_rows, to_arrow
 from orbitstream.sinks.clickhouse.ddl import create_database, schema_statements
 from orbitstream.sinks.clickhouse.settings import ClickHouseSettings
 from orbitstream.sinks.clickhouse.transport import (
+    ClickHouseRejectedError,
     ClickHouseRetryableError,
     ClickHouseTransport,
     describe_error,
     sink_error,
 )
+from orbitstream.sinks.clickhouse_guard import guard_query
 from orbitstream.sinks.clickhouse_sql import ClickHouseDialect
 from orbitstream.sinks.results import QueryError, Rows
 
@@ -156,6 +158,10 @@ class ClickHouseSink:
         """Wait for calls in flight, then close the HTTP pool."""
         await asyncio.to_thread(self._transport.close)
 
+    def close_sync(self) -> None:
+        """:meth:`close` for synchronous callers (the CLI)."""
+        self._transport.close()
+
     async def ping(self) -> None:
         await self._transport.run(self.ping_sync)
 
@@ -179,8 +185,14 @@ class ClickHouseSink:
         table = batch.table.name
         try:
             arrow_table = to_arrow(batch)
-        except Exception as exc:  # e.g. a str in a Float64 column: the row is bad
-            raise sink_error(exc, sink=self.name, table=table, batch_id=batch.batch_id) from exc
+        except Exception as exc:  # e.g. a str in a Float64 column: the rows are bad
+            raise ClickHouseRejectedError(
+                f"rows cannot be encoded for ClickHouse: {type(exc).__name__}: {exc}",
+                bad_rows=bad_rows(batch),
+                sink=self.name,
+                table=table,
+                batch_id=batch.batch_id,
+            ) from exc
         written = self._call(
             lambda: self._transport.insert_arrow(
                 table, arrow_table, insert_settings(batch.batch_id)
@@ -246,6 +258,48 @@ class ClickHouseSink:
             message, code, _status, _kind = describe_error(exc)
             raise QueryError(message, code) from exc
         return Rows.from_json_compact(raw)
+
+    # -- users' queries (read-only for real: clickhouse_guard) -------------------------
+    async def user_query(self, sql: str, database: str | None = None) -> Rows:
+        """A user's query (``POST /api/query``), checked and run read-only; see
+        :meth:`user_query_sync`."""
+        return await self._transport.run(lambda: self.user_query_sync(sql, database))
+
+    def user_query_sync(self, sql: str, database: str | None = None) -> Rows:
+        """Check ``sql`` with :func:`~orbitstream.sinks.clickhouse_guard.guard_query`, then
+        run it with ``readonly=1`` and a time limit; ``database`` is the current one.
+
+        :raises QueryError: refused, or failed on the server.
+        """
+        db = database or self.settings.database
+        if db not in self.databases:
+            raise QueryError(f"unknown database {db!r}", 81)
+        settings = {
+            **_QUERY_SETTINGS,
+            "readonly": 1,
+            "max_execution_time": max(1, round(self.settings.query_timeout_secs)),
+            "max_result_rows": 1_000_000,
+            "max_result_bytes": 512 * 1024 * 1024,
+            "result_overflow_mode": "throw",
+        }
+
+        def fetch(text: str, fmt: str | None) -> bytes:
+            try:
+                return self._transport.query_bytes(
+                    text, None, settings, fmt, use_database=False, database=db
+                )
+            except Exception as exc:
+                message, code, _status, _kind = describe_error(exc)
+                raise QueryError(message, code) from exc
+
+        # the checks' own queries go without a FORMAT clause (guard_query says why)
+        normalized = guard_query(sql, self.databases, lambda text: fetch(text, None).decode())
+        return Rows.from_json_compact(fetch(normalized, "JSONCompact"))
+
+    @property
+    def databases(self) -> tuple[str, ...]:
+        """Databases a user's query may read (besides ``system``)."""
+        return (self.settings.database,)
 
     # -- helpers ---------------------------------------------------------------------
     def _call(self, fn: Callable[[], T], *, table: str = "", batch_id: str = "") -> T:

@@ -310,16 +310,21 @@ class ClickHouseTransport:
         sql: str,
         params: Mapping[str, object] | None,
         settings: Mapping[str, object],
-        fmt: str,
+        fmt: str | None,
         *,
         use_database: bool = True,
+        database: str | None = None,
     ) -> bytes:
+        """Run ``sql``; ``database`` (when given) is its current database."""
+        all_settings = dict(settings)
+        if database is not None:
+            all_settings["database"] = database
         data: bytes = self.client().raw_query(
             sql,
             parameters=dict(params) if params else None,
-            settings=dict(settings),
+            settings=all_settings,
             fmt=fmt,
-            use_database=use_database,
+            use_database=use_database and database is None,
         )
         return data
 

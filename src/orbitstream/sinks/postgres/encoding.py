@@ -381,6 +381,18 @@ class CopyEncoder:
                 append(data)
         return out
 
+    def bad_rows(self, rows: Sequence[Row]) -> tuple[int, ...]:
+        """Indices of every row the careful path refuses (after an :class:`EncodeError`)."""
+        bad: list[int] = []
+        for index, row in enumerate(rows):
+            try:
+                self._parts_slow((row,), index)
+            except EncodeError:
+                bad.append(index)
+            except Exception:  # anything else a value can make the encoder raise
+                bad.append(index)
+        return tuple(bad)
+
     def _encode_slow(self, rows: Sequence[Row]) -> bytes:
         """The careful path alone (tests compare it with the fast one)."""
         return b"".join(chain((COPY_HEADER,), self._parts_slow(rows, 0), (COPY_TRAILER,)))

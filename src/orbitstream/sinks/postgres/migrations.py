@@ -27,6 +27,8 @@ entirely past retention, trim the DEFAULT partition and rollup, prune the ledger
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -599,3 +601,94 @@ async def _delete_older(
     except Exception as exc:
         report.errors.append(f"{relation}: {exc}")
         return 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderAccess:
+    """How users' read-only queries connect: ``dsn`` (``None`` when no read-only role is
+    available, with ``problem`` saying why)."""
+
+    dsn: str | None
+    problem: str | None = None
+
+
+def reader_password(settings: PostgresSettings) -> str:
+    """The read-only role's password, derived from the writer's credentials: every process
+    of a deployment computes the same one, and it is as secret as the writer's password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        key = str(conninfo_to_dict(settings.dsn).get("password") or settings.dsn)
+    except Exception:
+        key = settings.dsn
+    return hmac.new(
+        key.encode(), f"orbitstream-reader:{settings.query_role}".encode(), hashlib.sha256
+    ).hexdigest()
+
+
+def readable_relations(tables: Sequence[Table], layout: Layout) -> list[str]:
+    """The project's relations a user may read: tables, rollups (and their state tables on
+    the plain layout) and the dead letters."""
+    names: list[str] = []
+    for table in tables:
+        names.append(table.name)
+        for rollup in table.rollups:
+            names.append(rollup.name)
+            if layout == "plain":
+                names.append(ddl.rollup_table(rollup))
+    names.append(ddl.DEAD_LETTERS)
+    return list(dict.fromkeys(names))
+
+
+async def ensure_reader(
+    target: AsyncConnection[Any] | AsyncConnectionPool[Any],
+    tables: Sequence[Table],
+    settings: PostgresSettings,
+    layout: Layout,
+) -> ReaderAccess:
+    """Create or update the role users' queries run as: it can log in and ``SELECT`` the
+    project's relations, nothing else (no superuser, no role membership, read-only
+    transactions by default, a statement timeout). ``ORBITSTREAM_QUERY_DATABASE_URL``
+    names another read-only login instead. Never raises: without the privilege to manage
+    roles, users' queries are refused with the reason."""
+    if settings.query_dsn:
+        return ReaderAccess(settings.query_dsn)
+    from psycopg.conninfo import make_conninfo
+
+    role = ddl.quote_ident(settings.query_role)
+    password = reader_password(settings)
+    relations = readable_relations(tables, layout)
+    timeout_ms = max(1, int(settings.query_timeout_secs * 1000))
+    try:
+        async with _connection(target) as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            cur = await conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (settings.query_role,)
+            )
+            if await cur.fetchone() is None:
+                await conn.execute(f"CREATE ROLE {role} LOGIN")
+            await conn.execute(
+                f"ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT "
+                f"NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 16 "
+                f"PASSWORD {ddl.quote_literal(password)}"
+            )
+            await conn.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+            await conn.execute(f"ALTER ROLE {role} SET statement_timeout = {timeout_ms}")
+            for name in relations:
+                cur = await conn.execute("SELECT to_regclass(%s)", (ddl.quote_ident(name),))
+                row = await cur.fetchone()
+                if row is not None and row[0] is not None:
+                    await conn.execute(f"GRANT SELECT ON {ddl.quote_ident(name)} TO {role}")
+    except Exception as exc:
+        problem = (
+            f"the read-only query role {settings.query_role!r} could not be set up "
+            f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+            "grant CREATEROLE to the service's user or set ORBITSTREAM_QUERY_DATABASE_URL "
+            "to a read-only login"
+        )
+        logger.warning(
+            "Read-only query role not available.",
+            extra={"component": "postgres", "role": settings.query_role, "error": problem},
+        )
+        return ReaderAccess(None, problem)
+    return ReaderAccess(make_conninfo(settings.dsn, user=settings.query_role, password=password))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from orbitstream.errors import ConfigError
+from orbitstream.redaction import redact_url
 
 __all__ = ["SCHEMES", "PostgresSettings", "TimescaleMode", "redact_dsn"]
 
@@ -22,23 +22,9 @@ _MASK = "***"
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with any password (in the netloc or the query string) masked."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable DSN>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:{_MASK}@{hostinfo}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k in _SECRET_PARAMS for k, _ in pairs):
-            query = urlencode([(k, _MASK if k in _SECRET_PARAMS else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    """The DSN with any password (in the user info or the query string) masked, whatever
+    characters the password holds."""
+    return redact_url(dsn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +46,9 @@ class PostgresSettings:
     :param query_timeout_secs: ``statement_timeout`` of read-only queries.
     :param maintenance_lock_timeout_secs: ``lock_timeout`` when creating or dropping a
         partition (it briefly locks the parent table).
+    :param query_role: the read-only login users' queries run as (created by the service).
+    :param query_dsn: a DSN of a read-only login to use instead
+        (``ORBITSTREAM_QUERY_DATABASE_URL``).
     """
 
     dsn: str = field(repr=False)
@@ -74,6 +63,8 @@ class PostgresSettings:
     query_timeout_secs: float = 30.0
     maintenance_lock_timeout_secs: float = 5.0
     application_name: str = "orbitstream"
+    query_role: str = "orbitstream_reader"
+    query_dsn: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.dsn.strip().lower().startswith(SCHEMES):

@@ -41,7 +41,13 @@ from orbitstream.sinks.postgres.encoding import (
     aggregate_rollup,
     encoder_for,
 )
-from orbitstream.sinks.postgres.migrations import MaintenanceReport, maintain, migrate_schema
+from orbitstream.sinks.postgres.migrations import (
+    MaintenanceReport,
+    ensure_reader,
+    maintain,
+    migrate_schema,
+    recorded_layout,
+)
 from orbitstream.sinks.postgres.settings import PostgresSettings
 from orbitstream.sinks.results import QueryError, Rows
 
@@ -108,6 +114,7 @@ class _SqlstateError(SinkError):
         sink: str = "postgres",
         table: str = "",
         batch_id: str = "",
+        **extra: Any,
     ) -> None:
         super().__init__(
             message,
@@ -116,6 +123,7 @@ class _SqlstateError(SinkError):
             batch_id=batch_id,
             status_code=_status(sqlstate),
             deployment=sqlstate in _RETRYABLE_STATES,
+            **extra,
         )
         self.sqlstate = sqlstate
 
@@ -187,7 +195,7 @@ class PostgresSink:
 
     name = "postgres"
 
-    def __init__(self, settings: PostgresSettings) -> None:
+    def __init__(self, settings: PostgresSettings, query_tables: Sequence[Table] = ()) -> None:
         self.settings = settings
         # Batches of one table committed on this many connections at once (the ledger
         # keeps each batch once; row order across batches does not matter here).
@@ -197,6 +205,11 @@ class PostgresSink:
         self._pool: AsyncConnectionPool[Any] | None = None
         self._plans: dict[str, _TablePlan] = {}
         self._tables: tuple[Table, ...] = ()
+        self._read_pool: AsyncConnectionPool[Any] | None = None
+        self._reader_dsn: str | None = None
+        self._reader_problem: str | None = None
+        # tables the read-only role may read when the CLI sets it up without a start
+        self._query_tables: tuple[Table, ...] = tuple(query_tables)
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -238,6 +251,8 @@ class PostgresSink:
         self.layout = result.layout
         self.applied = result.applied
         self._tables = tuple(tables)
+        access = await ensure_reader(self.pool, tables, s, result.layout)
+        self._reader_dsn, self._reader_problem = access.dsn, access.problem
         self._plans = {t.name: self._plan(t) for t in tables}
         await self.maintain()
         logger.info(
@@ -271,9 +286,15 @@ class PostgresSink:
             return None
 
     async def close(self) -> None:
+        if self._read_pool is not None:
+            readers, self._read_pool = self._read_pool, None
+            await readers.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+    def close_sync(self) -> None:
+        """Nothing is held between synchronous queries (each has its own connection)."""
 
     async def ping(self) -> None:
         try:
@@ -329,7 +350,15 @@ class PostgresSink:
                         ) from updates
                     for sql, params in updates:
                         await conn.execute(sql, params)
-        except (psycopg.Error, OSError, EncodeError) as exc:
+        except EncodeError as exc:
+            raise PostgresRejectedError(
+                str(exc),
+                bad_rows=plan.encoder.bad_rows(batch.rows),
+                sink=self.name,
+                table=table.name,
+                batch_id=batch.batch_id,
+            ) from exc
+        except (psycopg.Error, OSError) as exc:
             if _connection_lost(exc):
                 await self._drop_broken_connections()
             raise self._error(exc, table.name, batch.batch_id) from exc
@@ -381,45 +410,118 @@ class PostgresSink:
 
     # -- reads ---------------------------------------------------------------------------
     async def query(self, sql: str, params: dict[str, object] | None = None) -> Rows:
-        """Run one read-only statement (``%(name)s`` placeholders).
-
-        The transaction is ``READ ONLY`` with a ``statement_timeout``; the statement is
-        sent with the extended protocol, so ``...; COMMIT; DROP ...`` cannot slip out.
+        """The service's own read queries (dashboard; ``%(name)s`` placeholders): a
+        ``READ ONLY`` transaction with a ``statement_timeout`` on the readers' small pool,
+        never the writers'.
 
         :raises QueryError: the query failed; ``code`` is the SQLSTATE as an int when
-            it is all digits (``25006``: a write was refused).
+            it is all digits.
         """
-        timeout_ms = max(1, int(self.settings.query_timeout_secs * 1000))
+        pool = await self._readers()
         try:
-            async with self.pool.connection() as conn, conn.transaction():
-                await conn.execute("SET TRANSACTION READ ONLY")
-                await conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
-                cur = await conn.execute(sql, params, prepare=True if params is None else None)
-                if cur.description is None:
-                    return Rows([], [], [])
-                columns = [d.name for d in cur.description]
-                types = [d.type_display for d in cur.description]
-                rows = [tuple(r) for r in await cur.fetchall()]
+            async with pool.connection() as conn, conn.transaction(force_rollback=True):
+                return await self._read(conn, sql, params)
         except psycopg.Error as exc:
             raise QueryError(_message(exc), _status(exc.sqlstate)) from exc
+        except (PoolTimeout, OSError) as exc:
+            raise QueryError(f"PostgreSQL not reachable: {_message(exc)}") from exc
+
+    async def _read(self, conn: Any, sql: str, params: dict[str, object] | None) -> Rows:
+        timeout_ms = max(1, int(self.settings.query_timeout_secs * 1000))
+        await conn.execute("SET TRANSACTION READ ONLY")
+        await conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+        await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms}")
+        # prepare=True: the extended protocol, so "...; COMMIT; DROP ..." cannot slip out
+        cur = await conn.execute(sql, params, prepare=True if params is None else None)
+        if cur.description is None:
+            return Rows([], [], [])
+        columns = [d.name for d in cur.description]
+        types = [d.type_display for d in cur.description]
+        rows = [tuple(r) for r in await cur.fetchall()]
         return Rows(columns, types, rows)
 
-    def query_sync(self, sql: str, params: dict[str, object] | None = None) -> Rows:
-        """:meth:`query` for synchronous callers (the CLI): its own short connection."""
+    async def _readers(self) -> AsyncConnectionPool[Any]:
+        if self._read_pool is None:
+            s = self.settings
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                self._reader_dsn or s.dsn,
+                min_size=0,
+                max_size=2,
+                kwargs={
+                    "autocommit": True,
+                    "application_name": f"{s.application_name}-read",
+                    "connect_timeout": max(1, round(s.connect_timeout_secs)),
+                },
+                timeout=s.connect_timeout_secs,
+                name="orbitstream-postgres-read",
+                open=False,
+            )
+            await pool.open(wait=False)
+            self._read_pool = pool
+        return self._read_pool
+
+    def _user_dsn(self) -> str:
+        if self._reader_dsn is None:
+            raise QueryError(
+                self._reader_problem or "the PostgreSQL sink is not started (no read-only role)",
+                42501,
+            )
+        return self._reader_dsn
+
+    async def user_query(self, sql: str, database: str | None = None) -> Rows:
+        """A user's query (``POST /api/query``): its own connection as the read-only role,
+        in a read-only transaction with a statement timeout, rolled back and closed after,
+        so nothing it sets survives it; ``database`` is a schema put first on the search
+        path.
+
+        :raises QueryError: refused or failed (``25006``: a write; ``42501``: no privilege).
+        """
+        dsn = self._user_dsn()
+        s = self.settings
+        try:
+            async with (
+                await psycopg.AsyncConnection.connect(
+                    dsn,
+                    autocommit=True,
+                    application_name=f"{s.application_name}-query",
+                    connect_timeout=max(1, round(s.connect_timeout_secs)),
+                ) as conn,
+                conn.transaction(force_rollback=True),
+            ):
+                await self._search_path(conn, database)
+                return await self._read(conn, sql, None)
+        except psycopg.Error as exc:
+            raise QueryError(_message(exc), _status(exc.sqlstate)) from exc
+        except OSError as exc:
+            raise QueryError(f"PostgreSQL not reachable: {_message(exc)}") from exc
+
+    @staticmethod
+    async def _search_path(conn: Any, schema: str | None) -> None:
+        if schema and schema != "public":
+            await conn.execute(f"SET LOCAL search_path = {ddl.quote_ident(schema)}, public")
+
+    def user_query_sync(self, sql: str, database: str | None = None) -> Rows:
+        """:meth:`user_query` for synchronous callers (the CLI without a running service).
+        Sets up the read-only role first when needed."""
+        if self._reader_dsn is None and self._reader_problem is None:
+            asyncio.run(self._setup_reader_only())
+        dsn = self._user_dsn()
         timeout_ms = max(1, int(self.settings.query_timeout_secs * 1000))
         try:
             with (
                 psycopg.connect(
-                    self.settings.dsn,
+                    dsn,
                     autocommit=True,
-                    application_name=self.settings.application_name,
+                    application_name=f"{self.settings.application_name}-query",
                     connect_timeout=max(1, round(self.settings.connect_timeout_secs)),
                 ) as conn,
-                conn.transaction(),
+                conn.transaction(force_rollback=True),
             ):
                 conn.execute("SET TRANSACTION READ ONLY")
                 conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
-                cur = conn.execute(sql, params, prepare=True if params is None else None)
+                if database and database != "public":
+                    conn.execute(f"SET LOCAL search_path = {ddl.quote_ident(database)}, public")
+                cur = conn.execute(sql, prepare=True)
                 if cur.description is None:
                     return Rows([], [], [])
                 columns = [d.name for d in cur.description]
@@ -427,7 +529,22 @@ class PostgresSink:
                 rows = [tuple(r) for r in cur.fetchall()]
         except psycopg.Error as exc:
             raise QueryError(_message(exc), _status(exc.sqlstate)) from exc
+        except OSError as exc:
+            raise QueryError(f"PostgreSQL not reachable: {_message(exc)}") from exc
         return Rows(columns, types, rows)
+
+    async def _setup_reader_only(self) -> None:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.settings.dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self.settings.connect_timeout_secs)),
+            ) as conn:
+                layout = await recorded_layout(conn) or "plain"
+                access = await ensure_reader(conn, self._query_tables, self.settings, layout)
+        except (psycopg.Error, OSError) as exc:
+            raise QueryError(f"PostgreSQL not reachable: {_message(exc)}") from exc
+        self._reader_dsn, self._reader_problem = access.dsn, access.problem
 
 
 def _rollup_updates(plan: _TablePlan, rows: Sequence[Row]) -> list[tuple[str, Any]] | Exception:

@@ -1,9 +1,15 @@
 """Ingest handlers: ``POST /telemetry``, ``/telemetry/batch``, ``/telemetry/ndjson``.
 
-Status codes: 202 accepted; 400 malformed JSON or empty body; 413 body over the limit;
-415 wrong content type; 422 invalid fields (each field named, batches by index);
-503 + ``Retry-After`` when buffers are full. In a batch, valid points are accepted and
-invalid ones reported by index: one bad point never poisons a batch.
+Status codes: 202 accepted; 400 malformed JSON or empty body; 413 body (or an NDJSON line)
+over the limit; 415 wrong content type; 422 invalid fields (each field named, batches by
+index, NDJSON by line); 503 + ``Retry-After`` when buffers are full. In a batch, valid
+points are accepted and invalid ones reported by index: one bad point never poisons a
+batch. What is accepted is storable by every configured store: a timestamp no store can
+hold, or outside the accepted window, is refused here (``timestamp`` named).
+
+In ``sink`` ack mode a 202 means every accepted row is committed in every store. Rows a
+store refused anyway are reported (``dead_lettered`` per store; a single point gets 422),
+and rows that could not be written before shutdown make the request fail (503).
 """
 
 from __future__ import annotations
@@ -20,7 +26,16 @@ from orbitstream.core.batch import Ack
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.pipeline import Pipeline
 from orbitstream.errors import BackpressureError
-from orbitstream.pipelines.satellites import PIPELINE, Point, SatelliteMapper, field_errors
+from orbitstream.pipelines.satellites import (
+    PIPELINE,
+    FieldError,
+    Mapped,
+    Point,
+    SatelliteMapper,
+    body_errors,
+    decode_raw,
+    field_errors,
+)
 from orbitstream.settings import AckMode
 from orbitstream.sources.http.server import Refusal, Request, Response, error_response, refuse
 
@@ -44,12 +59,31 @@ _NDJSON_CHUNK = 5000
 _encode = msgspec.json.Encoder().encode
 
 
-def _errors_json(errors: Sequence[Any]) -> list[dict[str, str]]:
+def _errors_json(errors: Sequence[FieldError]) -> list[dict[str, str]]:
     return [{"field": e.field, "message": e.message} for e in errors]
 
 
+def _outcome(acks: Sequence[Ack]) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    """Rows dead-lettered and spilled per sink, and the stores' reasons, over ``acks``."""
+    dead: dict[str, int] = {}
+    spilled: dict[str, int] = {}
+    errors: list[str] = []
+    for ack in acks:
+        for sink, n in ack.dead_lettered.items():
+            dead[sink] = dead.get(sink, 0) + n
+        for sink, n in ack.spilled.items():
+            spilled[sink] = spilled.get(sink, 0) + n
+        errors.extend(ack.errors[: 10 - len(errors)])
+    return dead, spilled, errors
+
+
 class IngestHandlers:
-    """The ingest routes of the satellites pipeline."""
+    """The ingest routes of the satellites pipeline.
+
+    :param ndjson_max_body_bytes: an NDJSON upload longer than this is refused (413) at
+        the line where it crosses the limit; lines before it stay accepted.
+    :param ndjson_max_line_bytes: an NDJSON line longer than this is refused (413).
+    """
 
     def __init__(
         self,
@@ -59,15 +93,18 @@ class IngestHandlers:
         ack_mode: AckMode,
         *,
         ack_timeout_secs: float = 60.0,
+        ndjson_max_body_bytes: int = 1 << 30,
+        ndjson_max_line_bytes: int = 64 * 1024,
     ) -> None:
         self.pipeline = pipeline
         self.mapper = mapper
         self.metrics = metrics
         self.ack_mode = ack_mode
         self.ack_timeout_secs = ack_timeout_secs
+        self.ndjson_max_body_bytes = ndjson_max_body_bytes
+        self.ndjson_max_line_bytes = ndjson_max_line_bytes
         self._point = msgspec.json.Decoder(Point)
         self._points = msgspec.json.Decoder(list[Point])
-        self._any = msgspec.json.Decoder()
         self._labels = (PIPELINE,)
         self._accepted = self.metrics.counters["accepted"]
         self._received = self.metrics.counters["received"]
@@ -105,17 +142,24 @@ class IngestHandlers:
                     retry_after_secs=max(1.0, pipeline.limits.linger_secs),
                 )
 
-    def _submit(self, points: Sequence[Point], received_ns: int) -> Ack | None:
-        """Map and submit; raises BackpressureError before any state changes."""
+    def _submit(self, points: Sequence[Point], received_ns: int) -> tuple[Mapped, Ack | None]:
+        """Map and submit; raises BackpressureError before any state changes (the alert
+        state moves only once the rows are in)."""
         self._ensure_room(len(points))
-        rows = self.mapper.map(points, received_ns)
+        mapped = self.mapper.map(points, received_ns)
+        if not mapped.accepted:
+            return mapped, None
         ack = Ack() if self.ack_mode == "sink" else None
-        self.pipeline.submit(rows, ack)
-        return ack
+        self.pipeline.submit(mapped.rows, ack)
+        self.mapper.commit(mapped)
+        return mapped, ack
 
-    async def _after_ack(self, ack: Ack, response: Response) -> Response:
+    async def _after_ack(self, acks: Sequence[Ack]) -> Response | None:
+        """Wait for the commit; an error response if it takes too long."""
         try:
-            await asyncio.wait_for(ack.wait(), self.ack_timeout_secs)
+            await asyncio.wait_for(
+                asyncio.gather(*(ack.wait() for ack in acks)), self.ack_timeout_secs
+            )
         except TimeoutError:
             return error_response(
                 504,
@@ -123,7 +167,7 @@ class IngestHandlers:
                 "(it will be written)",
                 ack="memory",
             )
-        return response
+        return None
 
     # -- POST /telemetry --------------------------------------------------------------
     def telemetry(self, request: Request) -> Response | Awaitable[Response]:
@@ -143,10 +187,16 @@ class IngestHandlers:
         except msgspec.DecodeError as exc:
             self._rejected[self._labels] += 1
             return error_response(400, f"malformed JSON: {exc}")
+        except RecursionError:
+            self._rejected[self._labels] += 1
+            return error_response(400, "malformed JSON: nested too deeply")
         try:
-            ack = self._submit((point,), time.time_ns())
+            mapped, ack = self._submit((point,), time.time_ns())
         except BackpressureError as exc:
             return self._backpressure(exc)
+        if mapped.rejected:
+            self._rejected[self._labels] += 1
+            return self._invalid([e for _, e in mapped.rejected])
         self._accepted[self._labels] += 1
         response = Response(
             202,
@@ -158,12 +208,39 @@ class IngestHandlers:
         )
         if ack is None:
             return response
-        return self._after_ack(ack, response)
+        return self._point_committed(ack, response)
 
-    def _reject_point(self, body: bytes) -> Response:
-        self._rejected[self._labels] += 1
-        raw = self._any.decode(body)
-        errors = field_errors(raw)
+    async def _point_committed(self, ack: Ack, response: Response) -> Response:
+        late = await self._after_ack((ack,))
+        if late is not None:
+            return late
+        dead, spilled, errors = _outcome((ack,))
+        if spilled:
+            return self._not_committed(spilled)
+        if dead:
+            return Response(
+                422,
+                _encode(
+                    {
+                        "status": "rejected",
+                        "error": "the store refused the point; it is kept in dead letters",
+                        "dead_lettered": dead,
+                        "errors": [{"field": "$", "message": m} for m in errors],
+                    }
+                ),
+            )
+        return response
+
+    def _not_committed(self, spilled: dict[str, int]) -> Response:
+        return error_response(
+            503,
+            "not committed: a store was unavailable until shutdown; the rows were kept in the "
+            "dead-letter file",
+            [("Retry-After", "1")],
+            spilled=spilled,
+        )
+
+    def _invalid(self, errors: Sequence[FieldError]) -> Response:
         return Response(
             422,
             _encode(
@@ -174,6 +251,13 @@ class IngestHandlers:
                 }
             ),
         )
+
+    def _reject_point(self, body: bytes) -> Response:
+        self._rejected[self._labels] += 1
+        errors = body_errors(body)
+        if errors and errors[0].field == "$" and errors[0].message.startswith("malformed JSON"):
+            return error_response(400, errors[0].message)
+        return self._invalid(errors)
 
     # -- POST /telemetry/batch --------------------------------------------------------
     def batch(self, request: Request) -> Response | Awaitable[Response]:
@@ -188,14 +272,13 @@ class IngestHandlers:
         except BackpressureError as exc:
             return self._backpressure(exc, accepted=0, rejected=0)
         errors: list[dict[str, Any]] = []
+        index_of: list[int] | None = None  # input index of each point, when some failed
         try:
             points = self._points.decode(body)
         except msgspec.ValidationError:
             try:
-                raw = self._any.decode(body)
-            except (
-                msgspec.DecodeError
-            ) as exc:  # pragma: no cover - ValidationError implies valid JSON
+                raw = decode_raw(body)
+            except msgspec.DecodeError as exc:
                 return error_response(400, f"malformed JSON: {exc}")
             if not isinstance(raw, list):
                 return error_response(
@@ -204,25 +287,41 @@ class IngestHandlers:
                     errors=[{"field": "$", "message": f"got {type(raw).__name__}"}],
                 )
             points = []
+            index_of = []
             for index, item in enumerate(raw):
                 try:
                     points.append(msgspec.convert(item, Point))
+                    index_of.append(index)
                 except msgspec.ValidationError:
-                    if len(errors) < _MAX_REPORTED_ERRORS:
-                        errors.append({"index": index, "errors": _errors_json(field_errors(item))})
-                    else:
-                        errors.append({"index": index})
+                    self._report(errors, {"index": index}, field_errors(item))
             total = len(raw)
         except msgspec.DecodeError as exc:
             return error_response(400, f"malformed JSON: {exc}")
+        except RecursionError:
+            return error_response(400, "malformed JSON: nested too deeply")
         else:
             total = len(points)
         if total == 0:
             return error_response(400, "empty batch: send at least one telemetry point")
-        rejected = total - len(points)
+        received_ns = time.time_ns()
+        mapped: Mapped | None = None
+        ack: Ack | None = None
+        if points:
+            try:
+                mapped, ack = self._submit(points, received_ns)
+            except BackpressureError as exc:
+                return self._backpressure(exc, accepted=0, rejected=0)
+            if mapped.rejected:
+                for pos, error in mapped.rejected:
+                    index = index_of[pos] if index_of is not None else pos
+                    self._report(errors, {"index": index}, [error])
+                errors.sort(key=lambda e: int(e["index"]))
+        accepted = mapped.accepted if mapped is not None else 0
+        rejected = total - accepted
         self._received[self._labels] += total
-        if not points:
-            self._rejected[self._labels] += rejected
+        self._accepted[self._labels] += accepted
+        self._rejected[self._labels] += rejected
+        if not accepted:
             return Response(
                 422,
                 _encode(
@@ -235,16 +334,9 @@ class IngestHandlers:
                     }
                 ),
             )
-        try:
-            ack = self._submit(points, time.time_ns())
-        except BackpressureError as exc:
-            self._received[self._labels] -= total
-            return self._backpressure(exc, accepted=0, rejected=0)
-        self._accepted[self._labels] += len(points)
-        self._rejected[self._labels] += rejected
         doc: dict[str, Any] = {
             "status": "partial" if rejected else "accepted",
-            "accepted": len(points),
+            "accepted": accepted,
             "rejected": rejected,
             "ack": self.ack_mode,
         }
@@ -253,10 +345,35 @@ class IngestHandlers:
             doc["note"] = (
                 "valid points were accepted; invalid ones are listed by index and were not stored"
             )
-        response = Response(202, _encode(doc))
         if ack is None:
-            return response
-        return self._after_ack(ack, response)
+            return Response(202, _encode(doc))
+        return self._committed([ack], doc)
+
+    @staticmethod
+    def _report(
+        errors: list[dict[str, Any]], where: dict[str, Any], problems: Sequence[FieldError]
+    ) -> None:
+        if len(errors) < _MAX_REPORTED_ERRORS:
+            errors.append({**where, "errors": _errors_json(problems)})
+        else:
+            errors.append(where)
+
+    async def _committed(self, acks: Sequence[Ack], doc: dict[str, Any]) -> Response:
+        late = await self._after_ack(acks)
+        if late is not None:
+            return late
+        dead, spilled, store_errors = _outcome(acks)
+        if spilled:
+            return self._not_committed(spilled)
+        if dead:
+            doc["status"] = "partial"
+            doc["dead_lettered"] = dead
+            doc["store_errors"] = store_errors
+            doc["note"] = (
+                "some accepted rows were refused by a store and kept in its dead letters "
+                "(orbitstream deadletters)"
+            )
+        return Response(202, _encode(doc))
 
     # -- POST /telemetry/ndjson -------------------------------------------------------
     def ndjson(self, request: Request) -> _NdjsonStream:
@@ -269,91 +386,155 @@ class IngestHandlers:
 class _NdjsonStream:
     """Validates and submits NDJSON lines while the body streams in.
 
-    On backpressure mid-stream it answers 503 with ``next_line``: lines before it were
-    accepted, so a loader resumes from there.
+    Each line stands alone: a bad line is reported by number and the stream goes on. On
+    backpressure mid-stream it answers 503 with ``next_line``: lines before it were
+    accepted, so a loader resumes from there; over the size limits it answers 413 the
+    same way. A line is buffered only up to the line limit, and joined once.
     """
 
     def __init__(self, handlers: IngestHandlers) -> None:
         self.h = handlers
-        self.tail = b""
+        self.parts: list[bytes] = []  # the unfinished last line, in pieces
+        self.part_bytes = 0
+        self.seen = 0
         self.line_no = 0
         self.pending: list[Point] = []
-        self.pending_first_line = 1
+        self.pending_lines: list[int] = []
         self.accepted = 0
         self.rejected = 0
         self.errors: list[dict[str, Any]] = []
         self.acks: list[Ack] = []
 
     def feed(self, chunk: bytes) -> None:
-        data = self.tail + chunk
-        lines = data.split(b"\n")
-        self.tail = lines.pop()
-        for line in lines:
+        h = self.h
+        self.seen += len(chunk)
+        if self.seen > h.ndjson_max_body_bytes:
+            self._flush()
+            raise self._refusal(
+                413,
+                f"NDJSON body exceeds the limit of {h.ndjson_max_body_bytes} bytes "
+                "(ORBITSTREAM_NDJSON_MAX_BODY_BYTES); resend from next_line in another request",
+            )
+        start = 0
+        limit = h.ndjson_max_line_bytes
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                rest = len(chunk) - start
+                if rest:
+                    self.part_bytes += rest
+                    if self.part_bytes > limit:
+                        self._too_long()
+                    self.parts.append(chunk[start:] if start else chunk)
+                break
+            if self.parts:
+                self.part_bytes += end - start
+                if self.part_bytes > limit:
+                    self._too_long()
+                self.parts.append(chunk[start:end])
+                line = b"".join(self.parts)
+                self.parts = []
+                self.part_bytes = 0
+            else:
+                if end - start > limit:
+                    self._too_long()
+                line = chunk[start:end]
             self._line(line)
+            start = end + 1
         if len(self.pending) >= _NDJSON_CHUNK:
             self._flush()
+
+    def _too_long(self) -> None:
+        self._flush()
+        raise self._refusal(
+            413,
+            f"line {self.line_no + 1} exceeds the limit of {self.h.ndjson_max_line_bytes} bytes "
+            "(ORBITSTREAM_NDJSON_MAX_LINE_BYTES)",
+            line=self.line_no + 1,
+        )
+
+    def _refusal(self, status: int, message: str, **extra: Any) -> Refusal:
+        self._count_rejected()
+        return Refusal(
+            error_response(
+                status,
+                message,
+                accepted=self.accepted,
+                rejected=self.rejected,
+                next_line=self.line_no + 1,
+                errors=self.errors,
+                **extra,
+            ),
+            close=True,
+        )
 
     def _line(self, line: bytes) -> None:
         self.line_no += 1
         line = line.strip()
         if not line:
             return
-        if not self.pending:
-            self.pending_first_line = self.line_no
         try:
-            self.pending.append(self.h._point.decode(line))
+            point = self.h._point.decode(line)
         except msgspec.ValidationError:
             self.rejected += 1
-            if len(self.errors) < _MAX_REPORTED_ERRORS:
-                self.errors.append(
-                    {
-                        "line": self.line_no,
-                        "errors": _errors_json(field_errors(self.h._any.decode(line))),
-                    }
-                )
-        except msgspec.DecodeError as exc:
+            self._error(body_errors(line))
+            return
+        except (msgspec.DecodeError, RecursionError) as exc:
             self.rejected += 1
-            if len(self.errors) < _MAX_REPORTED_ERRORS:
-                self.errors.append(
-                    {
-                        "line": self.line_no,
-                        "errors": [{"field": "$", "message": f"malformed JSON: {exc}"}],
-                    }
-                )
+            message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            self._error([FieldError("$", f"malformed JSON: {message}")])
+            return
+        self.pending.append(point)
+        self.pending_lines.append(self.line_no)
+
+    def _error(self, problems: Sequence[FieldError], line: int | None = None) -> None:
+        if len(self.errors) < _MAX_REPORTED_ERRORS:
+            self.errors.append({"line": line or self.line_no, "errors": _errors_json(problems)})
 
     def _flush(self) -> None:
         if not self.pending:
             return
         labels = self.h._labels
         try:
-            ack = self.h._submit(self.pending, time.time_ns())
+            mapped, ack = self.h._submit(self.pending, time.time_ns())
         except BackpressureError as exc:
+            self._count_rejected()
             raise refuse(
                 self.h._backpressure(
                     exc,
                     accepted=self.accepted,
                     rejected=self.rejected,
-                    next_line=self.pending_first_line,
+                    next_line=self.pending_lines[0],
                     errors=self.errors,
                 )
             ) from exc
-        self.h.metrics.inc("received", labels, len(self.pending))
-        self.h.metrics.inc("accepted", labels, len(self.pending))
-        self.accepted += len(self.pending)
+        for pos, error in mapped.rejected:
+            self.rejected += 1
+            self._error([error], self.pending_lines[pos])
+        if mapped.rejected:
+            self.errors.sort(key=lambda e: int(e["line"]))
+        self.h.metrics.inc("received", labels, mapped.accepted)
+        self.h.metrics.inc("accepted", labels, mapped.accepted)
+        self.accepted += mapped.accepted
         self.pending = []
+        self.pending_lines = []
         if ack is not None:
             self.acks.append(ack)
 
+    def _count_rejected(self) -> None:
+        self.h.metrics.inc("received", self.h._labels, self.rejected)
+        self.h.metrics.inc("rejected", self.h._labels, self.rejected)
+
     def finish(self) -> Response | Awaitable[Response]:
         try:
-            if self.tail.strip():
-                self._line(self.tail)
-            self.tail = b""
+            if self.parts:
+                line = b"".join(self.parts)
+                self.parts = []
+                self._line(line)
             self._flush()
         except Refusal as refusal:
             return refusal.response
-        self.h.metrics.inc("received", self.h._labels, self.rejected)
-        self.h.metrics.inc("rejected", self.h._labels, self.rejected)
+        self._count_rejected()
         if self.accepted == 0 and self.rejected == 0:
             return error_response(400, "empty body: send one JSON telemetry point per line")
         doc: dict[str, Any] = {
@@ -367,14 +548,6 @@ class _NdjsonStream:
         }
         if self.errors:
             doc["errors"] = self.errors
-        response = Response(202 if self.accepted else 422, _encode(doc))
         if not self.acks:
-            return response
-        return self._wait(response)
-
-    async def _wait(self, response: Response) -> Response:
-        for ack in self.acks:
-            result = await self.h._after_ack(ack, response)
-            if result is not response:
-                return result
-        return response
+            return Response(202 if self.accepted else 422, _encode(doc))
+        return self.h._committed(self.acks, doc)
