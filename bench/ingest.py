@@ -23,6 +23,7 @@ every step; a disturbed step is measured again (``--retries``)::
 
     .venv/bin/python bench/ingest.py            # 15 s per wrk run (~3.5 minutes)
     .venv/bin/python bench/ingest.py --quick    # 5 s per wrk run
+    .venv/bin/python bench/ingest.py --baseline main~3   # each step also on older code
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ TARGET_BATCH = 150_000.0
 TARGET_VISIBLE_P99_MS = 250.0
 SKIPPED = "skipped (--only)"
 CONTAMINATED = 0.3  # cores used by other processes during a measurement: measure again
+BASELINE_DROP = 0.05  # --baseline: ours may be at most this much slower
 
 # Settings the service would otherwise pick up from the environment.
 _SERVICE_ENV = (
@@ -445,9 +447,14 @@ class Config:
     keep: bool
     quiet_wait: float
     retries: int
+    baseline_src: Path | None = None  # the package source of --baseline REV
+    baseline_rev: str = ""
 
 
 # -- scenarios -----------------------------------------------------------------------------
+
+
+Scenario = Callable[["Processes", "Config", "Result", dict[str, str]], None]
 
 
 def start_orbitstream(procs: Processes, name: str, env: dict[str, str], cfg: Config) -> Server:
@@ -1092,27 +1099,41 @@ def run(cfg: Config, only: set[str] | None) -> int:
                 scenario_plain(procs, cfg, r, "fastapi", fastapi_argv, ["point"], 1, "/stats")
             ),
         )
-        step(
+
+        def ours(key: str, scenario: str, fn: Scenario, env: dict[str, str]) -> None:
+            """The step, then (with --baseline) the same step on the baseline's code."""
+            step(key, scenario, lambda r: fn(procs, cfg, r, env))
+            if cfg.baseline_src is not None:
+                base_env = {**env, "PYTHONPATH": str(cfg.baseline_src)}
+                step(
+                    f"{key}@baseline",
+                    f"{scenario} — baseline {cfg.baseline_rev}",
+                    lambda r: fn(procs, cfg, r, base_env),
+                )
+
+        ours(
             "single-1000",
             "orbitstream single point, BATCH_SIZE=1000 BATCH_TIMEOUT=1s",
-            lambda r: scenario_single(procs, cfg, r, {"BATCH_SIZE": "1000", "BATCH_TIMEOUT": "1s"}),
+            scenario_single,
+            {"BATCH_SIZE": "1000", "BATCH_TIMEOUT": "1s"},
         )
-        step(
+        ours(
             "single-10000",
             "orbitstream single point, BATCH_SIZE=10000 BATCH_TIMEOUT=1s",
-            lambda r: scenario_single(
-                procs, cfg, r, {"BATCH_SIZE": "10000", "BATCH_TIMEOUT": "1s"}
-            ),
+            scenario_single,
+            {"BATCH_SIZE": "10000", "BATCH_TIMEOUT": "1s"},
         )
-        step(
+        ours(
             "batch",
             "orbitstream 1000-point batches, BATCH_SIZE=1000 (202s)",
-            lambda r: scenario_batch(procs, cfg, r, {"BATCH_SIZE": "1000", "BATCH_TIMEOUT": "1s"}),
+            scenario_batch,
+            {"BATCH_SIZE": "1000", "BATCH_TIMEOUT": "1s"},
         )
-        step(
+        ours(
             "batch-10000",
             "orbitstream 1000-point batches, BATCH_SIZE=10000 (202s)",
-            lambda r: scenario_batch(procs, cfg, r, {"BATCH_SIZE": "10000", "BATCH_TIMEOUT": "1s"}),
+            scenario_batch,
+            {"BATCH_SIZE": "10000", "BATCH_TIMEOUT": "1s"},
         )
         step(
             "fastapi-batch",
@@ -1194,6 +1215,22 @@ def run(cfg: Config, only: set[str] | None) -> int:
     if not results["fastapi-batch"].error:
         results["fastapi-batch"].ratio = "(baseline)"
 
+    for key in ("single-1000", "single-10000", "batch", "batch-10000"):
+        base = results.get(f"{key}@baseline")
+        now = results.get(key)
+        if base is None or now is None or base.error or now.error:
+            continue
+        vs = ratio(now.points_per_s, base.points_per_s)
+        base.ratio = f"(baseline for {key})"
+        if vs is not None:
+            ok = vs >= 1 - BASELINE_DROP
+            base.verdict = f"{key}: {vs:.2f}× baseline — " + (
+                "PASS" if ok else f"FAIL (more than {BASELINE_DROP:.0%} below)"
+            )
+        committed = ratio(now.committed_per_s, base.committed_per_s)
+        if committed is not None and key.startswith("batch"):
+            base.notes.append(f"committed points/s: {committed:.2f}× baseline")
+
     for r in results.values():
         if r.non_202 and not r.error:
             r.verdict = (r.verdict + " " if r.verdict else "") + f"({r.non_202:,} non-202)"
@@ -1249,6 +1286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the data dirs and server logs")
     parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run each orbitstream throughput step on the code of git revision REV "
+        f"(same run, interleaved) and report the ratio; FAIL below {1 - BASELINE_DROP:.0%}",
+    )
+    parser.add_argument(
         "--retries",
         type=int,
         default=2,
@@ -1271,7 +1314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _handle_sigterm)
     only = set(args.only.split(",")) if args.only else None
-    with workdir(args.keep) as wd:
+    if only is not None and args.baseline:
+        only |= {f"{k}@baseline" for k in only}
+    with workdir(args.keep) as wd, baseline_source(args.baseline, wd) as base_src:
         cfg = Config(
             duration,
             warmup,
@@ -1281,8 +1326,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.keep,
             args.quiet_wait,
             args.retries,
+            base_src,
+            args.baseline or "",
         )
         return run(cfg, only)
+
+
+@contextlib.contextmanager
+def baseline_source(rev: str | None, wd: Path) -> Iterator[Path | None]:
+    """A checkout of ``rev`` (a detached git worktree) whose ``src`` the baseline steps run
+    from (``PYTHONPATH``, ahead of the installed package); removed afterwards."""
+    if not rev:
+        yield None
+        return
+    tree = wd / "baseline"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        log(f"baseline: {rev} ({commit}) in {tree}")
+        yield tree / "src"
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+            check=False,
+            capture_output=True,
+        )
 
 
 if __name__ == "__main__":

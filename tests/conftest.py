@@ -108,14 +108,16 @@ class ServiceProcess:
         rows: list[list[Any]] = doc["rows"]
         return rows
 
-    def count(self, table: str = "telemetry", where: str = "1") -> int:
-        return int(self.query(f"SELECT count() FROM {table} WHERE {where}")[0][0])
+    def count(self, table: str = "telemetry", where: str = "1 = 1") -> int:
+        return int(self.query(f"SELECT count(*) FROM {table} WHERE {where}")[0][0])
 
-    def wait_count(self, n: int, table: str = "telemetry", timeout: float = 20) -> int:
+    def wait_count(
+        self, n: int, table: str = "telemetry", timeout: float = 20, where: str = "1 = 1"
+    ) -> int:
         deadline = time.monotonic() + timeout
         got = -1
         while time.monotonic() < deadline:
-            got = self.count(table)
+            got = self.count(table, where)
             if got >= n:
                 return got
             time.sleep(0.1)

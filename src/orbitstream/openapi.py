@@ -1,198 +1,163 @@
-"""The OpenAPI 3.1 document of the HTTP API (served at ``GET /openapi.json``)."""
+"""The OpenAPI 3.1 document of the HTTP API (served at ``GET /openapi.json``).
+
+Generated from the msgspec types the handlers decode and answer with
+(:mod:`orbitstream.sources.http.schemas`, :class:`~orbitstream.pipelines.satellites.Point`)
+by ``msgspec.json.schema_components``; only the routes, status codes and descriptions are
+written here.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from orbitstream.pipelines.satellites import Point
 from orbitstream.settings import Settings
+from orbitstream.sources.http import schemas
 
 __all__ = ["openapi_document"]
 
-_POINT = {
-    "type": "object",
-    "required": [
-        "satellite_id",
-        "battery_charge_percent",
-        "storage_usage_mb",
-        "signal_strength_dbm",
-    ],
-    "properties": {
-        "satellite_id": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 64,
-            "pattern": "^[A-Za-z0-9_.:-]+$",
-            "example": "SAT-0001",
-        },
-        "battery_charge_percent": {"type": "number", "minimum": 0, "maximum": 100, "example": 85.5},
-        "storage_usage_mb": {"type": "number", "minimum": 0, "example": 45000.0},
-        "signal_strength_dbm": {"type": "number", "minimum": -200, "maximum": 0, "example": -55.0},
-        "timestamp": {
-            "oneOf": [
-                {"type": "string", "format": "date-time", "description": "RFC 3339 with offset"},
-                {
-                    "type": "integer",
-                    "minimum": 946684800000000000,
-                    "description": "epoch nanoseconds",
-                },
-            ],
-            "description": "Measurement time; default: the time the service received the point.",
-        },
-    },
-}
-_FIELD_ERRORS = {
-    "type": "array",
-    "items": {
-        "type": "object",
-        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-    },
-}
-_ERROR = {
-    "type": "object",
-    "properties": {
-        "status": {"type": "string"},
-        "error": {"type": "string"},
-        "errors": _FIELD_ERRORS,
-    },
-}
-_ERR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-_COUNTS = {
-    "type": "object",
-    "properties": {
-        "status": {"type": "string", "enum": ["accepted", "partial", "rejected"]},
-        "accepted": {"type": "integer"},
-        "rejected": {"type": "integer"},
-        "ack": {"type": "string", "enum": ["memory", "sink"]},
-        "errors": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "index": {"type": "integer"},
-                    "line": {"type": "integer"},
-                    "errors": _FIELD_ERRORS,
-                },
-            },
-        },
-    },
-}
+_REF = "#/components/schemas/{name}"
+_TYPES: tuple[Any, ...] = (
+    Point,
+    schemas.Accepted,
+    schemas.Rejected,
+    schemas.BatchResult,
+    schemas.NdjsonResult,
+    schemas.Error,
+    schemas.Health,
+    schemas.QueryRequest,
+    schemas.QueryResult,
+)
 
 
-def _common(extra: dict[str, Any]) -> dict[str, Any]:
+def _ref(t: Any) -> dict[str, str]:
+    return {"$ref": _REF.format(name=t.__name__)}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _answer(description: str, *types: Any, headers: dict[str, Any] | None = None) -> Any:
+    schema = _ref(types[0]) if len(types) == 1 else {"anyOf": [_ref(t) for t in types]}
+    out: dict[str, Any] = {"description": description, "content": _json(schema)}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+_E = schemas.Error
+
+
+def _http_errors() -> dict[str, Any]:
+    """What the server itself may answer on any route (limits, malformed HTTP)."""
     return {
-        "400": {"description": "Malformed JSON or empty body", "content": _ERR},
-        "413": {"description": "Body over the configured limit", "content": _ERR},
-        "415": {"description": "Content type is not JSON", "content": _ERR},
-        "422": {"description": "Invalid fields, each named", "content": _ERR},
-        "503": {
-            "description": "Buffers full: retry after the Retry-After header",
-            "content": _ERR,
-            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-        },
-        **extra,
+        "400": _answer("Malformed request or JSON, or an empty body", _E),
+        "408": _answer("The request's headers or body did not arrive in time", _E),
+        "413": _answer("Body (or an NDJSON line) over the configured limit", _E),
+        "414": _answer("URL over the configured limit", _E),
+        "431": _answer("Headers over the configured limit", _E),
+        "503": _answer("Buffers full or too many connections", _E, headers=_RETRY_AFTER),
+    }
+
+
+def _ingest(ok: Any, rejected: Any, summary: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {"required": True, "content": body},
+            "responses": {
+                **_http_errors(),
+                "202": _answer("Accepted (committed in every store in sink ack mode)", ok),
+                "415": _answer("Content type not accepted", _E),
+                "422": _answer("Invalid fields, each named", rejected, _E),
+                "504": _answer("Accepted but not committed in time (sink ack mode)", _E),
+            },
+        }
     }
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(_TYPES, ref_template=_REF)
+    # a batch is validated point by point: anything else in it is reported by index, not
+    # a reason to refuse the rest
+    point_list = {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "anyOf": [
+                _ref(Point),
+                {"description": "Any other value: refused and reported by index."},
+            ]
+        },
+    }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "OrbitStream ingest API",
             "version": "0.1.0",
             "description": f"Ack mode: {settings.ack_mode}. 202 means accepted into memory "
-            "(memory) or committed in the store (sink).",
+            "(memory) or committed in every store (sink). Timestamps must lie within "
+            "the accepted window (ORBITSTREAM_TIMESTAMP_MAX_AHEAD / _MAX_AGE).",
         },
         "paths": {
-            "/telemetry": {
-                "post": {
-                    "summary": "Ingest one telemetry point",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Point"}}
-                        },
-                    },
-                    "responses": _common(
-                        {
-                            "202": {
-                                "description": "Accepted",
-                                "content": {
-                                    "application/json": {
-                                        "schema": {
-                                            "type": "object",
-                                            "properties": {
-                                                "status": {"const": "accepted"},
-                                                "satellite_id": {"type": "string"},
-                                                "ack": {"type": "string"},
-                                            },
-                                        }
-                                    }
-                                },
-                            }
-                        }
-                    ),
-                }
-            },
-            "/telemetry/batch": {
-                "post": {
-                    "summary": "Ingest a JSON array of points; invalid ones are reported by index",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/Point"},
-                                }
-                            }
-                        },
-                    },
-                    "responses": _common(
-                        {
-                            "202": {
-                                "description": "Valid points accepted",
-                                "content": {"application/json": {"schema": _COUNTS}},
-                            }
-                        }
-                    ),
-                }
-            },
-            "/telemetry/ndjson": {
-                "post": {
-                    "summary": "Bulk ingest: one point per line, processed while streaming",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-                    },
-                    "responses": _common(
-                        {
-                            "202": {
-                                "description": "Valid lines accepted",
-                                "content": {"application/json": {"schema": _COUNTS}},
-                            }
-                        }
-                    ),
-                }
-            },
+            "/telemetry": _ingest(
+                schemas.Accepted,
+                schemas.Rejected,
+                "Ingest one telemetry point",
+                _json(_ref(Point)),
+            ),
+            "/telemetry/batch": _ingest(
+                schemas.BatchResult,
+                schemas.BatchResult,
+                "Ingest a JSON array of points; invalid ones are reported by index",
+                _json(point_list),
+            ),
+            "/telemetry/ndjson": _ingest(
+                schemas.NdjsonResult,
+                schemas.NdjsonResult,
+                "Bulk ingest: one point per line, processed while streaming",
+                {
+                    ctype: {"schema": {"type": "string", "description": "One Point per line."}}
+                    for ctype in ("application/x-ndjson", "text/plain")
+                },
+            ),
             "/health": {
                 "get": {
                     "summary": "Service and sink health",
                     "responses": {
-                        "200": {"description": "Healthy"},
-                        "503": {"description": "A sink is down"},
+                        **_http_errors(),
+                        "200": _answer("Healthy", schemas.Health),
+                        "503": _answer("A sink is down", schemas.Health, _E),
                     },
                 }
             },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "Prometheus text format"}},
+                    "responses": {
+                        **_http_errors(),
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                    },
                 }
             },
             "/api/dashboard/summary": {
                 "get": {
                     "summary": "Dashboard summary",
-                    "responses": {"200": {"description": "Totals, rates, alerts, satellites"}},
+                    "responses": {
+                        **_http_errors(),
+                        "200": {
+                            "description": "Totals, rates, alerts, satellites",
+                            "content": _json({"type": "object"}),
+                        },
+                        "500": _answer("The store could not answer", _E),
+                    },
                 }
             },
             "/api/dashboard/series": {
@@ -211,30 +176,30 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "schema": {"type": "integer", "default": 60},
                         },
                     ],
-                    "responses": {"200": {"description": "Columnar series"}},
+                    "responses": {
+                        **_http_errors(),
+                        "200": {
+                            "description": "Columnar series",
+                            "content": _json({"type": "object"}),
+                        },
+                        "422": _answer("A parameter is missing or not an integer", _E),
+                        "500": _answer("The store could not answer", _E),
+                    },
                 }
             },
             "/api/query": {
                 "post": {
-                    "summary": "Read-only SQL against the store (loopback clients only by default)",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["sql"],
-                                    "properties": {"sql": {"type": "string"}},
-                                }
-                            }
-                        },
-                    },
+                    "summary": "Read-only SQL against the store (loopback, same-origin JSON only)",
+                    "requestBody": {"required": True, "content": _json(_ref(schemas.QueryRequest))},
                     "responses": {
-                        "200": {"description": "columns, types, rows"},
-                        "400": {"description": "Query failed", "content": _ERR},
+                        **_http_errors(),
+                        "200": _answer("columns, types, rows", schemas.QueryResult),
+                        "400": _answer("Refused or failed; code is the store's", _E),
+                        "403": _answer("Not loopback, or not the service's origin or host", _E),
+                        "415": _answer("Not application/json", _E),
                     },
                 }
             },
         },
-        "components": {"schemas": {"Point": _POINT, "Error": _ERROR}},
+        "components": {"schemas": components},
     }

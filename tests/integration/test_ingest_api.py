@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
 import pytest
 
-from tests.conftest import ServiceProcess, http, post_json, rfc3339
+from tests.conftest import ServiceProcess, free_port, http, post_json, rfc3339
 
 pytestmark = pytest.mark.integration
 
@@ -244,6 +247,13 @@ def test_metrics_and_openapi(service: ServiceProcess) -> None:
         "orbitstream_batches_total",
     ):
         assert needle in text, needle
+    for path in ("/no/such/path/1", "/no/such/path/2", "/static/missing.js"):
+        assert http("GET", service.url + path)[0] == 404
+    text = http("GET", service.url + "/metrics")[2].decode()
+    assert "/no/such/path" not in text  # unknown paths share one label: bounded cardinality
+    assert 'orbitstream_http_requests_total{route="unmatched",status="404"} 2.0' in text
+    assert 'orbitstream_http_requests_total{route="/static/*",status="404"} 1.0' in text
+    assert 'orbitstream_http_requests_total{route="/telemetry",status="202"} 1.0' in text
     status, _, body = http("GET", service.url + "/openapi.json")
     spec = json.loads(body)
     assert status == 200 and spec["openapi"].startswith("3.")
@@ -354,3 +364,25 @@ def test_dashboard_rate_is_not_diluted_by_an_unfilled_window(service: ServicePro
     assert status == 200 and summary["total_points"] == 300
     # all 300 arrived within the last second or so: the rate is ~300/s, not 300/60
     assert 300 / (elapsed + 1.5) <= summary["ingest_rate"] <= 300
+
+
+def test_a_password_with_any_characters_never_shows_in_errors(tmp_path: Any) -> None:
+    secret = "pa/ss@w?rd#1"
+    env = {
+        **os.environ,
+        "ORBITSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"postgres://alice:{secret}@127.0.0.1:1/orbit",
+        "ORBITSTREAM_START_TIMEOUT": "1s",
+        "PORT": str(free_port()),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "orbitstream", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "DATABASE_URL" in out.stderr
+    assert secret not in out.stderr + out.stdout
+    assert "pa/ss" not in out.stderr + out.stdout

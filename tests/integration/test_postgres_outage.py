@@ -125,3 +125,32 @@ def _wait_healthy(svc: ServiceProcess) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+def test_health_notices_a_store_that_went_down_while_idle(
+    cluster: TempCluster, service_factory: Any
+) -> None:
+    svc: ServiceProcess = service_factory({"DATABASE_URL": cluster.url})
+    status, body = _health(svc)
+    assert status == 200
+    cluster.stop()  # nothing is being written: only the service's own ping can tell
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and status == 200:
+        time.sleep(0.5)
+        status, body = _health(svc)
+    assert status == 503 and body["sinks"]["postgres"]["status"] == "down", body
+    cluster.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and status != 200:
+        time.sleep(0.5)
+        status, body = _health(svc)
+    assert status == 200, body
+
+
+def _health(svc: ServiceProcess) -> tuple[int, Any]:
+    import json
+
+    from tests.conftest import http
+
+    status, _, raw = http("GET", svc.url + "/health", timeout=10)
+    return status, json.loads(raw)

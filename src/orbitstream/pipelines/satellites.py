@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +47,11 @@ SatelliteId = Annotated[
     str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
 ]
 Battery = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
-Storage = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
+# Upper bound: a million petabytes. Without one, two points near the largest float would
+# overflow the rollup sums in PostgreSQL (float8 addition raises on overflow), so a value
+# the handler accepted could not be stored.
+MAX_STORAGE_MB = 1e15
+Storage = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_STORAGE_MB)]
 Signal = Annotated[float, msgspec.Meta(ge=-200.0, le=0.0)]
 EpochNs = Annotated[int, msgspec.Meta(ge=_MIN_NS, le=_MAX_NS)]
 Rfc3339 = Annotated[dt.datetime, msgspec.Meta(tz=True)]
@@ -74,7 +77,7 @@ FIELD_TYPES: dict[str, tuple[Any, bool]] = {
 }
 _NUMBER_FIELDS: tuple[tuple[str, float | None, float | None], ...] = (
     ("battery_charge_percent", 0.0, 100.0),
-    ("storage_usage_mb", 0.0, None),
+    ("storage_usage_mb", 0.0, MAX_STORAGE_MB),
     ("signal_strength_dbm", -200.0, 0.0),
 )
 
@@ -140,20 +143,26 @@ def _json_type(value: object) -> str:
     return "float" if isinstance(value, float | decimal.Decimal) else "int"
 
 
-def _timestamp_error(value: object) -> str | None:
+def _timestamp_error(value: object, window: TimeWindow | None, now_ns: int | None) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
         return f"Expected `str | int | null`, got `{_json_type(value)}`: {_TS_MESSAGE}"
     try:
-        msgspec.convert(value, Timestamp)
+        ts = msgspec.convert(value, Timestamp)
     except msgspec.ValidationError as exc:
         return f"{_clean(str(exc))}: {_TS_MESSAGE}"
-    return None
+    if window is None or ts is None:
+        return None
+    now = now_ns if now_ns is not None else time.time_ns()
+    return window.problem(ts if isinstance(ts, int) else to_ns(ts, now), now)
 
 
-def field_errors(raw: object) -> list[FieldError]:
-    """Every problem with one decoded JSON value (see :func:`decode_raw`), one per field."""
+def field_errors(
+    raw: object, window: TimeWindow | None = None, now_ns: int | None = None
+) -> list[FieldError]:
+    """Every problem with one decoded JSON value (see :func:`decode_raw`), one per field;
+    with a ``window``, a timestamp outside it too."""
     if not isinstance(raw, dict):
         return [FieldError("$", f"expected a JSON object, got {_json_type(raw)}")]
     errors: list[FieldError] = []
@@ -173,7 +182,7 @@ def field_errors(raw: object) -> list[FieldError]:
         if problem is not None:
             errors.append(FieldError(name, problem))
     if "timestamp" in raw:
-        problem = _timestamp_error(raw["timestamp"])
+        problem = _timestamp_error(raw["timestamp"], window, now_ns)
         if problem is not None:
             errors.append(FieldError("timestamp", problem))
     if not errors:  # a constraint msgspec checks only on the whole struct
@@ -184,10 +193,12 @@ def field_errors(raw: object) -> list[FieldError]:
     return errors
 
 
-def body_errors(body: bytes) -> list[FieldError]:
+def body_errors(
+    body: bytes, window: TimeWindow | None = None, now_ns: int | None = None
+) -> list[FieldError]:
     """:func:`field_errors` of a raw body, never raising (a non-JSON body is one ``$`` error)."""
     try:
-        return field_errors(decode_raw(body))
+        return field_errors(decode_raw(body), window, now_ns)
     except msgspec.DecodeError as exc:
         return [FieldError("$", f"malformed JSON: {exc}")]
 

@@ -26,6 +26,9 @@ class MemorySink:
         self.fail_next = 0
         self.misconfigured = False  # a deployment error (e.g. a missing table)
         self.reject: Callable[[Row], bool] | None = None
+        self.name_bad_rows = False  # say which rows are refused (an encoder's error would)
+        self.unclassified_next = 0  # raise a plain exception (not a classified sink error)
+        self.dead_letters_fail = 0  # fail storing dead letters this many times
         self.write_delay_secs = 0.0
         self.writes = 0
         self.attempts = 0
@@ -58,9 +61,17 @@ class MemorySink:
             raise SinkRetryableError(
                 "transient failure", sink=self.name, table=batch.table.name, batch_id=batch.batch_id
             )
+        if self.unclassified_next > 0:
+            self.unclassified_next -= 1
+            raise OverflowError("int too big to convert")
         if self.reject is not None and any(self.reject(r) for r in batch.rows):
+            bad = tuple(i for i, r in enumerate(batch.rows) if self.reject(r))
             raise SinkRejectedError(
-                "row refused", sink=self.name, table=batch.table.name, batch_id=batch.batch_id
+                "row refused",
+                bad_rows=bad if self.name_bad_rows else None,
+                sink=self.name,
+                table=batch.table.name,
+                batch_id=batch.batch_id,
             )
         if batch.batch_id in self.batch_ids:
             return  # deduplicated, like insert_deduplication_token
@@ -69,6 +80,9 @@ class MemorySink:
         self.writes += 1
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if self.dead_letters_fail > 0:
+            self.dead_letters_fail -= 1
+            raise SinkRetryableError("dead-letter table unavailable", sink=self.name)
         self.dead_letters.extend(letters)
 
     async def ping(self) -> None:

@@ -417,6 +417,24 @@ async def test_query_returns_rows_and_refuses_writes(sink: ClickHouseSink) -> No
     assert await count(sink) == 30
 
 
+async def test_users_queries_are_read_only_for_real(sink: ClickHouseSink) -> None:
+    from tests.integration.test_query_readonly import CLICKHOUSE_REFUSED
+
+    await sink.write(Batch(TELEMETRY, satellite_rows(5), "u"))
+    for sql in CLICKHOUSE_REFUSED:
+        with pytest.raises(QueryError):
+            await sink.user_query(sql)
+    assert not await asyncio.to_thread(Path("/tmp/orbitstream-q.csv").exists)
+    res = await sink.user_query("SELECT count() AS n FROM telemetry WHERE satellite_id != ';'")
+    assert res.rows == [(5,)]
+    system = await sink.user_query("SELECT count() > 0 FROM system.tables")
+    assert system.rows == [(True,)] or system.rows == [(1,)]
+    with pytest.raises(QueryError) as info:
+        await sink.user_query("SELECT 1", database="elsewhere")
+    assert info.value.code == 81
+    assert await count(sink) == 5
+
+
 # -- settings and secrets -------------------------------------------------------------------
 def test_settings_from_env() -> None:
     assert ClickHouseSettings.from_env({}) is None

@@ -19,7 +19,7 @@ from orbitstream.core.batch import Ack, Batch, Row
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.pipeline import Pipeline, PipelineLimits
 from orbitstream.core.retry import RetryPolicy
-from orbitstream.errors import BackpressureError, SinkRetryableError
+from orbitstream.errors import BackpressureError, SinkRejectedError, SinkRetryableError
 from orbitstream.pipelines.satellites import tables
 from orbitstream.sinks.deadletter import FileDeadLetters
 
@@ -202,3 +202,34 @@ async def test_concurrent_flushes_of_different_tables_do_not_interfere(backend: 
     await asyncio.gather(*writes)
     assert await backend.count("telemetry") == 6000
     assert await backend.count("alerts") == 500
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        (0, 2**80),  # a timestamp no int64 holds (in ns, nor in µs)
+        (0, -(2**80)),
+        (2, "fifty"),  # a str in a Float64 column
+        (6, ("ok", 7)),  # a non-str in a string list
+    ],
+)
+async def test_a_row_the_store_cannot_encode_is_refused_never_retried(
+    backend: Backend, tmp_path: Path, column: int, value: object
+) -> None:
+    rows = telemetry_rows(50)
+    bad = list(rows[17])
+    bad[column] = value
+    rows[17] = tuple(bad)
+    with pytest.raises(SinkRejectedError) as info:
+        await backend.sink.write(Batch(TELEMETRY, rows, f"enc-{column}"))
+    assert info.value.bad_rows == (17,)  # named: no bisecting through the store
+    p = pipeline(tmp_path, backend)
+    await p.start()
+    ack = Ack()
+    p.submit({"telemetry": rows}, ack)
+    await asyncio.wait_for(ack.wait(), 30)
+    await p.close()
+    assert ack.dead_lettered == {backend.sink.name: 1}
+    assert await backend.count("telemetry") == 49
+    assert await backend.dead_letters() == 1
+    assert p.metrics.get("sink_errors", (backend.sink.name, "retryable")) == 0

@@ -3,6 +3,7 @@ random database per test, dropped afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -51,15 +52,25 @@ def pg_dbname() -> str:
     return f"os_test_{uuid.uuid4().hex[:12]}"
 
 
+@contextlib.contextmanager
+def fresh_database(dbname: str | None = None) -> Iterator[str]:
+    """A new database on the test server (dropped afterwards); yields its DSN."""
+    url = server_url()
+    require_server(url)
+    name = dbname or f"os_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(url, name)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def pg_dsn(pg_server: str, pg_dbname: str) -> Iterator[str]:
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{pg_dbname}"')
-    try:
-        yield with_database(pg_server, pg_dbname)
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{pg_dbname}" WITH (FORCE)')
+    with fresh_database(pg_dbname) as dsn:
+        yield dsn
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orbitstream.core.batch import Ack, Row
+from orbitstream.core.batch import Ack, Batch, Row
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.pipeline import Pipeline, PipelineLimits
 from orbitstream.core.retry import RetryPolicy
@@ -197,15 +197,28 @@ async def test_submit_after_close_is_refused(tmp_path: Path) -> None:
 
 
 async def test_batch_ids_are_unique_and_stable_per_batch(tmp_path: Path) -> None:
-    sink = MemorySink()
-    sink.fail_next = 1
-    p = make(tmp_path, sink, batch_size=5)
+    seen: list[tuple[str, tuple[object, ...]]] = []
+
+    class Recording(MemorySink):
+        async def write(self, batch: Batch) -> None:
+            seen.append((batch.batch_id, tuple(r[0] for r in batch.rows)))
+            await super().write(batch)
+
+    sink = Recording()
+    sink.fail_next = 2  # the first batch is attempted three times
+    p = make(tmp_path, sink, batch_size=5, linger=60)
     await p.start()
-    p.submit({"t": rows(15)})
-    await wait_for(lambda: len(sink.rows("t")) == 15)
-    assert len(sink.batch_ids) == sink.writes >= 1
-    assert all(b.startswith("p:t:memory:") for b in sink.batch_ids)
+    for k in range(3):  # three full batches, written one by one
+        p.submit({"t": rows(5, 5 * k)})
+        await wait_for(lambda k=k: len(sink.rows("t")) == 5 * (k + 1))
     await p.close()
+    assert len(seen) == 5
+    first = [batch_id for batch_id, _ in seen[:3]]
+    assert len(set(first)) == 1  # a retried batch keeps its id (dedup on replay)
+    assert {content for _, content in seen[:3]} == {tuple(range(5))}
+    ids = [first[0], seen[3][0], seen[4][0]]
+    assert len(set(ids)) == 3  # different batches never share one
+    assert all(b.startswith("p:t:memory:") for b in ids)
 
 
 def test_retry_policy_backoff_is_capped_and_jittered() -> None:
@@ -270,3 +283,160 @@ async def test_transient_errors_are_not_bounded_by_the_deployment_window(tmp_pat
     sink.down = False
     await p.close()
     assert len(sink.rows("t")) == 10
+
+
+async def test_acks_report_dead_lettered_rows_of_their_own_message(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.reject = lambda r: r[0] == 23
+    p = make(tmp_path, sink, batch_size=20, linger=0.05)
+    await p.start()
+    first, second = Ack(), Ack()
+    p.submit({"t": rows(10)}, first)  # times 0-9
+    p.submit({"t": rows(10, 10)}, second)  # times 20-29 share the batch; 23 is refused
+    await asyncio.wait_for(asyncio.gather(first.wait(), second.wait()), 5)
+    assert first.committed and first.dead_lettered == {}
+    assert not second.committed and second.dead_lettered == {"memory": 1}
+    assert second.errors == ["memory: row refused"]
+    assert len(sink.rows("t")) == 19
+    await p.close()
+
+
+async def test_rows_the_sink_names_are_dead_lettered_without_bisecting(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.reject = lambda r: r[0] in (5, 6, 40)
+    sink.name_bad_rows = True
+    p = make(tmp_path, sink, batch_size=64, linger=0.01)
+    await p.start()
+    p.submit({"t": rows(64)})
+    await wait_for(lambda: len(sink.rows("t")) == 61)
+    assert sorted(int(str(d.row["time"])) for d in sink.dead_letters) == [5, 6, 40]
+    assert sink.attempts == 4  # the batch, then the three runs between refused rows
+    await p.close()
+
+
+async def test_an_unclassified_error_rejects_the_rows_instead_of_retrying(
+    tmp_path: Path,
+) -> None:
+    sink = MemorySink()
+    sink.unclassified_next = 10**9  # every write fails the same way (an encoding bug)
+    p = make(tmp_path, sink, batch_size=4, linger=0.01)
+    await p.start()
+    ack = Ack()
+    p.submit({"t": rows(4)}, ack)
+    await asyncio.wait_for(ack.wait(), 5)  # never retried forever
+    assert len(sink.dead_letters) == 4 and "int too big" in sink.dead_letters[0].error
+    assert p.metrics.get("sink_errors", ("memory", "rejected")) >= 1
+    assert p.metrics.get("sink_errors", ("memory", "retryable")) == 0
+    sink.unclassified_next = 0
+    p.submit({"t": rows(3, 100)})  # later rows land
+    await wait_for(lambda: len(sink.rows("t")) == 3)
+    await p.close()
+
+
+async def test_dead_letters_that_cannot_be_stored_stay_buffered(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()  # the dead-letter "file" is a directory: writing it fails
+    sink = MemorySink()
+    sink.reject = lambda r: r[0] == 1
+    sink.dead_letters_fail = 10**9
+    p = Pipeline(
+        "p",
+        [T, U],
+        [sink],
+        limits=PipelineLimits(batch_size=3, linger_secs=0.01),
+        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
+        metrics=Metrics(),
+        dead_letters=FileDeadLetters(blocked),
+    )
+    await p.start()
+    ack = Ack()
+    p.submit({"t": rows(3)}, ack)
+    await wait_for(lambda: not p.healthy)
+    health = p.health()["memory"]
+    assert health["status"] == "down" and "dead letters" in str(health["last_error"])
+    assert health["buffered_rows"] == 3 and not ack.done  # held, not lost
+    sink.dead_letters_fail = 0
+    await asyncio.wait_for(ack.wait(), 5)
+    assert p.healthy and [d.row["time"] for d in sink.dead_letters] == [1]
+    assert p.lanes[0].rows == 0
+    await p.close()
+
+
+async def test_a_writer_never_ends_silently(tmp_path: Path) -> None:
+    sink = MemorySink()
+    p = make(tmp_path, sink, batch_size=5, linger=0.01)
+    await p.start()
+    lane = p.lanes[0]
+    real = lane._write_with_retry
+    calls = 0
+
+    async def broken_once(batch: Batch) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug in the lane")
+        await real(batch)
+
+    lane._write_with_retry = broken_once  # type: ignore[method-assign]
+    ack = Ack()
+    p.submit({"t": rows(5)}, ack)
+    await asyncio.wait_for(ack.wait(), 5)
+    assert ack.committed and len(sink.rows("t")) == 5 and calls == 2
+    assert lane.rows == 0  # counted once
+    p.submit({"t": rows(5, 5)})  # the writer is still there
+    await wait_for(lambda: len(sink.rows("t")) == 10)
+    await p.close()
+
+
+async def test_health_notices_a_store_that_goes_down_while_idle(tmp_path: Path) -> None:
+    sink = MemorySink()
+    p = Pipeline(
+        "p",
+        [T],
+        [sink],
+        limits=PipelineLimits(health_check_secs=0.05),
+        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
+        metrics=Metrics(),
+        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
+    )
+    await p.start()
+    assert p.healthy
+    sink.down = True  # nothing is written meanwhile: only a ping can tell
+    await wait_for(lambda: not p.healthy)
+    assert "down" in str(p.health()["memory"]["last_error"])
+    sink.down = False
+    await wait_for(lambda: p.healthy)
+    await p.close()
+
+
+async def test_the_deployment_window_is_the_lanes_not_each_batchs(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.misconfigured = True
+    p = make(tmp_path, sink, batch_size=10, linger=0.01, deployment_retry=0.2)
+    await p.start()
+    first = Ack()
+    p.submit({"t": rows(10)}, first)
+    await asyncio.wait_for(first.wait(), 5)  # held for the window, then dead-lettered
+    held_for = sink.attempts
+    later = [Ack() for _ in range(5)]
+    for i, ack in enumerate(later):
+        p.submit({"t": rows(10, 100 * (i + 1))}, ack)
+    await asyncio.wait_for(asyncio.gather(*(a.wait() for a in later)), 1)  # no new windows
+    assert len(sink.dead_letters) == 60
+    assert sink.attempts - held_for <= 5  # one attempt each (or fewer, merged)
+    sink.misconfigured = False  # fixed: the next write succeeds and closes the window
+    p.submit({"t": rows(2, 9000)})
+    await wait_for(lambda: len(sink.rows("t")) == 2)
+    assert p.lanes[0].deployment_since is None
+    await p.close()
+
+
+async def test_spilled_rows_are_reported_to_their_acks(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.down = True
+    p = make(tmp_path, sink, batch_size=100)
+    await p.start()
+    ack = Ack()
+    p.submit({"t": rows(7)}, ack)
+    await p.close(timeout_secs=0.2)
+    assert ack.done and not ack.committed and ack.spilled == {"memory": 7}

@@ -215,8 +215,7 @@ def test_loads_are_cached() -> None:
 
 def test_vendored_uplot_matches_pinned_version() -> None:
     script = Path(__file__).resolve().parents[3] / "scripts" / "vendor-uplot.sh"
-    if not script.is_file():
-        pytest.skip("scripts/vendor-uplot.sh is not part of this checkout")
+    assert script.is_file(), "scripts/vendor-uplot.sh pins the vendored version"
     pinned = re.search(r'UPLOT_VERSION="\$\{UPLOT_VERSION:-([0-9.]+)\}"', script.read_text())
     assert pinned is not None
     banner = _text("vendor/uPlot.iife.min.js")[:200]

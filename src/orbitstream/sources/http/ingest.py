@@ -254,7 +254,7 @@ class IngestHandlers:
 
     def _reject_point(self, body: bytes) -> Response:
         self._rejected[self._labels] += 1
-        errors = body_errors(body)
+        errors = body_errors(body, self.mapper.window)
         if errors and errors[0].field == "$" and errors[0].message.startswith("malformed JSON"):
             return error_response(400, errors[0].message)
         return self._invalid(errors)
@@ -293,7 +293,8 @@ class IngestHandlers:
                     points.append(msgspec.convert(item, Point))
                     index_of.append(index)
                 except msgspec.ValidationError:
-                    self._report(errors, {"index": index}, field_errors(item))
+                    problems = field_errors(item, self.mapper.window)
+                    self._report(errors, {"index": index}, problems)
             total = len(raw)
         except msgspec.DecodeError as exc:
             return error_response(400, f"malformed JSON: {exc}")
@@ -477,7 +478,7 @@ class _NdjsonStream:
             point = self.h._point.decode(line)
         except msgspec.ValidationError:
             self.rejected += 1
-            self._error(body_errors(line))
+            self._error(body_errors(line, self.h.mapper.window))
             return
         except (msgspec.DecodeError, RecursionError) as exc:
             self.rejected += 1

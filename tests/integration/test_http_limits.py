@@ -1,0 +1,285 @@
+"""Every HTTP limit of ``orbitstream serve``, set by its setting and tried by a hostile
+client on real sockets: timeouts (408 and close), header and URL sizes (431, 414), the
+connection cap (503), write-side flow control, linear chunked decoding and the NDJSON
+line and body limits (413 naming the line)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServiceProcess, http, post_json
+
+pytestmark = pytest.mark.integration
+
+GOOD = {
+    "satellite_id": "LIM-1",
+    "battery_charge_percent": 50.0,
+    "storage_usage_mb": 10.0,
+    "signal_strength_dbm": -40.0,
+}
+LIMITS = {
+    "ORBITSTREAM_HTTP_HEADER_TIMEOUT": "1s",
+    "ORBITSTREAM_HTTP_BODY_TIMEOUT": "1s",
+    "ORBITSTREAM_HTTP_KEEPALIVE_TIMEOUT": "1s",
+    "ORBITSTREAM_HTTP_MAX_HEADER_BYTES": "4096",
+    "ORBITSTREAM_HTTP_MAX_URL_BYTES": "1024",
+    "ORBITSTREAM_HTTP_MAX_CONNECTIONS": "40",
+    "ORBITSTREAM_HTTP_WRITE_BUFFER_BYTES": "65536",
+    "ORBITSTREAM_NDJSON_MAX_LINE_BYTES": "1024",
+    "ORBITSTREAM_NDJSON_MAX_BODY_BYTES": "200000",
+    "BATCH_TIMEOUT": "50ms",
+}
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    svc = ServiceProcess(tmp_path_factory.mktemp("limits") / "data", LIMITS).start()
+    try:
+        yield svc
+    finally:
+        if svc.proc is not None and svc.proc.poll() is None:
+            svc.proc.kill()
+            svc.proc.wait()
+
+
+def connect(svc: ServiceProcess, timeout: float = 10.0) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", svc.port), timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+
+def read_all(s: socket.socket) -> bytes:
+    """Everything until the server closes the connection."""
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def still_serving(svc: ServiceProcess) -> None:
+    assert http("GET", svc.url + "/health", timeout=5)[0] == 200
+
+
+def test_unfinished_headers_get_408_and_are_closed(limited: ServiceProcess) -> None:
+    socks = [connect(limited) for _ in range(30)]
+    for s in socks:
+        s.sendall(b"POST /telemetry HTTP/1.1\r\nHost: x\r\nContent-Ty")
+    started = time.monotonic()
+    for s in socks:
+        answer = read_all(s)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert b"headers" in answer
+        s.close()
+    assert time.monotonic() - started < 8  # 1 s limit (+ sweep tick), not forever
+    still_serving(limited)
+
+
+def test_a_connection_that_sends_nothing_is_closed(limited: ServiceProcess) -> None:
+    with connect(limited) as s:
+        assert read_all(s) == b""  # closed by the server (no request, nothing to answer)
+
+
+def test_a_stalled_body_gets_408(limited: ServiceProcess) -> None:
+    with connect(limited) as s:
+        s.sendall(
+            b"POST /telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"satellite_id"'
+        )
+        answer = read_all(s)
+    assert answer.startswith(b"HTTP/1.1 408") and b"body" in answer
+
+
+def test_a_slow_drip_body_is_cut_at_the_first_long_pause(limited: ServiceProcess) -> None:
+    body = json.dumps(GOOD).encode()
+    with connect(limited) as s:
+        s.sendall(
+            b"POST /telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        for byte in body[:5]:  # a byte every 0.3 s keeps it alive...
+            s.sendall(bytes([byte]))
+            time.sleep(0.3)
+        time.sleep(2)  # ...a 2 s pause does not
+        answer = read_all(s)
+    assert answer.startswith(b"HTTP/1.1 408")
+
+
+def test_idle_keepalive_connections_are_closed(limited: ServiceProcess) -> None:
+    with connect(limited) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        time.sleep(2.5)
+        assert read_all(s) == b""  # the server hung up after the idle timeout
+
+
+def test_oversized_headers_are_431_before_they_are_all_read(limited: ServiceProcess) -> None:
+    with connect(limited) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        answer = b""
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent < 8 * 1024 * 1024:  # an 8 MiB header line
+                s.sendall(b"a" * 65536)
+                sent += 65536
+        answer = read_all(s)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert sent < 8 * 1024 * 1024  # refused early: the server did not buffer it all
+    with connect(limited) as s:  # many small headers add up too
+        s.sendall(
+            b"GET /health HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 60) for i in range(100))
+            + b"\r\n"
+        )
+        assert read_all(s).startswith(b"HTTP/1.1 431")
+    still_serving(limited)
+
+
+def test_long_urls_are_414(limited: ServiceProcess) -> None:
+    with connect(limited) as s:
+        s.sendall(b"GET /health?" + b"q" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_all(s).startswith(b"HTTP/1.1 414")
+    assert http("GET", limited.url + "/health?" + "q" * 500)[0] == 200
+
+
+def test_connections_above_the_cap_get_503(limited: ServiceProcess) -> None:
+    held: list[socket.socket] = []
+    try:
+        for _ in range(40):
+            s = connect(limited)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            held.append(s)
+        extra = connect(limited)
+        answer = read_all(extra)
+        extra.close()
+        assert answer.startswith(b"HTTP/1.1 503") and b"too many open connections" in answer
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.2)
+    still_serving(limited)  # a freed slot is usable again
+
+
+def test_a_client_that_never_reads_costs_bounded_memory(limited: ServiceProcess) -> None:
+    assert limited.proc is not None
+    pid = limited.proc.pid
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"  # the dashboard page: ~8 KB answers
+    n = 20_000
+    before = rss_kib(pid)
+    s = connect(limited, timeout=60)
+    done = threading.Event()
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            s.sendall(request * n)  # blocks once the server stops reading
+        done.set()
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    time.sleep(3)
+    grown = rss_kib(pid) - before
+    # unread answers would be ~160 MB; flow control keeps it near the high-water mark
+    assert grown < 40 * 1024, f"server grew by {grown} KiB"
+    received = 0
+    buf = b""
+    while received < n:
+        data = s.recv(1 << 20)
+        assert data, "connection closed early"
+        buf += data
+        while True:
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                break
+            head = buf[:head_end].decode("latin-1")
+            assert head.startswith("HTTP/1.1 200"), head[:60]
+            length = int(
+                next(h for h in head.split("\r\n") if h.lower().startswith("content-length"))
+                .split(":")[1]
+                .strip()
+            )
+            if len(buf) < head_end + 4 + length:
+                break
+            buf = buf[head_end + 4 + length :]
+            received += 1
+    s.close()
+    sender.join(10)
+    assert received == n  # every answer came, in order, once read
+    still_serving(limited)
+
+
+def test_chunked_bodies_decode_in_linear_time(limited: ServiceProcess) -> None:
+    batch = json.dumps([GOOD] * 400).encode()  # ~40 KB sent as one-byte chunks
+    with connect(limited, timeout=60) as s:
+        s.sendall(
+            b"POST /telemetry/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        started = time.monotonic()
+        s.sendall(b"".join(b"1\r\n%s\r\n" % bytes([b]) for b in batch) + b"0\r\n\r\n")
+        # meanwhile the server keeps answering others
+        assert http("GET", limited.url + "/health", timeout=5)[0] == 200
+        answer = read_all(s)
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["accepted"] == 400
+    assert time.monotonic() - started < 10  # re-summing the body per chunk took ~9 s for 48 KB
+
+
+def test_an_ndjson_line_over_the_limit_is_413_naming_it(limited: ServiceProcess) -> None:
+    good = json.dumps({**GOOD, "satellite_id": "NDL"}).encode()
+    long_line = b'{"satellite_id": "' + b"x" * 5000 + b'"}'
+    body = good + b"\n" + good + b"\n" + long_line + b"\n" + good + b"\n"
+    status, _, raw = http(
+        "POST", limited.url + "/telemetry/ndjson", body, {"Content-Type": "application/x-ndjson"}
+    )
+    doc = json.loads(raw)
+    assert status == 413, doc
+    assert doc["line"] == 3 and doc["next_line"] == 3 and doc["accepted"] == 2
+    assert "line 3" in doc["error"]
+    assert limited.wait_count(2, where="satellite_id = 'NDL'") == 2
+    # a line without any newline at all is refused the same way, not buffered whole
+    status, _, raw = http(
+        "POST",
+        limited.url + "/telemetry/ndjson",
+        b"x" * 150_000,
+        {"Content-Type": "application/x-ndjson"},
+    )
+    assert status == 413 and json.loads(raw)["line"] == 1
+
+
+def test_an_ndjson_body_over_the_limit_is_413_with_where_to_resume(
+    limited: ServiceProcess,
+) -> None:
+    line = json.dumps({**GOOD, "satellite_id": "NDB"}).encode() + b"\n"
+    lines = 400_000 // len(line)  # twice the 200,000-byte limit
+    status, _, raw = http(
+        "POST",
+        limited.url + "/telemetry/ndjson",
+        line * lines,
+        {"Content-Type": "application/x-ndjson"},
+    )
+    doc = json.loads(raw)
+    assert status == 413, doc
+    assert "ORBITSTREAM_NDJSON_MAX_BODY_BYTES" in doc["error"]
+    assert 0 < doc["accepted"] < lines and doc["next_line"] == doc["accepted"] + 1
+    assert limited.wait_count(doc["accepted"], where="satellite_id = 'NDB'") == doc["accepted"]
+    assert post_json(limited.url + "/telemetry", GOOD)[0] == 202

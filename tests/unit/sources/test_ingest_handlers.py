@@ -1,0 +1,101 @@
+"""Ingest handlers in-process: what a 503 leaves behind (nothing), and what a 202 means."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import msgspec
+
+from orbitstream.core.metrics import Metrics
+from orbitstream.core.pipeline import Pipeline, PipelineLimits
+from orbitstream.core.retry import RetryPolicy
+from orbitstream.pipelines import satellites
+from orbitstream.sinks.deadletter import FileDeadLetters
+from orbitstream.sinks.memory import MemorySink
+from orbitstream.sources.http.ingest import IngestHandlers
+from orbitstream.sources.http.server import Request, Response
+
+POINT = {
+    "satellite_id": "A-1",
+    "battery_charge_percent": 3.0,  # below the battery rule: fires an alert
+    "storage_usage_mb": 1.0,
+    "signal_strength_dbm": -40.0,
+}
+
+
+def request(path: str, doc: object) -> Request:
+    return Request(
+        "POST", path, "", {"content-type": "application/json"}, msgspec.json.encode(doc), "::1"
+    )
+
+
+async def answer(result: Response | object) -> Response:
+    if isinstance(result, Response):
+        return result
+    assert asyncio.iscoroutine(result)
+    out = await result
+    assert isinstance(out, Response)
+    return out
+
+
+async def test_an_alert_refused_with_503_fires_when_the_point_is_accepted(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.down = True
+    pipeline = Pipeline(
+        "satellites",
+        satellites.tables(),
+        [sink],
+        limits=PipelineLimits(batch_size=10, linger_secs=0.01, max_buffer_rows=3),
+        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
+        metrics=Metrics(),
+        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
+    )
+    await pipeline.start()
+    mapper = satellites.SatelliteMapper(satellites.threshold_rules(), pipeline.metrics)
+    handlers = IngestHandlers(pipeline, mapper, pipeline.metrics, "memory")
+    filler = msgspec.convert(
+        {**POINT, "satellite_id": "F-1", "battery_charge_percent": 50.0}, satellites.Point
+    )
+    pipeline.submit(mapper.map([filler, filler]).rows)  # 2 of 3 rows: no room for a point
+    refused = await answer(handlers.telemetry(request("/telemetry", POINT)))
+    assert refused.status == 503
+    assert mapper.alerts.active == {}  # the 503 changed nothing
+    sink.down = False
+    deadline = asyncio.get_running_loop().time() + 5
+    while pipeline.lanes[0].rows and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    accepted = await answer(handlers.telemetry(request("/telemetry", POINT)))  # the retry
+    assert accepted.status == 202, accepted.body
+    await pipeline.close()
+    firing = [r for r in sink.rows("alerts") if r[2] == "A-1"]
+    assert [(r[3], r[4]) for r in firing] == [("battery_low", "firing")]  # not lost
+    assert mapper.alerts.active == {"A-1": ("battery_low",)}
+
+
+async def test_sink_mode_202_counts_only_committed_rows(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.reject = lambda r: r[1] == "BAD"  # the store refuses one satellite's rows
+    pipeline = Pipeline(
+        "satellites",
+        satellites.tables(),
+        [sink],
+        limits=PipelineLimits(batch_size=100, linger_secs=0.01),
+        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
+        metrics=Metrics(),
+        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
+    )
+    await pipeline.start()
+    mapper = satellites.SatelliteMapper(satellites.threshold_rules(), pipeline.metrics)
+    handlers = IngestHandlers(pipeline, mapper, pipeline.metrics, "sink")
+    ok = {**POINT, "battery_charge_percent": 50.0}
+    batch = [{**ok, "satellite_id": f"G-{i}"} for i in range(5)] + [{**ok, "satellite_id": "BAD"}]
+    response = await answer(handlers.batch(request("/telemetry/batch", batch)))
+    doc = json.loads(response.body)
+    assert response.status == 202 and doc["status"] == "partial", doc
+    assert doc["accepted"] == 6 and doc["dead_lettered"] == {"memory": 1}
+    single = await answer(handlers.telemetry(request("/telemetry", {**ok, "satellite_id": "BAD"})))
+    assert single.status == 422 and json.loads(single.body)["dead_lettered"] == {"memory": 1}
+    await pipeline.close()
+    assert len(sink.rows("telemetry")) == 5
