@@ -261,6 +261,12 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_size",
+        "_body_timeout",
+        "_header_timeout",
+        "_keepalive",
+        "_max_header",
+        "_max_pipelined",
+        "_max_url",
         "_client",
         "_closing",
         "_deadline",
@@ -288,6 +294,13 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
+        limits = server.limits  # copied: read on every request
+        self._max_url = limits.max_url_bytes
+        self._max_header = limits.max_header_bytes
+        self._header_timeout = limits.header_timeout_secs
+        self._body_timeout = limits.body_timeout_secs
+        self._keepalive = limits.keepalive_timeout_secs
+        self._max_pipelined = limits.max_pipelined
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._url = b""
@@ -398,11 +411,11 @@ class _Connection(asyncio.Protocol):
         self._state = _HEAD
         self._head_bytes = 0
         self._head_seen = 0
-        self._deadline = self.server.now + self.server.limits.header_timeout_secs
+        self._deadline = self.server.now + self._header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.server.limits.max_url_bytes:
+        if len(self._url) > self._max_url:
             self._too_large = True
             self._reply_and_close(
                 error_response(
@@ -414,7 +427,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.server.limits.max_header_bytes:
+        if self._head_bytes > self._max_header:
             self._too_large = True
             self._reply_and_close(
                 error_response(
@@ -444,7 +457,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._state = _BODY
-        self._deadline = self.server.now + self.server.limits.body_timeout_secs
+        self._deadline = self.server.now + self._body_timeout
         head = self._head()
         self._request = head
         route = self.server.router.resolve(head.method, head.path)
@@ -479,7 +492,7 @@ class _Connection(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        self._deadline = self.server.now + self.server.limits.body_timeout_secs
+        self._deadline = self.server.now + self._body_timeout
         self._body_size += len(body)
         if self._body_size > self._limit:
             self._too_large = True
@@ -506,7 +519,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._state = _IDLE
-        self._deadline = self.server.now + self.server.limits.keepalive_timeout_secs
+        self._deadline = self.server.now + self._keepalive
         if self._too_large or self._closing or self.transport is None:
             return  # nothing after a "Connection: close" request or a refusal is executed
         keep_alive = self.parser.should_keep_alive() and not self.server.closing
@@ -523,8 +536,7 @@ class _Connection(asyncio.Protocol):
             route = self._streaming_error
         if not keep_alive:
             self._closing = True
-        limits = self.server.limits
-        if self._write_paused or len(self._pending) >= limits.max_pipelined:
+        if self._write_paused or len(self._pending) >= self._max_pipelined:
             # The client is not reading its answers: keep the request, not its answer.
             self._pending.append(_Job(request, route, keep_alive, None))
             self._pause_reading()
@@ -535,7 +547,7 @@ class _Connection(asyncio.Protocol):
             self._send(request, result, keep_alive)
             return
         self._pending.append(_Job(request, route, keep_alive, result))
-        if len(self._pending) >= limits.max_pipelined:
+        if len(self._pending) >= self._max_pipelined:
             self._pause_reading()
         self._schedule()
 
