@@ -89,6 +89,20 @@ class Batcher:
                 self.cut()
         return parts
 
+    def add_one(self, row: Row, ack: Ack | None) -> None:
+        """:meth:`add` for one row (one part for the ack)."""
+        rows = self.rows
+        if not rows:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.lane.limits.linger_secs, self.cut
+            )
+        rows.append(row)
+        if ack is not None:
+            self.acks.append(ack)
+            self.ack_ends.append(len(rows))
+        if len(rows) >= self.lane.limits.batch_size:
+            self.cut()
+
     def cut(self) -> None:
         """Close the current batch and queue it for writing (no-op when empty)."""
         if self._timer is not None:
@@ -593,6 +607,32 @@ class Pipeline:
                     parts += lane.batchers[table_name].add(table_rows, ack)
         if ack is not None:
             ack.add_parts(parts)
+
+    def submit_one(self, table: str, row: Row, ack: Ack | None = None) -> None:
+        """One row for one table: :meth:`submit` without the loops (the single-point
+        HTTP path).
+
+        :raises BackpressureError: a sink's buffer would overflow; nothing was added.
+        """
+        if not self._started or self._closed:
+            raise BackpressureError("pipeline is not accepting", retry_after_secs=1.0)
+        nbytes = self.tables[table].row_bytes
+        lanes = self.lanes
+        for lane in lanes:
+            if (
+                lane.rows >= lane.limits.max_buffer_rows
+                or lane.bytes + nbytes > lane.limits.max_buffer_bytes
+            ):
+                raise BackpressureError(
+                    f"buffer full for sink {lane.sink.name}",
+                    retry_after_secs=max(1.0, self.limits.linger_secs),
+                )
+        for lane in lanes:
+            lane.rows += 1
+            lane.bytes += nbytes
+            lane.batchers[table].add_one(row, ack)
+        if ack is not None:
+            ack.add_parts(len(lanes))
 
     def flush(self) -> None:
         """Cut every open batch now."""

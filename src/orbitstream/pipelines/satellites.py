@@ -311,11 +311,14 @@ class SatelliteMapper:
         changes: dict[str, tuple[str, ...]] = {}
         for index, p in enumerate(points):
             ts = p.timestamp
-            t_ns = received if ts is None else (ts if isinstance(ts, int) else to_ns(ts, received))
-            if t_ns < lo or t_ns > hi:
-                problem = self.window.problem(t_ns, received) or "timestamp out of range"
-                rejected.append((index, FieldError("timestamp", problem)))
-                continue
+            if ts is None:
+                t_ns = received  # always inside the window
+            else:
+                t_ns = ts if ts.__class__ is int else to_ns(ts, received)
+                if t_ns < lo or t_ns > hi:
+                    problem = self.window.problem(t_ns, received) or "timestamp out of range"
+                    rejected.append((index, FieldError("timestamp", problem)))
+                    continue
             battery = p.battery_charge_percent
             storage = p.storage_usage_mb
             signal = p.signal_strength_dbm
@@ -330,7 +333,7 @@ class SatelliteMapper:
             telemetry.append(
                 (t_ns, sid, battery, storage, signal, bool(reasons), reasons, received)
             )
-            if reasons or sid in active or sid in changes:
+            if reasons or (active and sid in active) or (changes and sid in changes):
                 alerts.extend(
                     self.alerts.observe(sid, t_ns, reasons, (battery, storage, signal), changes)
                 )
@@ -338,6 +341,44 @@ class SatelliteMapper:
         if alerts:
             out["alerts"] = alerts
         return Mapped(out, rejected, changes, alerts)
+
+    def map_one(
+        self, p: Point, received: int
+    ) -> tuple[Row, list[Row] | None, dict[str, tuple[str, ...]] | None] | FieldError:
+        """One point: its telemetry row, its alert rows and state changes (``None`` when
+        there are none: the common case), or why its timestamp is refused. Nothing changes
+        until :meth:`commit_one`."""
+        ts = p.timestamp
+        if ts is None:
+            t_ns = received
+        else:
+            t_ns = ts if ts.__class__ is int else to_ns(ts, received)
+            lo, hi = self.window.bounds(received)
+            if t_ns < lo or t_ns > hi:
+                return FieldError(
+                    "timestamp", self.window.problem(t_ns, received) or "timestamp out of range"
+                )
+        battery = p.battery_charge_percent
+        storage = p.storage_usage_mb
+        signal = p.signal_strength_dbm
+        reasons: tuple[str, ...] = ()
+        if self._b(battery, self._tb):
+            reasons += (self._nb,)
+        if self._s(storage, self._ts):
+            reasons += (self._ns,)
+        if self._g(signal, self._tg):
+            reasons += (self._ng,)
+        sid = p.satellite_id
+        row = (t_ns, sid, battery, storage, signal, bool(reasons), reasons, received)
+        if not reasons and sid not in self.alerts.active:
+            return row, None, None
+        changes: dict[str, tuple[str, ...]] = {}
+        events = self.alerts.observe(sid, t_ns, reasons, (battery, storage, signal), changes)
+        return row, (events or None), changes
+
+    def commit_one(self, events: list[Row] | None, changes: dict[str, tuple[str, ...]]) -> None:
+        """:meth:`commit` for :meth:`map_one`'s result."""
+        self.alerts.commit(changes, events or ())
 
     def commit(self, mapped: Mapped) -> None:
         """The rows of ``mapped`` were accepted: apply their alert state changes."""

@@ -110,6 +110,7 @@ class IngestHandlers:
         self._received = self.metrics.counters["received"]
         self._rejected = self.metrics.counters["rejected"]
         self._ack_bytes = _encode(ack_mode)
+        self._sink_ack = ack_mode == "sink"
 
     # -- shared ---------------------------------------------------------------------
     def _check_type(self, request: Request, allowed: frozenset[str]) -> Response | None:
@@ -190,13 +191,21 @@ class IngestHandlers:
         except RecursionError:
             self._rejected[self._labels] += 1
             return error_response(400, "malformed JSON: nested too deeply")
+        mapped = self.mapper.map_one(point, time.time_ns())
+        if isinstance(mapped, FieldError):
+            self._rejected[self._labels] += 1
+            return self._invalid([mapped])
+        row, alerts, changes = mapped
+        ack = Ack() if self._sink_ack else None
         try:
-            mapped, ack = self._submit((point,), time.time_ns())
+            if changes is None:
+                self.pipeline.submit_one("telemetry", row, ack)
+            else:
+                rows = {"telemetry": [row], "alerts": alerts} if alerts else {"telemetry": [row]}
+                self.pipeline.submit(rows, ack)
+                self.mapper.commit_one(alerts, changes)
         except BackpressureError as exc:
             return self._backpressure(exc)
-        if mapped.rejected:
-            self._rejected[self._labels] += 1
-            return self._invalid([e for _, e in mapped.rejected])
         self._accepted[self._labels] += 1
         response = Response(
             202,
