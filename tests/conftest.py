@@ -187,3 +187,21 @@ def kafka_bootstrap() -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """Endpoint URL of a real moto server (S3, SNS, SQS) on a loopback port, or the one
+    named by ``ORBITSTREAM_TEST_AWS_ENDPOINT_URL``."""
+    from tests.support.moto_server import ENV_ENDPOINT, MotoServer, moto_available
+
+    existing = os.environ.get(ENV_ENDPOINT, "").strip()
+    if existing:
+        yield existing.rstrip("/")
+        return
+    require(moto_available(), "moto's server (pip install 'moto[server]')")
+    server = MotoServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
