@@ -14,12 +14,22 @@ nanoseconds, ``0`` when unknown) fits; :class:`MessagePosition` is a plain one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from orbitstream.core.batch import Row
+from orbitstream.core.tables import Table
 
-__all__ = ["DeadRecord", "MapResult", "MessagePosition", "Position", "merge_rows"]
+__all__ = [
+    "DeadRecord",
+    "MapResult",
+    "Mapper",
+    "Message",
+    "MessagePosition",
+    "Position",
+    "merge_rows",
+]
 
 
 class Position(Protocol):
@@ -36,6 +46,13 @@ class Position(Protocol):
 
     @property
     def timestamp_ns(self) -> int: ...
+
+
+class Message(Position, Protocol):
+    """A consumed message: its position and value bytes (a Kafka message fits)."""
+
+    @property
+    def value(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +90,15 @@ class MapResult:
     :param dead: messages that cannot be processed, in message order.
     :param unknown_paths: paths that are tolerated but not mapped, with their counts.
     :param messages: how many messages went in.
+    :param ignored: messages that were valid but carried nothing to map (only unknown
+        paths, empty entry lists); counted, neither rows nor dead.
     """
 
     rows: dict[str, list[Row]] = field(default_factory=dict)
     dead: list[DeadRecord] = field(default_factory=list)
     unknown_paths: dict[str, int] = field(default_factory=dict)
     messages: int = 0
+    ignored: int = 0
 
     @property
     def row_count(self) -> int:
@@ -96,3 +116,23 @@ def merge_rows(into: dict[str, list[Row]], rows: dict[str, list[Row]]) -> None:
             into[name] = list(table_rows)
         else:
             have.extend(table_rows)
+
+
+class Mapper(Protocol):
+    """What the runtime needs from a pipeline's mapper.
+
+    ``map``/``map_chunk`` see the committed state plus results not yet committed or
+    rolled back; ``commit`` is called once a result's rows are durable in every sink and
+    ``rollback`` when they will not be (partition revoked, shutdown without flush), so the
+    messages are replayed from the committed state.
+    """
+
+    tables: tuple[Table, ...]
+
+    def map(self, value: bytes | None, position: Position) -> MapResult: ...
+
+    def map_chunk(self, messages: Iterable[Message]) -> MapResult: ...
+
+    def commit(self, result: MapResult) -> None: ...
+
+    def rollback(self, topic: str | None = None, partition: int | None = None) -> int: ...

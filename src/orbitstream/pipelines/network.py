@@ -13,7 +13,8 @@ notifications carry) on an update. Without one, the broker's message timestamp
 * ``.node.srl.interface.subinterface.ipv4.address`` / ``...ipv6.address`` — keys
   ``subinterface_index`` and ``address_ip-prefix``, fields ``origin``, ``status``.
 
-Other paths are tolerated: counted in :attr:`MapResult.unknown_paths`, never an error.
+Other paths are tolerated: counted in :attr:`MapResult.unknown_paths`, never an error (a
+message with nothing else, or only empty entry lists, counts as ``ignored``).
 
 Tables (rows are also what is republished, one topic each — :data:`REPUBLISH_TOPICS`:
 the row dicts of :meth:`Table.row_dicts`, keyed by ``node_name``):
@@ -54,13 +55,13 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, NamedTuple, Protocol
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
 from orbitstream.core.batch import Row
 from orbitstream.core.tables import ColType, Column, Replacing, Table
-from orbitstream.pipelines.mapping import DeadRecord, MapResult, Position
+from orbitstream.pipelines.mapping import DeadRecord, MapResult, Message, Position
 
 __all__ = [
     "ADDRESSES_TABLE",
@@ -325,13 +326,6 @@ class NetworkMapResult(MapResult):
     interface_states: dict[IfKey, InterfaceState] = field(default_factory=dict)
 
 
-class Message(Position, Protocol):
-    """A consumed message: its position and value bytes (a Kafka message fits)."""
-
-    @property
-    def value(self) -> bytes | None: ...
-
-
 class _Invalid(Exception):
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
@@ -373,7 +367,12 @@ class NetworkMapper:
     :param max_packets_per_sec: the same bound for packet and error rates.
     """
 
-    tables = (NODES_TABLE, INTERFACES_TABLE, ADDRESSES_TABLE, INTERFACE_COUNTERS_TABLE)
+    tables: tuple[Table, ...] = (
+        NODES_TABLE,
+        INTERFACES_TABLE,
+        ADDRESSES_TABLE,
+        INTERFACE_COUNTERS_TABLE,
+    )
 
     def __init__(
         self, *, max_bits_per_sec: float = 1e13, max_packets_per_sec: float = 2e10
@@ -510,9 +509,13 @@ class NetworkMapper:
             return
         for path in unknown:
             result.count_unknown(path)
+        empty = True
         for name, table_rows in rows.items():
             if table_rows:
+                empty = False
                 result.rows.setdefault(name, []).extend(table_rows)
+        if empty:
+            result.ignored += 1
         result.node_states.update(nodes)
         result.interface_states.update(ifs)
         self._tip_nodes.update(nodes)

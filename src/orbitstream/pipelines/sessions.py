@@ -36,13 +36,13 @@ import datetime as dt
 import re
 import string
 from collections.abc import Iterable
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Literal
 
 import msgspec
 
 from orbitstream.core.batch import Row
 from orbitstream.core.tables import ColType, Column, Replacing, Table
-from orbitstream.pipelines.mapping import DeadRecord, MapResult, Position
+from orbitstream.pipelines.mapping import DeadRecord, MapResult, Message, Position
 
 __all__ = [
     "CONSUMER_GROUP_DEFAULT",
@@ -93,13 +93,6 @@ class SessionMessage(msgspec.Struct, gc=False):
     end_lon: Lon | None = None
     current_lat: Lat | None = None
     current_lon: Lon | None = None
-
-
-class Message(Position, Protocol):
-    """A consumed message: its position and value bytes (a Kafka message fits)."""
-
-    @property
-    def value(self) -> bytes | None: ...
 
 
 _TIME_CODEC = "DoubleDelta, ZSTD(1)"
@@ -198,10 +191,11 @@ def _decode_error(exc: msgspec.DecodeError) -> tuple[str, str]:
 class SessionsMapper:
     """Session messages -> ``sessions_base``, ``session_events``, ``session_movements`` rows.
 
-    Stateless; :meth:`commit` exists for symmetry with stateful mappers.
+    Stateless; :meth:`commit` and :meth:`rollback` exist for the
+    :class:`~orbitstream.pipelines.mapping.Mapper` protocol.
     """
 
-    tables = (SESSIONS_BASE_TABLE, SESSION_EVENTS_TABLE, SESSION_MOVEMENTS_TABLE)
+    tables: tuple[Table, ...] = (SESSIONS_BASE_TABLE, SESSION_EVENTS_TABLE, SESSION_MOVEMENTS_TABLE)
 
     def __init__(self) -> None:
         self._decode = msgspec.json.Decoder(SessionMessage).decode
@@ -220,6 +214,10 @@ class SessionsMapper:
 
     def commit(self, result: MapResult) -> None:
         """Nothing to do: this mapper has no state."""
+
+    def rollback(self, topic: str | None = None, partition: int | None = None) -> int:
+        """Nothing to forget: this mapper has no state; returns 0."""
+        return 0
 
     def _map_all(self, items: Iterable[tuple[bytes | None, Position]]) -> MapResult:
         decode = self._decode
