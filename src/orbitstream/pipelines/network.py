@@ -341,13 +341,56 @@ def _validation_reason(exc: msgspec.DecodeError, where: str) -> str:
     return f"{where}{m.group(1)}: {text[: m.start()]}"
 
 
-def _u64(value: int | str | None) -> int | None:
-    if value is None:
-        return None
-    n = value if isinstance(value, int) else int(value)
-    if n > _U64_MAX:
-        raise _Invalid("invalid", f"counter {value} does not fit in 64 bits")
-    return n
+def _counters(f: _StatsFields, where: str) -> tuple[int | None, ...]:
+    """The six counters as ints (decimal strings converted), at least one present."""
+    values: tuple[int | str | None, ...] = (
+        f.in_packets,
+        f.out_packets,
+        f.in_octets,
+        f.out_octets,
+        f.in_errors,
+        f.out_errors,
+    )
+    out: list[int | None] = []
+    present = False
+    for name, v in zip(COUNTERS, values, strict=True):
+        if v is None:
+            out.append(None)
+            continue
+        present = True
+        n = v if type(v) is int else int(v)
+        if n > _U64_MAX:
+            raise _Invalid("invalid", f"{where}.{name}: {v} does not fit in 64 bits")
+        out.append(n)
+    if not present:
+        raise _Invalid("invalid", f"{where}: no counters")
+    return tuple(out)
+
+
+_PREFIXES: dict[str, tuple[str, str, bool] | None] = {}
+_PREFIX_CACHE_SIZE = 65_536
+
+
+def _parse_prefix(text: str) -> tuple[str, str, bool] | None:
+    """``(normalized prefix, address, is IPv4)``, or ``None`` when not an address/length.
+
+    Cached: a fabric reports the same few thousand prefixes over and over.
+    """
+    try:
+        return _PREFIXES[text]
+    except KeyError:
+        pass
+    parsed: tuple[str, str, bool] | None
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        parsed = None
+    else:
+        parsed = (str(iface), str(iface.ip), iface.version == 4) if "/" in text else None
+    if len(_PREFIXES) >= _PREFIX_CACHE_SIZE:
+        _PREFIXES.clear()
+    _PREFIXES[text] = parsed
+    return parsed
 
 
 def _prefer(current: str | None, new: str, new_is_v4: bool) -> str:
@@ -543,19 +586,26 @@ class NetworkMapper:
         addresses: list[Row] = []
         unknown: list[str] = []
 
+        tip_nodes = self._tip_nodes
+        tip_ifs = self._tip_ifs
+
         def node_state(name: str, t: int) -> NodeState:
-            cur = nodes.get(name) or self._tip_nodes.get(name)
+            cur = nodes.get(name)
+            if cur is not None and cur.first_seen <= t <= cur.last_seen:
+                return cur
+            if cur is None:
+                cur = tip_nodes.get(name)
             if cur is None:
                 cur = NodeState(t, t, None, None)
             elif t < cur.first_seen or t > cur.last_seen:
-                cur = cur._replace(
-                    first_seen=min(cur.first_seen, t), last_seen=max(cur.last_seen, t)
+                cur = NodeState(
+                    min(cur.first_seen, t), max(cur.last_seen, t), cur.system_ip, cur.mgmt_ip
                 )
             nodes[name] = cur
             return cur
 
         def if_state(key: IfKey, t: int) -> InterfaceState:
-            cur = ifs.get(key) or self._tip_ifs.get(key)
+            cur = ifs.get(key) or tip_ifs.get(key)
             if cur is None:
                 cur = InterfaceState(t, None, None, _NO_BASELINES)
             touched_ifs[key] = max(touched_ifs.get(key, t), t)
@@ -576,12 +626,12 @@ class NetworkMapper:
                             "invalid",
                             f"{where}.entries[{j}].fields: no admin_status or oper_status",
                         )
-                    ifs[key] = cur._replace(
-                        time=max(cur.time, t),
-                        admin_status=f.admin_status
-                        if f.admin_status is not None
-                        else cur.admin_status,
-                        oper_status=f.oper_status if f.oper_status is not None else cur.oper_status,
+                    admin, oper = f.admin_status, f.oper_status
+                    ifs[key] = InterfaceState(
+                        cur.time if cur.time > t else t,
+                        cur.admin_status if admin is None else admin,
+                        cur.oper_status if oper is None else oper,
+                        cur.baselines,
                     )
             elif path == STATISTICS_PATH:
                 for j, se in enumerate(self._entries(_STATS, update, f"{where}.entries")):
@@ -589,35 +639,28 @@ class NetworkMapper:
                     node_state(key[0], t)
                     cur = if_state(key, t)
                     sf = se.fields
-                    values = (
-                        _u64(sf.in_packets),
-                        _u64(sf.out_packets),
-                        _u64(sf.in_octets),
-                        _u64(sf.out_octets),
-                        _u64(sf.in_errors),
-                        _u64(sf.out_errors),
-                    )
-                    if all(v is None for v in values):
-                        raise _Invalid("invalid", f"{where}.entries[{j}].fields: no counters")
+                    values = _counters(sf, f"{where}.entries[{j}].fields")
                     baselines, rates, reset = self._rates(cur.baselines, values, t)
-                    ifs[key] = cur._replace(time=max(cur.time, t), baselines=baselines)
+                    ifs[key] = InterfaceState(
+                        cur.time if cur.time > t else t,
+                        cur.admin_status,
+                        cur.oper_status,
+                        baselines,
+                    )
                     counters.append((t, key[0], key[1], *values, *rates, reset))
             elif path in (IPV4_PATH, IPV6_PATH):
                 v4 = path == IPV4_PATH
                 for j, ae in enumerate(self._entries(_ADDRESS, update, f"{where}.entries")):
                     k = ae.keys
-                    try:
-                        iface = ipaddress.ip_interface(k.prefix)
-                    except ValueError:
-                        iface = None
-                    if iface is None or "/" not in k.prefix or (iface.version == 4) is not v4:
+                    parsed = _parse_prefix(k.prefix)
+                    if parsed is None or parsed[2] is not v4:
                         raise _Invalid(
                             "invalid",
                             f"{where}.entries[{j}].keys.address_ip-prefix: {k.prefix!r} is not an "
                             f"IPv{4 if v4 else 6} prefix",
                         )
+                    prefix, ip, _ = parsed
                     node = node_state(k.node_name, t)
-                    ip = str(iface.ip)
                     if k.interface_name == SYSTEM_INTERFACE:
                         nodes[k.node_name] = node._replace(
                             system_ip=_prefer(node.system_ip, ip, v4)
@@ -630,7 +673,7 @@ class NetworkMapper:
                             k.node_name,
                             k.interface_name,
                             int(k.subinterface_index),
-                            str(iface),
+                            prefix,
                             "IPv4" if v4 else "IPv6",
                             ae.fields.origin,
                             ae.fields.status,
