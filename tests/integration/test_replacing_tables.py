@@ -175,6 +175,54 @@ async def test_every_network_and_sessions_table_accepts_mapped_rows(tmp_path: Pa
             else:  # one row per key (the engine may already have merged the others)
                 count = await store.query(f"SELECT count() FROM `{t.name}` FINAL")
                 assert int(str(count.rows[0][0])) == len(keys[t.name]), t.name
+        # NULLs in nullable low-cardinality strings and nullable counters go through Arrow
+        t0 = 1_750_000_000_000_000_000
+        null_address = network.NetworkMapper().map(
+            json.dumps(
+                [
+                    {
+                        "path": network.IPV6_PATH,
+                        "timestamp": t0,
+                        "entries": [
+                            {
+                                "keys": {
+                                    "node_name": "solo",
+                                    "interface_name": "e1",
+                                    "subinterface_index": "3",
+                                    "address_ip-prefix": "2001:DB8::7/64",
+                                }
+                            }
+                        ],
+                    },
+                    {
+                        "path": network.STATISTICS_PATH,
+                        "timestamp": t0,
+                        "entries": [
+                            {
+                                "keys": {"node_name": "solo", "interface_name": "e1"},
+                                "fields": {"in_octets": str(2**64 - 1)},
+                            }
+                        ],
+                    },
+                ]
+            ).encode(),
+            MessagePosition("network-data", 0, 0),
+        )
+        for name, rows in null_address.rows.items():
+            t = next(t for t in all_tables if t.name == name)
+            await store.write(Batch(t, rows, f"nulls:{name}"))
+        got_address = await store.query(
+            "SELECT prefix, family, subinterface_index, origin, status FROM addresses "
+            "WHERE node_name = 'solo'"
+        )
+        assert [tuple(str(v) if v is not None else None for v in r) for r in got_address.rows] == [
+            ("2001:db8::7/64", "IPv6", "3", None, None)
+        ]
+        got_counters = await store.query(
+            "SELECT toString(in_octets), out_octets, in_bits_per_sec FROM interface_counters "
+            "WHERE node_name = 'solo'"
+        )
+        assert got_counters.rows == [(str(2**64 - 1), None, None)]
         rates = await store.query(
             "SELECT count() FROM interface_counters WHERE in_bits_per_sec IS NOT NULL"
         )

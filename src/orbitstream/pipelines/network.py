@@ -326,6 +326,12 @@ class NetworkMapResult(MapResult):
     interface_states: dict[IfKey, InterfaceState] = field(default_factory=dict)
 
 
+class _Pending(NamedTuple):
+    partitions: set[tuple[str, int]]
+    node_states: dict[str, NodeState]
+    interface_states: dict[IfKey, InterfaceState]
+
+
 class _Invalid(Exception):
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
@@ -426,7 +432,9 @@ class NetworkMapper:
         self._committed_ifs: dict[IfKey, tuple[int, InterfaceState]] = {}
         self._tip_nodes: dict[str, NodeState] = {}
         self._tip_ifs: dict[IfKey, InterfaceState] = {}
-        self._pending: dict[int, NetworkMapResult] = {}
+        # seq -> the state part of results not yet committed nor rolled back (not their
+        # rows: those belong to the sinks)
+        self._pending: dict[int, _Pending] = {}
 
     # -- state lifecycle -------------------------------------------------------------
     @property
@@ -538,7 +546,9 @@ class NetworkMapper:
     def _new_result(self) -> NetworkMapResult:
         self._seq += 1
         result = NetworkMapResult(seq=self._seq)
-        self._pending[result.seq] = result
+        self._pending[result.seq] = _Pending(
+            result.partitions, result.node_states, result.interface_states
+        )
         return result
 
     def _map_one(self, value: bytes | None, position: Position, result: NetworkMapResult) -> None:
