@@ -5,15 +5,19 @@ columns, partitioning and retention. Backends (chDB/ClickHouse, PostgreSQL, Parq
 render DDL and column encodings from it. A :class:`Rollup` declares a time-bucketed
 aggregate (avg/min/max per field, row and flag counts) that each backend maintains its
 own way (materialized view, continuous aggregate, incrementally refreshed table).
+A :class:`Replacing` declaration makes a table keep one row per sort key (latest state,
+or the first row ever written), which ClickHouse renders as a ``ReplacingMergeTree``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-__all__ = ["ColType", "Column", "Rollup", "Table"]
+__all__ = ["ColType", "Column", "Replacing", "Rollup", "Table"]
 
 
 class ColType(enum.Enum):
@@ -85,6 +89,31 @@ class Rollup:
 
 
 @dataclass(frozen=True, slots=True)
+class Replacing:
+    """The table keeps one row per :attr:`Table.order_by` key, chosen by a version column.
+
+    Rows are appended as usual; the store collapses rows with the same key (ClickHouse: a
+    ``ReplacingMergeTree``, collapsed at merge time, so reads use ``FINAL`` or
+    ``argMin``/``argMax``). Which row survives depends only on the rows, never on the
+    order or the worker that wrote them.
+
+    :param version_column: a non-nullable ``TIMESTAMP``, ``INT64`` or ``UINT64`` column
+        (``keep="first"``: ``TIMESTAMP`` or ``INT64``).
+    :param keep: ``"last"`` keeps the row with the largest version (latest state),
+        ``"first"`` the row with the smallest (first wins).
+    """
+
+    version_column: str
+    keep: Literal["first", "last"] = "last"
+
+
+_VERSION_TYPES = {
+    "last": (ColType.TIMESTAMP, ColType.INT64, ColType.UINT64),
+    "first": (ColType.TIMESTAMP, ColType.INT64),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class Table:
     """A table declaration.
 
@@ -99,6 +128,7 @@ class Table:
     ttl_days: int | None = None
     rollups: tuple[Rollup, ...] = ()
     comment: str = ""
+    replacing: Replacing | None = None
     column_names: tuple[str, ...] = field(init=False)
     row_bytes: int = field(init=False)
 
@@ -109,12 +139,28 @@ class Table:
         for needed in (self.time_column, *self.order_by):
             if needed not in names:
                 raise ValueError(f"table {self.name}: unknown column {needed}")
+        if self.replacing is not None:
+            self._check_replacing(self.replacing, names)
         object.__setattr__(self, "column_names", names)
         object.__setattr__(
             self,
             "row_bytes",
             56 + 8 * len(self.columns) + sum(_VALUE_BYTES[c.type] for c in self.columns),
         )
+
+    def _check_replacing(self, rep: Replacing, names: tuple[str, ...]) -> None:
+        if rep.keep not in _VERSION_TYPES:
+            raise ValueError(f"table {self.name}: keep must be 'first' or 'last'")
+        if rep.version_column not in names:
+            raise ValueError(f"table {self.name}: unknown version column {rep.version_column}")
+        col = self.columns[names.index(rep.version_column)]
+        if col.nullable or col.type not in _VERSION_TYPES[rep.keep]:
+            raise ValueError(
+                f"table {self.name}: version column {col.name} must be a non-nullable "
+                + "/".join(t.name for t in _VERSION_TYPES[rep.keep])
+            )
+        if rep.version_column in self.order_by:
+            raise ValueError(f"table {self.name}: the version column cannot be in order_by")
 
     def column(self, name: str) -> Column:
         for col in self.columns:
@@ -127,16 +173,7 @@ class Table:
 
     def with_ttl(self, days: int | None) -> Table:
         """The same table with another retention."""
-        return Table(
-            name=self.name,
-            columns=self.columns,
-            time_column=self.time_column,
-            order_by=self.order_by,
-            entity_column=self.entity_column,
-            ttl_days=days,
-            rollups=self.rollups,
-            comment=self.comment,
-        )
+        return dataclasses.replace(self, ttl_days=days)
 
     def row_dicts(self, rows: Sequence[tuple[object, ...]]) -> list[dict[str, object]]:
         """Rows as dicts (for dead letters and debugging)."""

@@ -4,6 +4,15 @@
 ``LowCardinality`` for enum-like strings, a dedup window so a retried batch (same
 ``insert_deduplication_token``) lands once, and per rollup an ``AggregatingMergeTree``
 fed by a materialized view plus a plain view with the averages.
+
+A table declared :class:`~orbitstream.core.tables.Replacing` becomes a
+``ReplacingMergeTree`` on its sort key, without ``PARTITION BY`` (rows are collapsed only
+within a partition, so a time partition would keep two rows of one key written on two
+days). ``keep="last"`` uses the version column as the engine's version; ``keep="first"``
+adds a ``MATERIALIZED`` column (:data:`FIRST_WINS_VERSION`) holding the negated version,
+so the earliest row wins. ``SELECT *`` does not return it and inserts do not send it.
+Read such a table with ``FINAL`` (or ``argMin``/``argMax`` per key): before a merge it
+may still hold several rows per key.
 """
 
 from __future__ import annotations
@@ -12,9 +21,16 @@ from dataclasses import dataclass
 
 from orbitstream.core.tables import ColType, Column, Rollup, Table
 
-__all__ = ["DEAD_LETTERS_DDL", "ClickHouseDialect", "quote_ident", "quote_str"]
+__all__ = [
+    "DEAD_LETTERS_DDL",
+    "FIRST_WINS_VERSION",
+    "ClickHouseDialect",
+    "quote_ident",
+    "quote_str",
+]
 
 DEDUP_WINDOW = 10_000
+FIRST_WINS_VERSION = "_version"
 
 _BASE: dict[ColType, str] = {
     ColType.TIMESTAMP: "DateTime64(9, 'UTC')",
@@ -40,7 +56,8 @@ def quote_str(value: str) -> str:
 def column_type(col: Column) -> str:
     typ = _BASE[col.type]
     if col.type is ColType.STRING and col.low_cardinality:
-        typ = "LowCardinality(String)"
+        # ClickHouse nests it this way round: Nullable(LowCardinality(...)) is an error.
+        return "LowCardinality(Nullable(String))" if col.nullable else "LowCardinality(String)"
     if col.nullable:
         typ = f"Nullable({typ})"
     return typ
@@ -79,11 +96,33 @@ class ClickHouseDialect:
     def _on_cluster(self) -> str:
         return f" ON CLUSTER {quote_ident(self.cluster)}" if self.cluster else ""
 
-    def _engine(self, kind: str, table: str) -> str:
+    def _engine(self, kind: str, table: str, *args: str) -> str:
         if not self.replicated:
-            return f"{kind}()"
+            return f"{kind}({', '.join(args)})"
         path = f"/clickhouse/tables/{{shard}}/{self.database or 'default'}/{table}"
-        return f"Replicated{kind}({quote_str(path)}, '{{replica}}')"
+        params = ", ".join((quote_str(path), "'{replica}'", *args))
+        return f"Replicated{kind}({params})"
+
+    def _table_engine(self, table: Table) -> tuple[str, list[str]]:
+        """The engine clause and any extra (materialized) column lines."""
+        rep = table.replacing
+        if rep is None:
+            return self._engine("MergeTree", table.name), []
+        if rep.keep == "last":
+            return self._engine(
+                "ReplacingMergeTree", table.name, quote_ident(rep.version_column)
+            ), []
+        col = quote_ident(rep.version_column)
+        expr = (
+            f"-toUnixTimestamp64Nano({col})"
+            if table.column(rep.version_column).type is ColType.TIMESTAMP
+            else f"-{col}"
+        )
+        version = quote_ident(FIRST_WINS_VERSION)
+        return (
+            self._engine("ReplacingMergeTree", table.name, version),
+            [f"    {version} Int64 MATERIALIZED {expr}"],
+        )
 
     def create_table(self, table: Table) -> str:
         cols = []
@@ -94,16 +133,23 @@ class ClickHouseDialect:
             if c.comment:
                 line += f" COMMENT {quote_str(c.comment)}"
             cols.append(line)
+        engine, extra = self._table_engine(table)
+        cols.extend(extra)
         ttl = ""
         if table.ttl_days:
             ttl = f"\nTTL toDateTime({quote_ident(table.time_column)}) + INTERVAL {int(table.ttl_days)} DAY"
         order = ", ".join(quote_ident(c) for c in table.order_by)
         comment = f"\nCOMMENT {quote_str(table.comment)}" if table.comment else ""
+        partition = (
+            f"PARTITION BY toDate({quote_ident(table.time_column)})\n"
+            if table.replacing is None
+            else ""
+        )
         return (
             f"CREATE TABLE IF NOT EXISTS {self.name(table.name)}{self._on_cluster()}\n(\n"
             + ",\n".join(cols)
-            + f"\n)\nENGINE = {self._engine('MergeTree', table.name)}\n"
-            f"PARTITION BY toDate({quote_ident(table.time_column)})\n"
+            + f"\n)\nENGINE = {engine}\n"
+            f"{partition}"
             f"ORDER BY ({order}){ttl}\n"
             f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}{comment}"
         )

@@ -48,15 +48,7 @@ def schema_statements(
 
 
 def _local(table: Table) -> Table:
-    return Table(
-        name=f"{table.name}_local",
-        columns=table.columns,
-        time_column=table.time_column,
-        order_by=table.order_by,
-        entity_column=table.entity_column,
-        ttl_days=table.ttl_days,
-        comment=table.comment,
-    )
+    return dataclasses.replace(table, name=f"{table.name}_local", rollups=())
 
 
 def _distributed_statements(
