@@ -746,8 +746,6 @@ class StarlinkMapper:
                 dead.append(DeadRow("", f"row is not a non-empty array: {_short(row)}", row))
                 continue
             code = row[0]
-            if code in ip_codes:
-                continue
             plan = plans.get(code) if type(code) is str else None
             if plan is None:
                 dead.append(
@@ -758,16 +756,20 @@ class StarlinkMapper:
                     )
                 )
                 continue
+            if plan.role == _IPS:
+                continue  # done in pass 1
             sig = tuple(map(type, row))
             shape = plan.shapes.get(sig)
             if shape is None:
                 shape = plan.shape(sig)
-            dev = row[plan.id_idx]
-            ts = row[plan.ts_idx]
             codes: tuple[int, ...] = ()
             try:
-                if shape.bad or not dev or ts < min_ns or ts > max_ns:
+                if shape.bad:
                     plan.check(row)  # raises with the reason
+                dev = row[plan.id_idx]
+                ts = row[plan.ts_idx]
+                if not dev or ts < min_ns or ts > max_ns:
+                    plan.check(row)
                 key = (code, dev, ts)
                 if key in seen or (recent and key in recent):
                     duplicates += 1
@@ -841,9 +843,11 @@ class StarlinkMapper:
         recent = self._recent
         events: dict[str, list[_IpTuple]] = {}
         for row in values:
-            if type(row) is not list or not row or row[0] not in ip_codes:
+            if type(row) is not list or not row:
                 continue
-            plan = plans[row[0]]
+            plan = plans.get(row[0]) if type(row[0]) is str else None
+            if plan is None or plan.role != _IPS:
+                continue
             try:
                 dev, ts = plan.check(row)
                 if dev.startswith(_IP_PREFIX):
