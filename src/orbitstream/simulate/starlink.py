@@ -58,7 +58,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 import msgspec
 
@@ -505,12 +505,14 @@ class ServedResponse:
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One request: ``endpoint`` is ``token`` or ``stream``; ``fault`` the injected one."""
+    """One request: ``endpoint`` is ``token`` or ``stream``; ``fault`` the injected one;
+    ``at`` when it arrived and ``answered`` when it was answered (``time.monotonic()``)."""
 
     endpoint: str
     client_id: str | None
     status: int
     at: float
+    answered: float
     fault: str | None = None
     rows: int = 0
 
@@ -842,10 +844,18 @@ class FakeStarlink:
         status: int,
         fault: Fault | None = None,
         rows: int = 0,
+        *,
+        at: float,
     ) -> None:
         self.requests.append(
             RequestRecord(
-                endpoint, client, status, time.monotonic(), fault.value if fault else None, rows
+                endpoint,
+                client,
+                status,
+                at,
+                time.monotonic(),
+                fault.value if fault else None,
+                rows,
             )
         )
 
@@ -869,6 +879,7 @@ class FakeStarlink:
         return [("Retry-After", value if isinstance(value, str) else f"{value:g}")]
 
     def _token(self, request: Request) -> Response:
+        arrived = time.monotonic()
         form = {k: v[-1] for k, v in parse_qs(request.body.decode("latin-1")).items()}
         basic = False
         client_id = form.get("client_id")
@@ -879,25 +890,25 @@ class FakeStarlink:
             try:
                 decoded = base64.b64decode(auth[6:].strip(), validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
-                self._record("token", None, 401)
+                self._record("token", None, 401, at=arrived)
                 return _oauth_error(401, "invalid_client")
-            client_id, _, secret = decoded.partition(":")
+            client_id, _, secret = (unquote_plus(part) for part in decoded.partition(":"))
         if form.get("grant_type") != "client_credentials":
-            self._record("token", client_id, 400)
+            self._record("token", client_id, 400, at=arrived)
             return _oauth_error(400, "unsupported_grant_type")
         if not client_id or self.config.clients.get(client_id) != secret or secret is None:
             status = 401 if basic else 400
-            self._record("token", client_id, status)
+            self._record("token", client_id, status, at=arrived)
             headers = [("WWW-Authenticate", 'Basic realm="starlink"')] if basic else []
             return _oauth_error(status, "invalid_client", headers)
         pending = self._next_fault("token")
         if pending is not None:
             status = _STATUS[pending.fault]
-            self._record("token", client_id, status, pending.fault)
+            self._record("token", client_id, status, pending.fault, at=arrived)
             return _oauth_error(status, "temporarily_unavailable", self._retry_after(pending))
         token = secrets.token_urlsafe(32)
         self.tokens[token] = (client_id, time.monotonic() + self.config.expires_in)
-        self._record("token", client_id, 200)
+        self._record("token", client_id, 200, at=arrived)
         return Response(
             200,
             msgspec.json.encode(
@@ -955,18 +966,19 @@ class FakeStarlink:
         return None
 
     async def _stream(self, request: Request) -> Response:
+        arrived = time.monotonic()
         client = self._authorize(request)
         if client is None:
-            self._record("stream", None, 401)
+            self._record("stream", None, 401, at=arrived)
             return _error(401, "Unauthorized: the bearer token is missing, unknown or expired.")
         parsed = self._parse_body(request.body)
         if isinstance(parsed, str):
-            self._record("stream", client, 400)
+            self._record("stream", client, 400, at=arrived)
             return _error(400, parsed)
         batch_size, linger_ms = parsed
         wait = self._rate_limited(client)
         if wait is not None:
-            self._record("stream", client, 429)
+            self._record("stream", client, 429, at=arrived)
             return _error(429, "Too many requests.", [("Retry-After", str(max(1, round(wait))))])
         pending = self._next_fault("stream")
         fault = pending.fault if pending is not None else None
@@ -975,16 +987,16 @@ class FakeStarlink:
             if fault is Fault.STREAM_401:
                 token = request.headers.get("authorization", "")[7:].strip()
                 self.tokens.pop(token, None)
-            self._record("stream", client, status, fault)
+            self._record("stream", client, status, fault, at=arrived)
             return _error(
                 status, f"Injected fault {pending.fault.value}.", self._retry_after(pending)
             )
         if pending is not None and fault is Fault.STREAM_STALL:
             await self._sleep(pending.stall_secs)
-            self._record("stream", client, 504, fault)
+            self._record("stream", client, 504, fault, at=arrived)
             return _error(504, "Gateway timeout.")
         if fault is Fault.STREAM_INVALID_JSON:
-            self._record("stream", client, 200, fault)
+            self._record("stream", client, 200, fault, at=arrived)
             return Response(
                 200,
                 b"<html><body><h1>502 Bad Gateway</h1></body></html>",
@@ -992,7 +1004,7 @@ class FakeStarlink:
             )
         await self._wait_rows(client, batch_size, linger_ms)
         if self._stopping.is_set():
-            self._record("stream", client, 503)
+            self._record("stream", client, 503, at=arrived)
             return _error(503, "Shutting down.")
         start = self.positions.get(client, 0)
         rows = self.stream[start : start + batch_size]
@@ -1000,13 +1012,13 @@ class FakeStarlink:
         if fault is Fault.STREAM_TRUNCATE:
             assert pending is not None
             cut = body[: max(1, len(body) // 2)]
-            self._record("stream", client, 200, fault, len(rows))
+            self._record("stream", client, 200, fault, len(rows), at=arrived)
             if pending.advance:
                 self.positions[client] = start + len(rows)
                 self._serve(client, start, sent, columns, alerts, batch_size, linger_ms, cut, True)
             return Response(200, cut)
         self.positions[client] = start + len(rows)
-        self._record("stream", client, 200, None, len(rows))
+        self._record("stream", client, 200, None, len(rows), at=arrived)
         self._serve(client, start, sent, columns, alerts, batch_size, linger_ms, body, False)
         return Response(200, body)
 

@@ -26,6 +26,7 @@ Needs the ``starlink`` extra (aiohttp).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import email.utils
@@ -38,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import quote_plus
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -366,9 +368,11 @@ class StarlinkClient:
         s = self.settings
         aiohttp = self._aiohttp
         form = {"grant_type": "client_credentials"}
-        auth = None
+        headers = {"Accept": "application/json"}
         if s.token_auth == "basic":
-            auth = aiohttp.BasicAuth(s.client_id, s.client_secret.get_secret_value())
+            # RFC 6749 §2.3.1: each part form-urlencoded, then HTTP Basic
+            pair = f"{quote_plus(s.client_id)}:{quote_plus(s.client_secret.get_secret_value())}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         else:
             form["client_id"] = s.client_id
             form["client_secret"] = s.client_secret.get_secret_value()
@@ -378,8 +382,7 @@ class StarlinkClient:
             async with self._http().post(
                 s.token_url,
                 data=form,
-                auth=auth,
-                headers={"Accept": "application/json"},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=s.token_timeout_secs),
             ) as resp:
                 status = resp.status
