@@ -125,6 +125,8 @@ ALERT_COLUMNS: Final = ("ActiveAlerts", "ActiveAlert", "Alerts", "ActiveAlertIds
 _MIN_NS: Final = 946_684_800_000_000_000  # 2000-01-01: smaller integers are not epoch ns
 _MAX_NS: Final = 2**63 - 1
 _EXACT: Final = 2**53  # integers beyond this are not exact as Float64
+_MIN_CODE: Final = -(2**63)  # alert codes are Int64 in the stores
+_MAX_CODE: Final = 2**63 - 1
 _NO_IPS: Final[tuple[str, ...]] = ()
 _IP_PREFIX: Final = "ip-"
 
@@ -544,16 +546,15 @@ def _alert_names(raw: dict[str, str] | None) -> dict[int, str]:
 def _codes(value: object, column: str) -> tuple[int, ...]:
     if type(value) is not list:
         if type(value) is int:
-            return (value,)
+            return _codes([value], column)
         raise _Bad(f"{column} is not an array of alert codes: {_short(value)}")
     out: list[int] = []
     for code in value:
-        if type(code) is int:
-            out.append(code)
-        elif type(code) is str and code.strip().lstrip("-").isdigit():
-            out.append(int(code))
-        else:
+        if type(code) is str and code.strip().lstrip("-").isdigit():
+            code = int(code)
+        if type(code) is not int or not _MIN_CODE <= code <= _MAX_CODE:
             raise _Bad(f"{column} holds a value that is not an integer alert code: {_short(code)}")
+        out.append(code)
     return tuple(dict.fromkeys(out))
 
 
@@ -842,12 +843,18 @@ class StarlinkMapper:
             return rows, {}, duplicates
         recent = self._recent
         events: dict[str, list[_IpTuple]] = {}
-        for row in values:
-            if type(row) is not list or not row:
-                continue
-            plan = plans.get(row[0]) if type(row[0]) is str else None
-            if plan is None or plan.role != _IPS:
-                continue
+        try:  # a quick scan (C-level comparisons) when every row is a non-empty array
+            candidates = [row for row in values if row[0] in ip_codes]
+        except (TypeError, IndexError, KeyError):
+            candidates = [
+                row
+                for row in values
+                if type(row) is list and row and type(row[0]) is str and row[0] in ip_codes
+            ]
+        for row in candidates:
+            if type(row) is not list:
+                continue  # e.g. a string whose first character is a type code
+            plan = plans[row[0]]
             try:
                 dev, ts = plan.check(row)
                 if dev.startswith(_IP_PREFIX):

@@ -657,9 +657,15 @@ class StarlinkPoller:
                 self._last_poll_ns = batch.received_ns
                 if self.archive is not None:
                     archive = self.archive
-                    await loop.run_in_executor(
-                        None, archive.append, batch.body, batch.received_ns, number
-                    )
+                    try:
+                        await loop.run_in_executor(
+                            None, archive.append, batch.body, batch.received_ns, number
+                        )
+                    except OSError as exc:  # the sinks can still make the batch durable
+                        logger.error(
+                            "Raw archive write failed; delivering the batch anyway.",
+                            extra={"poll_number": number, "error": str(exc)},
+                        )
                 self._set("delivering")
                 await self.deliver(batch.body, number)
                 if self._stop.is_set():
@@ -675,6 +681,13 @@ class StarlinkPoller:
                 "Starlink poller stopped on an error it cannot retry.",
                 extra={"endpoint": exc.endpoint, "status": exc.status, "error": str(exc)},
             )
+            raise
+        except asyncio.CancelledError:
+            self._set("stopped")
+            raise
+        except Exception as exc:  # deliver() failed: the runtime decides what next
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._set("failed")
             raise
         self._set("stopped")
 

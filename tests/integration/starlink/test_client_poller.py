@@ -378,3 +378,37 @@ async def test_the_raw_archive_keeps_every_body_for_replay(
     assert [p.body for p in polls] == delivered == [s.body for s in fake.served]
     assert [p.poll_number for p in polls] == [41, 42, 43]
     assert all(a.poll_ns <= b.poll_ns for a, b in itertools.pairwise(polls))
+
+
+async def test_a_failing_deliver_stops_the_poller_without_polling_again(
+    fake_factory: FakeFactory,
+) -> None:
+    fake = await fake_factory(backlog_ticks=2)
+
+    async def deliver(body: bytes, number: int) -> None:
+        raise RuntimeError("sink exploded")
+
+    async with StarlinkClient(settings_for(fake, batch_size=5)) as client:
+        poller = StarlinkPoller(client, deliver)
+        with pytest.raises(RuntimeError, match="sink exploded"):
+            await asyncio.wait_for(poller.run(), 10)
+    assert poller.status.state == "failed" and "sink exploded" in (poller.status.last_error or "")
+    assert fake.count("stream") == 1
+
+
+async def test_an_archive_failure_still_delivers(fake_factory: FakeFactory, tmp_path: Path) -> None:
+    fake = await fake_factory(backlog_ticks=1)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the archive directory should be")
+    delivered: list[int] = []
+    ref: list[StarlinkPoller] = []
+
+    async def deliver(body: bytes, number: int) -> None:
+        delivered.append(number)
+        ref[0].stop()
+
+    async with StarlinkClient(settings_for(fake)) as client:
+        poller = StarlinkPoller(client, deliver, archive=RawArchive(blocker / "raw"))
+        ref.append(poller)
+        await asyncio.wait_for(poller.run(), 10)
+    assert delivered == [1]

@@ -279,6 +279,8 @@ def test_mixed_int_float_columns_all_go_to_metrics() -> None:
         (ut(UtcTimestampNs=1_767_225_615), "UtcTimestampNs is not integer nanoseconds"),
         (ut(alerts=[62, "x"]), "ActiveAlerts holds a value that is not an integer alert code"),
         (ut(ActiveAlerts={"62": 1}), "ActiveAlerts is not an array of alert codes"),
+        (ut(alerts=[2**63]), "ActiveAlerts holds a value that is not an integer alert code"),
+        (ut(alerts=[True]), "ActiveAlerts holds a value that is not an integer alert code"),
         (["i", T0, "ip-" + UT_A, [1], [], []], "Ipv4 holds a value that is not an address"),
         (["i", T0, "ip-" + UT_A, "1.2.3.4", [], []], "Ipv4 is not an array of addresses"),
         (["i", T0, "ip-" + UT_A], "row has 3 values but the column list of device type 'i'"),
