@@ -558,6 +558,8 @@ class StarlinkPoller:
     :param archive: when given, each body is archived (fsynced) before ``deliver``.
     :param first_poll_number: number of the first poll (numbers increase by one).
     :param retry: backoff for retryable failures without ``Retry-After``.
+    :param halted_log_secs: while ``deliver`` has not returned for this long (a sink is
+        down), log that polling is halted, and again at this interval.
     """
 
     def __init__(
@@ -568,8 +570,10 @@ class StarlinkPoller:
         archive: RawArchive | None = None,
         first_poll_number: int = 1,
         retry: RetryPolicy | None = None,
+        halted_log_secs: float = 30.0,
     ) -> None:
         self.client = client
+        self.halted_log_secs = halted_log_secs
         self.deliver = deliver
         self.archive = archive
         s = client.settings
@@ -619,6 +623,26 @@ class StarlinkPoller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), secs)
 
+    async def _deliver(self, body: bytes, number: int) -> None:
+        task = asyncio.ensure_future(self.deliver(body, number))
+        started = time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.halted_log_secs)
+                if done:
+                    break
+                logger.warning(
+                    "Starlink polling halted: the last batch is not durable yet.",
+                    extra={
+                        "poll_number": number,
+                        "waited_secs": round(time.monotonic() - started, 1),
+                    },
+                )
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        await task
+
     async def run(self) -> None:
         """Poll until :meth:`stop`; raises the first non-retryable :class:`StarlinkError`."""
         s = self.client.settings
@@ -667,7 +691,7 @@ class StarlinkPoller:
                             extra={"poll_number": number, "error": str(exc)},
                         )
                 self._set("delivering")
-                await self.deliver(batch.body, number)
+                await self._deliver(batch.body, number)
                 if self._stop.is_set():
                     break
                 if batch.rows >= s.batch_size:

@@ -287,7 +287,9 @@ async def test_drain_mode_polls_at_once_while_full_then_waits_for_the_linger(
         assert b - a >= 0.55
 
 
-async def test_nothing_is_polled_while_deliver_has_not_returned(fake_factory: FakeFactory) -> None:
+async def test_nothing_is_polled_while_deliver_has_not_returned(
+    fake_factory: FakeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     fake = await fake_factory(backlog_ticks=3)
     release = asyncio.Event()
     delivered: list[int] = []
@@ -298,12 +300,14 @@ async def test_nothing_is_polled_while_deliver_has_not_returned(fake_factory: Fa
             await release.wait()  # a sink is down: the batch is not durable yet
 
     async with StarlinkClient(settings_for(fake, batch_size=5, max_linger_ms=10)) as client:
-        poller = StarlinkPoller(client, deliver)
+        poller = StarlinkPoller(client, deliver, halted_log_secs=0.3)
         task = asyncio.create_task(poller.run())
         while not delivered:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.8)
         assert fake.count("stream") == 1 and poller.status.state == "delivering"
+        halted = [r for r in caplog.records if "polling halted" in r.getMessage()]
+        assert len(halted) >= 2 and getattr(halted[0], "poll_number", None) == 1
         assert time.monotonic() - poller.status.since >= 0.7
         release.set()
         while len(delivered) < 3:
