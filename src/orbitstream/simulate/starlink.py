@@ -49,6 +49,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import enum
 import logging
 import random
@@ -594,7 +595,8 @@ class FakeStarlinkConfig:
 
     :param clients: accepted service accounts, client id -> secret.
     :param expires_in: token lifetime in seconds, as answered.
-    :param backlog_ticks: ticks generated before the server starts (the stream's backlog).
+    :param backlog_ticks: ticks generated before the server starts (the stream's backlog;
+        with the fleet's ``start_ns`` unset, the backlog ends at the current time).
     :param tick_interval_secs: wall time between generated ticks after start; ``None``
         generates nothing more (tests extend the stream with :meth:`FakeStarlink.extend`).
     :param max_rows: stop generating once the stream holds this many rows.
@@ -652,7 +654,11 @@ class FakeStarlink:
 
     def __init__(self, config: FakeStarlinkConfig | None = None) -> None:
         self.config = config or FakeStarlinkConfig()
-        self.fleet = Fleet(self.config.fleet)
+        fleet = self.config.fleet
+        if fleet.start_ns is None:  # the backlog ends now; live ticks follow the wall clock
+            start = time.time_ns() - self.config.backlog_ticks * TICK_NS
+            fleet = dataclasses.replace(fleet, start_ns=start)
+        self.fleet = Fleet(fleet)
         self.stream: list[list[Any]] = []
         self._encoded: list[bytes] = []  # each stream row as JSON, for fast plain responses
         self.positions: dict[str, int] = {}

@@ -75,3 +75,15 @@ def test_parse_fault_rates() -> None:
     for bad in ("429", "teapot=0.1", "500=2"):
         with pytest.raises(ValueError, match=r"NAME=RATE|unknown fault|within 0..1"):
             parse_fault_rates(bad)
+
+
+def test_a_fake_backlog_ends_now_when_no_start_is_given() -> None:
+    import time
+
+    from orbitstream.simulate.starlink import FakeStarlink, FakeStarlinkConfig
+
+    before = time.time_ns()
+    fake = FakeStarlink(FakeStarlinkConfig(fleet=FleetConfig(terminals=2), backlog_ticks=8))
+    newest = max(int(str(r[1])) for r in fake.stream)
+    assert before - 9 * TICK_NS <= min(int(str(r[1])) for r in fake.stream)
+    assert newest <= time.time_ns() + TICK_NS
