@@ -39,8 +39,7 @@ def arrow_schema(table: Table) -> Any:
 
 
 def _column(values: list[Any], typ: ColType) -> Any:
-    if typ in (ColType.MAP_STR_FLOAT, ColType.MAP_STR_STR):
-        values = [list(v.items()) if isinstance(v, dict) else v for v in values]
+    # Map columns: pyarrow converts dicts itself (twice as fast as lists of item pairs).
     return pa.array(values, type=_TYPES[typ])
 
 

@@ -1,0 +1,943 @@
+"""The starlink pipeline: Starlink Enterprise telemetry stream responses -> rows.
+
+One response body (``POST …/v2/telemetry/stream``, shared/docs/starlink-api.md) maps to
+rows of four tables, all in the ``starlink`` namespace:
+
+- ``telemetry`` (``device_type``, ``device_id``, ``ts_ns``, ``metrics``, ``info``,
+  ``ipv4``, ``ipv6_ue``, ``ipv6_cpe``, ``received_at``): one row per UserTerminal and
+  Router row (and per row of any other device type with a column list, except IpAllocs);
+- ``alerts`` (``device_type``, ``device_id``, ``ts_ns``, ``alert_code``, ``alert_name``):
+  one row per active alert code of each such row;
+- ``alert_events`` (``… alert_code``, ``alert_name``, ``event``): ``opened`` / ``cleared``
+  edges derived from the alert state carried by the rows;
+- ``ip_allocations`` (``device_id``, ``ts_ns``, ``ipv4``, ``ipv6_ue``, ``ipv6_cpe``): one row
+  per IpAllocs row.
+
+Mapping rules and the quirks of real payloads they handle:
+
+1. **Columns by name, per response.** Each row is positional; element 0 is its device
+   type code and ``data.columnNamesByDeviceType[code]`` names its values. The column lists
+   are read from every response (never hard-coded offsets: columns get reordered and
+   added), and a column list must start with ``DeviceType`` and contain ``DeviceId`` and
+   ``UtcTimestampNs``. Unknown columns are mapped like any other value.
+2. **Dead rows.** A row that cannot be mapped goes to :attr:`StarlinkMapping.dead` with the
+   reason and the raw row: not an array, an unknown device type (no column list), a length
+   that does not match its column list (in either direction), a missing or non-string
+   ``DeviceId``, a ``UtcTimestampNs`` that is not an integer number of nanoseconds since
+   2000-01-01, a non-integer alert code, a non-string IP address. A malformed envelope
+   (invalid or truncated JSON, ``data`` missing, ``values`` or the column lists of the
+   wrong JSON type) raises :class:`StarlinkEnvelopeError` instead: nothing in it is
+   trustworthy. An empty batch (``values: []`` or ``null``, column lists ``{}``) maps to
+   no rows. Unknown envelope keys (``aggregateValues``, ``LastPartitionUtcTimestampNs``)
+   are ignored.
+3. **Which table.** A type's role comes from ``metadata.enums.DeviceType`` of the same
+   response (falling back to the code): ``IpAllocs`` (``i``) rows go to
+   ``ip_allocations``; every other type, **Router rows included** (the reference skipped
+   them), goes to ``telemetry`` and ``alerts``. ``device_type`` is the enum name
+   (``UserTerminal``, ``Router``), or the code when the enums do not name it.
+4. **Value typing** into the two maps of a telemetry row: JSON numbers (int or float:
+   the same column mixes ``0`` and ``0.0066``) -> ``metrics`` (Float64 in the stores; an
+   integral value stays a Python ``int`` in the row, exactly equal); strings ->
+   ``info``; booleans -> ``info`` as ``"true"`` / ``"false"`` (a documented choice: a 0/1
+   metric would make them look like measurements); ``null`` -> omitted; other arrays and
+   objects -> ``info`` as compact JSON. Integers beyond ±2**53 are not exact as Float64,
+   so they go to ``info`` as their decimal text instead of ``metrics``.
+5. **Exact 64-bit integers.** The body is decoded with msgspec, which keeps JSON integers
+   exact. ``UtcTimestampNs`` (~1.7e18) becomes ``ts_ns`` unchanged; ``H3CellId`` (a 64-bit
+   H3 index) goes to ``info["H3CellId"]`` as lower-case hex (``85283083fffffff``, what the
+   h3 library takes), computed from the integer, never through a float, and never into
+   ``metrics``.
+6. **Alerts.** The alert column may be named ``ActiveAlerts``, ``ActiveAlert``, ``Alerts``
+   or ``ActiveAlertIds`` (all are read; ``null`` is ``[]``); its codes are not copied into
+   the maps. Each code is named from ``metadata.enums.AlertsByDeviceType[type][str(code)]``
+   **of the same response** (codes are re-pointed between responses, and Router codes
+   overlap UserTerminal codes); a code missing from that map keeps its number and is
+   named ``unknown_alert_<code>``.
+7. **Alert events.** The stream carries state only. Per device, rows are taken in
+   timestamp order: the first row where a code is active emits ``opened`` (named from that
+   row's response), the first later row of that device without it emits ``cleared``
+   (named as it was when opened). While a device has open alerts, only rows newer than
+   the newest row already evaluated for it count (late rows still land in ``telemetry``
+   and ``alerts``). The open set survives restarts through :meth:`StarlinkMapper.restore`.
+8. **IP allocations.** ``DeviceId`` loses a leading ``ip-`` (tolerated when absent);
+   ``Ipv4``, ``Ipv6Ue``, ``Ipv6Cpe`` are arrays of strings (``null`` or a missing column is
+   ``[]``); IPv6 values stay CIDR strings as sent. All three empty is a **tombstone**.
+9. **IP merge into terminal rows.** IpAllocs rows often arrive in another batch than their
+   terminal's rows, so the latest addresses per terminal are kept as state. A
+   UserTerminal telemetry row gets, in ``ipv4`` / ``ipv6_ue`` / ``ipv6_cpe``, the
+   addresses of that terminal's IpAllocs row with the greatest timestamp at or before its
+   own (the committed state and this response's IpAllocs rows both count); when none is
+   that early, the earliest one known. After a tombstone the arrays are empty. Router
+   and other rows get empty arrays.
+10. **Near-duplicates.** Rows with the same (device type, device id, timestamp) land once:
+    the first one wins, later ones are counted in :attr:`StarlinkMapping.duplicates`,
+    within a response and across responses (a bounded set of recent keys). IpAllocs rows
+    a few ms apart with identical addresses are distinct observations and are kept.
+
+State (open alerts, newest evaluated time per device, latest IPs per terminal, recent row
+keys) changes **only** in :meth:`StarlinkMapper.commit`, called once the mapping's rows are
+durable. Mapping the same body twice from the same state gives identical rows; a mapping
+that is never committed leaves the state as it was. Derive batch ids from the body
+(:func:`body_digest`) so a retried or replayed poll de-duplicates in the store.
+"""
+
+from __future__ import annotations
+
+import ast
+import bisect
+import gc
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from operator import itemgetter
+from typing import Any, Final
+
+import msgspec
+
+from orbitstream.core.batch import DeadLetter, Row
+from orbitstream.core.tables import ColType, Column, Table
+from orbitstream.errors import OrbitStreamError, SourceError
+
+__all__ = [
+    "ALERTS_TABLE",
+    "ALERT_COLUMNS",
+    "ALERT_EVENTS_TABLE",
+    "IP_ALLOCATIONS_TABLE",
+    "PIPELINE",
+    "TELEMETRY_TABLE",
+    "DeadRow",
+    "IpState",
+    "OpenAlert",
+    "StaleMappingError",
+    "StarlinkEnvelopeError",
+    "StarlinkMapper",
+    "StarlinkMapping",
+    "body_digest",
+    "tables",
+]
+
+PIPELINE: Final = "starlink"
+
+#: Names under which the alert codes column has been seen (real payloads, docs, clients).
+ALERT_COLUMNS: Final = ("ActiveAlerts", "ActiveAlert", "Alerts", "ActiveAlertIds")
+
+_MIN_NS: Final = 946_684_800_000_000_000  # 2000-01-01: smaller integers are not epoch ns
+_MAX_NS: Final = 2**63 - 1
+_EXACT: Final = 2**53  # integers beyond this are not exact as Float64
+_MIN_CODE: Final = -(2**63)  # alert codes are Int64 in the stores
+_MAX_CODE: Final = 2**63 - 1
+_NO_IPS: Final[tuple[str, ...]] = ()
+_IP_PREFIX: Final = "ip-"
+
+OpenAlert = tuple[str, str, int, str, int]
+"""An open alert as stored: ``(device_type, device_id, alert_code, alert_name, opened_ns)``."""
+
+IpState = tuple[str, int, Sequence[str], Sequence[str], Sequence[str]]
+"""A terminal's latest addresses: ``(device_id, ts_ns, ipv4, ipv6_ue, ipv6_cpe)``
+(``device_id`` without ``ip-``; three empty sequences are a tombstone)."""
+
+_CODEC = "DoubleDelta, ZSTD(1)"
+
+TELEMETRY_TABLE = Table(
+    name="telemetry",
+    columns=(
+        Column("device_type", ColType.STRING, low_cardinality=True),
+        Column("device_id", ColType.STRING, low_cardinality=True),
+        Column("ts_ns", ColType.TIMESTAMP, codec=_CODEC),
+        Column("metrics", ColType.MAP_STR_FLOAT, comment="numeric values by column name"),
+        Column(
+            "info",
+            ColType.MAP_STR_STR,
+            comment="strings, booleans (true/false), H3CellId as hex, other values as JSON",
+        ),
+        Column("ipv4", ColType.STRING_LIST, comment="terminal rows: latest known addresses"),
+        Column("ipv6_ue", ColType.STRING_LIST, comment="terminal rows: latest /64 (CIDR)"),
+        Column("ipv6_cpe", ColType.STRING_LIST, comment="terminal rows: latest /56 (CIDR)"),
+        Column("received_at", ColType.TIMESTAMP, codec=_CODEC, skip_index="minmax"),
+    ),
+    time_column="ts_ns",
+    order_by=("device_id", "ts_ns"),
+    entity_column="device_id",
+    comment="Starlink UserTerminal and Router telemetry, one row per device sample.",
+)
+
+ALERTS_TABLE = Table(
+    name="alerts",
+    columns=(
+        Column("device_type", ColType.STRING, low_cardinality=True),
+        Column("device_id", ColType.STRING, low_cardinality=True),
+        Column("ts_ns", ColType.TIMESTAMP, codec=_CODEC),
+        Column("alert_code", ColType.INT64),
+        Column("alert_name", ColType.STRING, low_cardinality=True),
+    ),
+    time_column="ts_ns",
+    order_by=("device_id", "ts_ns", "alert_code"),
+    entity_column="device_id",
+    comment="Active alerts: one row per alert code active in a device sample.",
+)
+
+ALERT_EVENTS_TABLE = Table(
+    name="alert_events",
+    columns=(
+        Column("device_type", ColType.STRING, low_cardinality=True),
+        Column("device_id", ColType.STRING, low_cardinality=True),
+        Column("ts_ns", ColType.TIMESTAMP, codec=_CODEC),
+        Column("alert_code", ColType.INT64),
+        Column("alert_name", ColType.STRING, low_cardinality=True),
+        Column("event", ColType.STRING, low_cardinality=True, comment="opened | cleared"),
+    ),
+    time_column="ts_ns",
+    order_by=("device_id", "alert_code", "ts_ns"),
+    entity_column="device_id",
+    comment="Alert edges: 'opened' the first time a code is active, 'cleared' when it ends.",
+)
+
+IP_ALLOCATIONS_TABLE = Table(
+    name="ip_allocations",
+    columns=(
+        Column("device_id", ColType.STRING, low_cardinality=True, comment="without ip-"),
+        Column("ts_ns", ColType.TIMESTAMP, codec=_CODEC),
+        Column("ipv4", ColType.STRING_LIST),
+        Column("ipv6_ue", ColType.STRING_LIST, comment="CIDR strings as sent"),
+        Column("ipv6_cpe", ColType.STRING_LIST, comment="CIDR strings as sent"),
+    ),
+    time_column="ts_ns",
+    order_by=("device_id", "ts_ns"),
+    entity_column="device_id",
+    comment="IpAllocs rows; three empty arrays are a tombstone.",
+)
+
+
+def tables(retention_days: int | None = 30) -> tuple[Table, Table, Table, Table]:
+    """The pipeline's four tables with the configured retention.
+
+    :param retention_days: ``TTL`` in days, ``None`` to keep rows forever.
+    """
+    return (
+        TELEMETRY_TABLE.with_ttl(retention_days),
+        ALERTS_TABLE.with_ttl(retention_days),
+        ALERT_EVENTS_TABLE.with_ttl(retention_days),
+        IP_ALLOCATIONS_TABLE.with_ttl(retention_days),
+    )
+
+
+def body_digest(body: bytes) -> str:
+    """A content id for a response body (32 hex chars): the same poll replayed or retried
+    gets the same id, so batch ids built from it de-duplicate in the store."""
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+class StarlinkEnvelopeError(SourceError):
+    """The response body is not a telemetry stream envelope (bad JSON or wrong shape).
+
+    :param reason: what is wrong, without the body.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"malformed Starlink stream response: {reason}")
+        self.reason = reason
+
+
+class StaleMappingError(OrbitStreamError):
+    """:meth:`StarlinkMapper.commit` got a mapping made from an older state."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRow:
+    """A row that could not be mapped.
+
+    :param device_type: the row's type code (``""`` when it has none).
+    :param reason: why, in words (names the column or the lengths at fault).
+    :param row: the raw decoded row, as sent.
+    :param table: the table it was meant for (``""`` when unknown).
+    """
+
+    device_type: str
+    reason: str
+    row: object
+    table: str = ""
+
+    def to_dead_letter(self, batch_id: str, pipeline: str = PIPELINE) -> DeadLetter:
+        """This row as a dead letter for the store's dead-letter table."""
+        return DeadLetter(
+            pipeline=pipeline,
+            table=self.table or "telemetry",
+            batch_id=batch_id,
+            row={"device_type": self.device_type, "row": self.row},
+            error=self.reason,
+        )
+
+
+_IpTuple = tuple[int, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+_AlertState = tuple[
+    int, dict[int, tuple[str, str, int]]
+]  # (newest ts, {code: (type, name, opened)})
+
+
+@dataclass(slots=True)
+class _Delta:
+    """State changes a mapping would make; applied by :meth:`StarlinkMapper.commit`."""
+
+    alerts: dict[str, _AlertState | None] = field(default_factory=dict)  # None: nothing open
+    ips: dict[str, _IpTuple] = field(default_factory=dict)
+    keys: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StarlinkMapping:
+    """The rows of one response, and the state change they imply.
+
+    :param rows: table name -> rows (tuples in the table's column order); every table of
+        :func:`tables` is present, possibly with no rows.
+    :param dead: rows that could not be mapped, each with its reason.
+    :param duplicates: rows skipped as near-duplicates of a row already mapped.
+    :param values: number of rows in the response.
+    """
+
+    rows: dict[str, list[Row]]
+    dead: list[DeadRow]
+    duplicates: int
+    values: int
+    _base: int
+    _delta: _Delta
+
+    @property
+    def row_count(self) -> int:
+        """Rows over all tables."""
+        return sum(len(r) for r in self.rows.values())
+
+    def dead_letters(self, batch_id: str, pipeline: str = PIPELINE) -> list[DeadLetter]:
+        """:attr:`dead` as dead letters."""
+        return [d.to_dead_letter(batch_id, pipeline) for d in self.dead]
+
+
+# -- envelope ------------------------------------------------------------------------
+
+
+class _Data(msgspec.Struct):
+    values: list[Any] | None = None
+    columnNamesByDeviceType: dict[str, list[str]] | None = None
+
+
+class _Enums(msgspec.Struct):
+    DeviceType: dict[str, str] | None = None
+    AlertsByDeviceType: dict[str, dict[str, str]] | None = None
+
+
+class _Metadata(msgspec.Struct):
+    enums: _Enums | None = None
+
+
+class _Envelope(msgspec.Struct):
+    data: _Data
+    metadata: _Metadata | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Envelope)
+_JSON = msgspec.json.Encoder()
+
+
+def _decode(body: bytes) -> _Envelope:
+    try:
+        return _DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise StarlinkEnvelopeError(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise StarlinkEnvelopeError(f"invalid JSON: {exc}") from exc
+
+
+# -- per-type plans and per-signature shapes ---------------------------------------------
+
+_TELEMETRY = 0
+_TERMINAL = 1
+_IPS = 2
+_SPECIAL = frozenset({"DeviceType", "UtcTimestampNs", "DeviceId", "H3CellId", *ALERT_COLUMNS})
+_BOOL_TEXT: Final = {True: "true", False: "false"}
+_NONE = type(None)
+
+
+class _Bad(Exception):
+    """A row-level reason to dead-letter (internal)."""
+
+
+def _getter(idxs: Sequence[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """``row -> tuple of row[i] for i in idxs`` (itemgetter, always returning a tuple)."""
+    if not idxs:
+        return lambda row: ()
+    if len(idxs) == 1:
+        i = idxs[0]
+        return lambda row: (row[i],)
+    return itemgetter(*idxs)
+
+
+def _role(code: str, name: str | None) -> int:
+    if name is not None:
+        if name == "IpAllocs":
+            return _IPS
+        return _TERMINAL if name == "UserTerminal" else _TELEMETRY
+    if code == "i":
+        return _IPS
+    return _TERMINAL if code == "u" else _TELEMETRY
+
+
+class _Shape:
+    """How to map the rows of one plan whose values have one tuple of types (a signature).
+
+    Rows of a type come in few signatures (a column is ``0`` or ``0.01``, null or not), so
+    the per-value type dispatch of rule 4 is done once per signature: :attr:`build` is a
+    function compiled for it, ``row -> (metrics, info)``, made of two dict displays
+    (``{"DownlinkThroughput": row[3], …}``). It is built as an AST whose keys are
+    ``ast.Constant`` nodes, so no text from a response is ever parsed as code.
+    """
+
+    __slots__ = ("alert_cols", "bad", "build", "int_get")
+
+    def __init__(self, plan: _Plan, sig: tuple[type, ...]) -> None:
+        self.bad = (
+            plan.error is not None
+            or len(sig) != plan.width
+            or sig[plan.id_idx] is not str
+            or sig[plan.ts_idx] is not int
+        )
+        self.alert_cols: tuple[tuple[int, str], ...] = ()
+        self.int_get: Callable[[list[Any]], tuple[Any, ...]] | None = None
+        metrics: list[tuple[str, ast.expr]] = []
+        info: list[tuple[str, ast.expr]] = []
+        if not self.bad:
+            ints: list[int] = []
+            for i in plan.value_idx:
+                t = sig[i]
+                name = plan.columns[i]
+                if t is float or t is int:
+                    metrics.append((name, _item(i)))
+                    if t is int:
+                        ints.append(i)
+                elif t is str:
+                    info.append((name, _item(i)))
+                elif t is bool:
+                    info.append((name, _call("B", i)))
+                elif t is not _NONE:
+                    info.append((name, _call("J", i)))
+            h3 = plan.h3_idx
+            if h3 >= 0 and sig[h3] is not _NONE:
+                value = _item(h3) if sig[h3] is str else _call("X" if sig[h3] is int else "J", h3)
+                info.append(("H3CellId", value))
+            self.alert_cols = tuple((i, c) for i, c in plan.alert_idx if sig[i] is not _NONE)
+            self.int_get = _getter(ints) if ints else None
+        self.build: Callable[[list[Any]], tuple[dict[str, float], dict[str, str]]] = _compile(
+            metrics, info
+        )
+
+
+def _item(i: int) -> ast.expr:
+    return ast.Subscript(ast.Name("row", ast.Load()), ast.Constant(i), ast.Load())
+
+
+def _call(fn: str, i: int) -> ast.expr:
+    return ast.Call(ast.Name(fn, ast.Load()), [_item(i)], [])
+
+
+def _hex(h3: int) -> str:
+    return format(h3, "x") if h3 >= 0 else str(h3)
+
+
+def _compile(
+    metrics: list[tuple[str, ast.expr]], info: list[tuple[str, ast.expr]]
+) -> Callable[[list[Any]], tuple[dict[str, float], dict[str, str]]]:
+    def display(items: list[tuple[str, ast.expr]]) -> ast.Dict:
+        return ast.Dict([ast.Constant(k) for k, _ in items], [v for _, v in items])
+
+    args = ast.arguments(
+        posonlyargs=[], args=[ast.arg("row")], kwonlyargs=[], kw_defaults=[], defaults=[]
+    )
+    body = ast.Return(ast.Tuple([display(metrics), display(info)], ast.Load()))
+    fn = ast.FunctionDef(name="build", args=args, body=[body], decorator_list=[], returns=None)
+    module = ast.fix_missing_locations(ast.Module([fn], type_ignores=[]))
+    namespace: dict[str, Any] = {"B": _BOOL_TEXT.__getitem__, "J": _json_text, "X": _hex}
+    exec(compile(module, "<starlink-shape>", "exec"), namespace)
+    build: Callable[[list[Any]], tuple[dict[str, float], dict[str, str]]] = namespace["build"]
+    return build
+
+
+class _Plan:
+    """What a response's column list for one device type means (cached across responses)."""
+
+    __slots__ = (
+        "alert_idx",
+        "code",
+        "columns",
+        "device_type",
+        "error",
+        "h3_idx",
+        "id_idx",
+        "ip_idx",
+        "role",
+        "shapes",
+        "table",
+        "ts_idx",
+        "value_idx",
+        "width",
+    )
+
+    def __init__(self, code: str, columns: tuple[str, ...], type_name: str | None) -> None:
+        self.code = code
+        self.columns = columns
+        self.role = _role(code, type_name)
+        self.table = IP_ALLOCATIONS_TABLE.name if self.role == _IPS else TELEMETRY_TABLE.name
+        self.device_type = type_name or code
+        self.width = len(columns)
+        self.shapes: dict[tuple[type, ...], _Shape] = {}
+        index: dict[str, int] = {}
+        for i, name in enumerate(columns):
+            index.setdefault(name, i)  # a repeated name: the first one counts
+        self.error: str | None = None
+        if not columns or columns[0] != "DeviceType":
+            self.error = f"the column list of device type {code!r} does not start with DeviceType"
+        else:
+            missing = [c for c in ("UtcTimestampNs", "DeviceId") if c not in index]
+            if missing:
+                self.error = (
+                    f"the column list of device type {code!r} has no {' or '.join(missing)}"
+                )
+        self.ts_idx = index.get("UtcTimestampNs", 0)
+        self.id_idx = index.get("DeviceId", 0)
+        self.ip_idx = (index.get("Ipv4", -1), index.get("Ipv6Ue", -1), index.get("Ipv6Cpe", -1))
+        self.value_idx = tuple(
+            i for i, name in enumerate(columns) if name not in _SPECIAL and index[name] == i
+        )
+        self.alert_idx = tuple((index[c], c) for c in ALERT_COLUMNS if c in index)
+        self.h3_idx = index.get("H3CellId", -1)
+
+    def shape(self, sig: tuple[type, ...]) -> _Shape:
+        if len(self.shapes) >= 4096:  # pathological variety: start over rather than grow
+            self.shapes.clear()
+        shape = self.shapes[sig] = _Shape(self, sig)
+        return shape
+
+    def check(self, row: list[Any]) -> tuple[str, int]:
+        """``(device id, ts)`` of a row, or :class:`_Bad` with the reason."""
+        if self.error is not None:
+            raise _Bad(self.error)
+        if len(row) != self.width:
+            raise _Bad(
+                f"row has {len(row)} values but the column list of device type "
+                f"{self.code!r} has {self.width}"
+            )
+        dev = row[self.id_idx]
+        if type(dev) is not str or not dev:
+            raise _Bad(f"DeviceId is not a non-empty string: {_short(dev)}")
+        ts = row[self.ts_idx]
+        if type(ts) is not int or not _MIN_NS <= ts <= _MAX_NS:
+            raise _Bad(f"UtcTimestampNs is not integer nanoseconds since 2000-01-01: {_short(ts)}")
+        return dev, ts
+
+
+def _alert_names(raw: dict[str, str] | None) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for key, name in (raw or {}).items():
+        try:
+            names[int(key)] = name
+        except ValueError:
+            continue  # a key that is not a code cannot match any row's code
+    return names
+
+
+def _codes(value: object, column: str) -> tuple[int, ...]:
+    if type(value) is not list:
+        if type(value) is int:
+            return _codes([value], column)
+        raise _Bad(f"{column} is not an array of alert codes: {_short(value)}")
+    out: list[int] = []
+    for code in value:
+        if type(code) is str and code.strip().lstrip("-").isdigit():
+            code = int(code)
+        if type(code) is not int or not _MIN_CODE <= code <= _MAX_CODE:
+            raise _Bad(f"{column} holds a value that is not an integer alert code: {_short(code)}")
+        out.append(code)
+    return tuple(dict.fromkeys(out))
+
+
+def _addresses(value: object, column: str) -> tuple[str, ...]:
+    if value is None:
+        return _NO_IPS
+    if type(value) is not list:
+        raise _Bad(f"{column} is not an array of addresses: {_short(value)}")
+    for item in value:
+        if type(item) is not str:
+            raise _Bad(f"{column} holds a value that is not an address string: {_short(item)}")
+    return tuple(value)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _json_text(value: object) -> str:
+    return _JSON.encode(value).decode()
+
+
+def _inexact(metrics: dict[str, float], info: dict[str, str]) -> None:
+    """Move integers that Float64 cannot hold exactly from ``metrics`` to ``info``."""
+    for name, v in list(metrics.items()):
+        if type(v) is int and not -_EXACT <= v <= _EXACT:
+            del metrics[name]
+            info[name] = str(v)
+
+
+# -- the mapper ----------------------------------------------------------------------
+
+
+class StarlinkMapper:
+    """Maps stream response bodies to rows; holds the cross-batch state.
+
+    Not thread-safe: map and commit from one task, one response at a time.
+
+    :param recent_limit: how many recent (type, device, timestamp) keys are remembered to
+        drop near-duplicates that arrive in a later response.
+    """
+
+    def __init__(self, *, recent_limit: int = 262_144) -> None:
+        if recent_limit < 0:
+            raise ValueError("recent_limit must be >= 0")
+        self.recent_limit = recent_limit
+        self._version = 0
+        # device id -> (newest evaluated ts, {code: (device type, name, opened ns)}),
+        # for the devices with at least one open alert
+        self._alerts: dict[str, _AlertState] = {}
+        self._ips: dict[str, _IpTuple] = {}
+        self._recent: dict[tuple[str, str, int], None] = {}
+        self._plans: dict[tuple[str, tuple[str, ...], str | None], _Plan] = {}
+
+    # -- state -------------------------------------------------------------------------
+    def restore(
+        self,
+        *,
+        open_alerts: Iterable[OpenAlert] = (),
+        ips: Iterable[IpState] = (),
+    ) -> None:
+        """Replace the state with what the store holds (at start-up, before any map).
+
+        :param open_alerts: alerts whose last event is ``opened``, as
+            ``(device_type, device_id, alert_code, alert_name, opened_ns)``.
+        :param ips: each terminal's latest ``ip_allocations`` row, as
+            ``(device_id, ts_ns, ipv4, ipv6_ue, ipv6_cpe)``.
+
+        A restored device's newest evaluated time is its latest ``opened_ns``; rows older
+        than that do not produce alert events.
+        """
+        alerts: dict[str, _AlertState] = {}
+        for device_type, device_id, code, name, opened_ns in open_alerts:
+            last, codes = alerts.get(device_id, (-1, {}))
+            codes[int(code)] = (device_type, name, int(opened_ns))
+            alerts[device_id] = (max(last, int(opened_ns)), codes)
+        state: dict[str, _IpTuple] = {}
+        for device_id, ts_ns, v4, ue, cpe in ips:
+            dev = device_id[len(_IP_PREFIX) :] if device_id.startswith(_IP_PREFIX) else device_id
+            current = state.get(dev)
+            if current is None or ts_ns >= current[0]:
+                state[dev] = (int(ts_ns), tuple(v4), tuple(ue), tuple(cpe))
+        self._alerts = alerts
+        self._ips = state
+        self._recent = {}
+        self._version += 1
+
+    def open_alerts(self) -> list[OpenAlert]:
+        """The committed open alerts, in the shape :meth:`restore` takes."""
+        return [
+            (device_type, dev, code, name, opened)
+            for dev, (_, codes) in self._alerts.items()
+            for code, (device_type, name, opened) in codes.items()
+        ]
+
+    def ip_state(self) -> list[IpState]:
+        """The committed latest addresses per terminal, in the shape :meth:`restore` takes."""
+        return [(dev, ts, v4, ue, cpe) for dev, (ts, v4, ue, cpe) in self._ips.items()]
+
+    def commit(self, mapping: StarlinkMapping) -> None:
+        """Make a mapping's state change permanent; call once its rows are durable.
+
+        :raises StaleMappingError: the mapping was made before another commit or restore
+            (map the body again from the current state).
+        """
+        if mapping._base != self._version:
+            raise StaleMappingError("this mapping was made from an older state; map it again")
+        delta = mapping._delta
+        for dev, state in delta.alerts.items():
+            if state is None:
+                self._alerts.pop(dev, None)
+            else:
+                self._alerts[dev] = state
+        self._ips.update(delta.ips)
+        recent = self._recent
+        limit = self.recent_limit
+        if limit:
+            recent.update(dict.fromkeys(delta.keys))
+            excess = len(recent) - limit
+            if excess > 0:
+                for key in list(islice(recent, excess)):
+                    del recent[key]
+        self._version += 1
+
+    # -- mapping -----------------------------------------------------------------------
+    def _plan(self, code: str, columns: list[str], type_name: str | None) -> _Plan:
+        key = (code, tuple(columns), type_name)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) > 256:
+                self._plans.clear()
+            plan = self._plans[key] = _Plan(code, key[1], type_name)
+        return plan
+
+    def map(self, body: bytes, received_ns: int) -> StarlinkMapping:
+        """Rows for every table from one response body. Pure: the state is only read.
+
+        The cyclic garbage collector is paused while mapping: a 65,000-row response makes
+        ~300k containers that all survive (they are the result) and hold no cycles, and
+        the collector would walk them about ten times per call for nothing (measured:
+        15-20 % of the mapping time).
+
+        :param body: the response body as received.
+        :param received_ns: when it was received (epoch ns): the ``received_at`` column.
+        :raises StarlinkEnvelopeError: the body is not a stream envelope.
+        """
+        enabled = gc.isenabled()
+        if enabled:
+            gc.disable()
+        try:
+            return self._map(body, received_ns)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _map(self, body: bytes, received_ns: int) -> StarlinkMapping:
+        env = _decode(body)
+        values = env.data.values or []
+        column_lists = env.data.columnNamesByDeviceType or {}
+        enums = env.metadata.enums if env.metadata is not None else None
+        type_names = (enums.DeviceType if enums is not None else None) or {}
+        alert_maps = (enums.AlertsByDeviceType if enums is not None else None) or {}
+
+        plans: dict[str, _Plan] = {}
+        names_by_code: dict[str, dict[int, str]] = {}
+        ip_codes: set[str] = set()
+        for code, columns in column_lists.items():
+            plans[code] = self._plan(code, columns, type_names.get(code))
+            if plans[code].role == _IPS:
+                ip_codes.add(code)
+            else:
+                names_by_code[code] = _alert_names(alert_maps.get(code))
+
+        dead: list[DeadRow] = []
+        seen: dict[tuple[str, str, int], None] = {}  # insertion-ordered
+        delta = _Delta()
+        ip_rows, timelines, duplicates = self._ip_pass(values, plans, ip_codes, seen, dead, delta)
+
+        # Pass 2: every other row.
+        recent = self._recent
+        committed_ips = self._ips
+        telemetry: list[Row] = []
+        alerts: list[Row] = []
+        flat: list[tuple[str, int, tuple[int, ...], str]] = []  # (device, ts, codes, type code)
+        alerting: set[str] = set()
+        min_ns, max_ns, exact = _MIN_NS, _MAX_NS, _EXACT
+        for row in values:
+            if type(row) is not list or not row:
+                dead.append(DeadRow("", f"row is not a non-empty array: {_short(row)}", row))
+                continue
+            code = row[0]
+            plan = plans.get(code) if type(code) is str else None
+            if plan is None:
+                dead.append(
+                    DeadRow(
+                        code if type(code) is str else "",
+                        f"no column list for device type {_short(code)} in this response",
+                        row,
+                    )
+                )
+                continue
+            if plan.role == _IPS:
+                continue  # done in pass 1
+            sig = tuple(map(type, row))
+            shape = plan.shapes.get(sig)
+            if shape is None:
+                shape = plan.shape(sig)
+            codes: tuple[int, ...] = ()
+            try:
+                if shape.bad:
+                    plan.check(row)  # raises with the reason
+                dev = row[plan.id_idx]
+                ts = row[plan.ts_idx]
+                if not dev or ts < min_ns or ts > max_ns:
+                    plan.check(row)
+                key = (code, dev, ts)
+                if key in seen or (recent and key in recent):
+                    duplicates += 1
+                    continue
+                for i, column in shape.alert_cols:
+                    value = row[i]
+                    if value:
+                        more = _codes(value, column)
+                        codes = more if not codes else tuple(dict.fromkeys(codes + more))
+            except _Bad as bad:
+                dead.append(DeadRow(code, str(bad), row, plan.table))
+                continue
+            seen[key] = None
+            metrics, info = shape.build(row)
+            if shape.int_get is not None:
+                ints = shape.int_get(row)
+                if max(ints) > exact or min(ints) < -exact:
+                    _inexact(metrics, info)
+            dtype = plan.device_type
+            if plan.role == _TERMINAL:
+                tl = timelines.get(dev) if timelines else None
+                if tl is not None:
+                    pos = bisect.bisect_right(tl[0], ts) - 1
+                    v4, ue, cpe = tl[1][pos if pos >= 0 else 0]
+                else:
+                    state = committed_ips.get(dev)
+                    if state is not None:
+                        _, v4, ue, cpe = state
+                    else:
+                        v4 = ue = cpe = _NO_IPS
+                telemetry.append((dtype, dev, ts, metrics, info, v4, ue, cpe, received_ns))
+            else:
+                telemetry.append(
+                    (dtype, dev, ts, metrics, info, _NO_IPS, _NO_IPS, _NO_IPS, received_ns)
+                )
+            if codes:
+                alerting.add(dev)
+                names = names_by_code[code]
+                for c in codes:
+                    alerts.append((dtype, dev, ts, c, names.get(c) or f"unknown_alert_{c}"))
+            flat.append((dev, ts, codes, code))
+
+        alert_events = self._edges(flat, alerting, plans, names_by_code, delta)
+        delta.keys = list(seen)
+        rows: dict[str, list[Row]] = {
+            TELEMETRY_TABLE.name: telemetry,
+            ALERTS_TABLE.name: alerts,
+            ALERT_EVENTS_TABLE.name: alert_events,
+            IP_ALLOCATIONS_TABLE.name: ip_rows,
+        }
+        return StarlinkMapping(rows, dead, duplicates, len(values), self._version, delta)
+
+    def _ip_pass(
+        self,
+        values: list[Any],
+        plans: dict[str, _Plan],
+        ip_codes: set[str],
+        seen: dict[tuple[str, str, int], None],
+        dead: list[DeadRow],
+        delta: _Delta,
+    ) -> tuple[list[Row], dict[str, tuple[list[int], list[tuple[tuple[str, ...], ...]]]], int]:
+        """Pass 1: IpAllocs rows, so that terminal rows anywhere in the response see them.
+
+        Returns the ``ip_allocations`` rows, per terminal its timeline (sorted times and
+        address triples, the committed state included) and the duplicates skipped.
+        """
+        rows: list[Row] = []
+        duplicates = 0
+        if not ip_codes:
+            return rows, {}, duplicates
+        recent = self._recent
+        events: dict[str, list[_IpTuple]] = {}
+        try:  # a quick scan (C-level comparisons) when every row is a non-empty array
+            candidates = [row for row in values if row[0] in ip_codes]
+        except (TypeError, IndexError, KeyError):
+            candidates = [
+                row
+                for row in values
+                if type(row) is list and row and type(row[0]) is str and row[0] in ip_codes
+            ]
+        for row in candidates:
+            if type(row) is not list:
+                continue  # e.g. a string whose first character is a type code
+            plan = plans[row[0]]
+            try:
+                dev, ts = plan.check(row)
+                if dev.startswith(_IP_PREFIX):
+                    dev = dev[len(_IP_PREFIX) :]
+                key = (plan.code, dev, ts)
+                if key in seen or key in recent:
+                    duplicates += 1
+                    continue
+                i4, i6u, i6c = plan.ip_idx
+                v4 = _addresses(row[i4], "Ipv4") if i4 >= 0 else _NO_IPS
+                ue = _addresses(row[i6u], "Ipv6Ue") if i6u >= 0 else _NO_IPS
+                cpe = _addresses(row[i6c], "Ipv6Cpe") if i6c >= 0 else _NO_IPS
+            except _Bad as bad:
+                dead.append(DeadRow(plan.code, str(bad), row, plan.table))
+                continue
+            seen[key] = None
+            rows.append((dev, ts, v4, ue, cpe))
+            events.setdefault(dev, []).append((ts, v4, ue, cpe))
+        committed = self._ips
+        timelines: dict[str, tuple[list[int], list[tuple[tuple[str, ...], ...]]]] = {}
+        for dev, evs in events.items():
+            base = committed.get(dev)
+            merged = [base, *evs] if base is not None else evs
+            merged.sort(key=_first)
+            timelines[dev] = ([e[0] for e in merged], [(e[1], e[2], e[3]) for e in merged])
+            latest = merged[-1]
+            if latest is not base:
+                delta.ips[dev] = latest
+        return rows, timelines, duplicates
+
+    def _edges(
+        self,
+        flat: list[tuple[str, int, tuple[int, ...], str]],
+        alerting: set[str],
+        plans: dict[str, _Plan],
+        names_by_code: dict[str, dict[int, str]],
+        delta: _Delta,
+    ) -> list[Row]:
+        """``opened`` / ``cleared`` rows from the rows' alert codes, per device in time order."""
+        committed = self._alerts
+        if not alerting and not committed:
+            return []
+        groups: dict[str, list[tuple[str, int, tuple[int, ...], str]]] = {}
+        for item in flat:
+            dev = item[0]
+            if dev in alerting or dev in committed:
+                group = groups.get(dev)
+                if group is None:
+                    groups[dev] = [item]
+                else:
+                    group.append(item)
+        events: list[Row] = []
+        for dev, items in groups.items():
+            items.sort(key=_second)
+            state = committed.get(dev)
+            last, before = state if state is not None else (-1, {})
+            current = dict(before)
+            for _, ts, codes, code in items:
+                if ts <= last:
+                    continue  # not newer than what was already evaluated
+                last = ts
+                if codes:
+                    dtype = plans[code].device_type
+                    names = names_by_code[code]
+                    for c in codes:
+                        if c not in current:
+                            name = names.get(c) or f"unknown_alert_{c}"
+                            current[c] = (dtype, name, ts)
+                            events.append((dtype, dev, ts, c, name, "opened"))
+                if len(current) > len(codes):
+                    for c in [c for c in current if c not in codes]:
+                        dtype, name, _ = current.pop(c)
+                        events.append((dtype, dev, ts, c, name, "cleared"))
+            if current:
+                delta.alerts[dev] = (last, current)
+            elif state is not None:
+                delta.alerts[dev] = None
+        return events
+
+
+def _first(item: tuple[Any, ...]) -> Any:
+    return item[0]
+
+
+def _second(item: tuple[Any, ...]) -> Any:
+    return item[1]

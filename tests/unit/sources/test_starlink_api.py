@@ -1,0 +1,131 @@
+"""Starlink source pieces without a network: settings, Retry-After, body checks, archive."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+from pathlib import Path
+
+import msgspec
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from orbitstream.errors import SourceError
+from orbitstream.sources.starlink_api import (
+    DEFAULT_STREAM_URL,
+    DEFAULT_TOKEN_URL,
+    RawArchive,
+    StarlinkSettings,
+    count_rows,
+    parse_retry_after,
+)
+
+
+def settings(**kw: object) -> StarlinkSettings:
+    return StarlinkSettings(client_id="id", client_secret=SecretStr("s3cret"), **kw)  # type: ignore[arg-type]
+
+
+def test_settings_defaults_are_the_documented_ones() -> None:
+    s = settings()
+    assert s.token_url == DEFAULT_TOKEN_URL == "https://starlink.com/api/auth/connect/token"
+    assert s.stream_url == DEFAULT_STREAM_URL
+    assert DEFAULT_STREAM_URL == "https://starlink.com/api/public/v2/telemetry/stream"
+    assert (s.batch_size, s.max_linger_ms) == (1000, 15000)
+    assert s.stream_timeout_secs >= s.max_linger_ms / 1000 + 1
+    assert msgspec.json.decode(s.request_body()) == {"batchSize": 1000, "maxLingerMs": 15000}
+    assert "s3cret" not in repr(s) and "s3cret" not in str(s.model_dump())
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"batch_size": 0},
+        {"batch_size": 65001},
+        {"max_linger_ms": 0},
+        {"max_linger_ms": 65001},
+        {"token_url": "ftp://x"},
+        {"stream_url": "starlink.com/api"},
+        {"timeout_margin_secs": 0.5},
+        {"token_auth": "digest"},
+        {"unknown": 1},
+    ],
+)
+def test_settings_refuse_bad_values(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        settings(**bad)
+
+
+def test_settings_refuse_missing_credentials() -> None:
+    with pytest.raises(ValidationError):
+        StarlinkSettings(client_id="", client_secret=SecretStr("x"))
+    with pytest.raises(ValidationError):
+        StarlinkSettings(client_id="id", client_secret=SecretStr(""))
+
+
+def test_settings_bounds_are_inclusive() -> None:
+    s = settings(batch_size=65000, max_linger_ms=65000, timeout_margin_secs=1.0)
+    assert s.stream_timeout_secs == pytest.approx(66.0)
+    assert msgspec.json.decode(settings(batch_size=1, max_linger_ms=1).request_body()) == {
+        "batchSize": 1,
+        "maxLingerMs": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "secs"),
+    [
+        (None, None),
+        ("", None),
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("-3", 0.0),
+        ("soon", None),
+        ("nan", None),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+    ],
+)
+def test_retry_after(value: str | None, secs: float | None) -> None:
+    now = dt.datetime(2015, 10, 21, 7, 28, 0, tzinfo=dt.UTC)
+    assert parse_retry_after(value, now=now) == secs
+
+
+def test_count_rows_checks_the_whole_body() -> None:
+    assert count_rows(b'{"data": {"values": [[1], [2], [3]]}, "metadata": {}}') == 3
+    assert count_rows(b'{"data": {"values": []}}') == 0
+    assert count_rows(b'{"data": {}}') == 0
+    assert count_rows(b'{"other": 1}') == 0
+    assert count_rows(b'{"data": 5, "x": [1, 2]}') == 0  # well-formed, another shape
+    for bad in (b'{"data": {"values": [[1], [2', b"<html>", b'{"data": 5, "x": [1, 2', b""):
+        with pytest.raises(msgspec.DecodeError):
+            count_rows(bad)
+
+
+def test_archive_round_trip_in_poll_order(tmp_path: Path) -> None:
+    archive = RawArchive(tmp_path / "raw")
+    bodies = [b'{"data": {"values": []}}', b'{"n": 2}', b"\n\n\x00binary"]
+    archive.append(bodies[1], 2_000_000_000_000_000_000, 8)
+    archive.append(bodies[0], 1_900_000_000_000_000_000, 7)
+    path = archive.append(bodies[2], 2_000_000_000_000_000_000, 9)
+    (tmp_path / "raw" / "0000000000000000001-0000000001.json.gz.tmp").write_bytes(b"torn")
+    (tmp_path / "raw" / "notes.txt").write_text("ignored")
+    polls = list(archive)
+    assert [p.body for p in polls] == bodies
+    assert [(p.poll_ns, p.poll_number) for p in polls] == [
+        (1_900_000_000_000_000_000, 7),
+        (2_000_000_000_000_000_000, 8),
+        (2_000_000_000_000_000_000, 9),
+    ]
+    assert gzip.decompress(path.read_bytes()) == bodies[2]
+    assert [p.body for p in RawArchive.read(path)] == [bodies[2]]
+
+
+def test_archive_refuses_what_it_cannot_read(tmp_path: Path) -> None:
+    bad = tmp_path / "0000000000000000001-0000000001.json.gz"
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(SourceError, match="unreadable"):
+        list(RawArchive.read(tmp_path))
+    other = tmp_path / "dump.json"
+    other.write_text("{}")
+    with pytest.raises(SourceError, match="not a Starlink archive file"):
+        list(RawArchive.read(other))
