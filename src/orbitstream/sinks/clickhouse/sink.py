@@ -253,7 +253,11 @@ class ClickHouseSink:
         """Blocking :meth:`query`, callable from any thread."""
         text = sql.strip().rstrip(";").rstrip()
         try:
-            raw = self._transport.query_bytes(text, params, _QUERY_SETTINGS, "JSONCompact")
+            settings = {
+                **_QUERY_SETTINGS,
+                "max_execution_time": max(1, round(self.settings.query_timeout_secs)),
+            }
+            raw = self._transport.query_bytes(text, params, settings, "JSONCompact")
         except Exception as exc:
             message, code, _status, _kind = describe_error(exc)
             raise QueryError(message, code) from exc
