@@ -1,16 +1,35 @@
-"""OrbitStream's exception hierarchy.
+"""OrbitStream's exception hierarchy: every exception the project raises on purpose.
 
 ::
 
     OrbitStreamError
-    ├── ConfigError                 bad setting; the message names the variable or flag
-    ├── SourceError                 a source could not read or decode its input
-    ├── RecordError                 one record is invalid
-    │   └── RecordRejected          ...and goes to the dead-letter store, never crashing a run
-    └── SinkError                   a sink could not write a batch (carries sink, table, batch_id)
-        ├── SinkRetryableError      transient: network, timeout, 5xx, too many parts -> retry
-        ├── SinkRejectedError       permanent: schema/type error -> dead letters, never retried
-        └── BackpressureError       buffers are full; retry after ``retry_after_secs``
+    ├── ConfigError                    a bad setting; names the variable, TOML key or flag
+    ├── SourceError                    a source could not read or decode its input
+    │   ├── StarlinkEnvelopeError      (pipelines.starlink) a response is not the documented shape
+    │   └── StarlinkError              (sources.starlink_api) the API answered an error
+    │       ├── StarlinkRetryableError       429, 5xx, timeouts: back off and poll again
+    │       │   └── StarlinkInvalidResponseError   truncated or non-JSON body
+    │       ├── StarlinkTokenError           the token request failed (status and body)
+    │       ├── StarlinkAuthError            a fresh token is refused
+    │       ├── StarlinkPermissionError      403
+    │       └── StarlinkRequestError         the request itself is wrong (4xx)
+    ├── RecordError                    one record is invalid
+    │   └── RecordRejected             ...and goes to the dead-letter store, never crashing a run
+    │       └── EncodeError            (sinks.postgres.encoding) a value the column cannot hold
+    ├── StaleMappingError              (pipelines.starlink) a mapping committed out of order
+    ├── QueryError                     a read query was refused or failed (``code``: the store's)
+    ├── ServerUnreachableError         (simulate.driver) the ingest API cannot be reached
+    ├── BackpressureError              buffers are full; retry after ``retry_after_secs``
+    └── SinkError                      a sink could not write a batch (sink, table, batch_id)
+        ├── SinkRetryableError         transient: network, timeout, 5xx, too many parts -> retry
+        │   ├── ClickHouseRetryableError   (sinks.clickhouse_errors) with the server's code
+        │   └── PostgresRetryableError     (sinks.postgres.sink) with the SQLSTATE
+        └── SinkRejectedError          the store refuses the rows: dead letters, never retried
+            ├── ClickHouseRejectedError
+            └── PostgresRejectedError
+
+Not errors: :class:`orbitstream.sources.http.server.Refusal` is how a streaming handler
+answers early; modules keep private exceptions for control flow.
 """
 
 from __future__ import annotations
@@ -21,6 +40,7 @@ __all__ = [
     "BackpressureError",
     "ConfigError",
     "OrbitStreamError",
+    "QueryError",
     "RecordError",
     "RecordRejected",
     "SinkError",
@@ -55,6 +75,18 @@ class RecordError(OrbitStreamError):
 
 class RecordRejected(RecordError):
     """A record was refused and belongs in the dead-letter store."""
+
+
+class QueryError(OrbitStreamError):
+    """A read query was refused or failed (syntax, unknown table, read-only violation...).
+
+    :param code: the store's error code (ClickHouse code; PostgreSQL SQLSTATE as an int
+        when it is all digits).
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class SinkError(OrbitStreamError):

@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from orbitstream.errors import OrbitStreamError
 from orbitstream.simulate.model import SatelliteModel
 
 __all__ = [
@@ -69,7 +70,7 @@ _MIN_TICK_S = 0.001
 _BATCH_LINGER_NS = 50_000_000
 
 
-class ServerUnreachableError(ConnectionError):
+class ServerUnreachableError(OrbitStreamError, ConnectionError):
     """No connection to the ingest API could be opened."""
 
     def __init__(self, url: str, reason: str) -> None:

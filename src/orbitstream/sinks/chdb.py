@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,31 +24,15 @@ from orbitstream.core.batch import Batch, DeadLetter
 from orbitstream.core.tables import Table
 from orbitstream.errors import ConfigError, SinkRejectedError, SinkRetryableError
 from orbitstream.sinks.arrow import bad_rows, to_ipc_stream
+from orbitstream.sinks.clickhouse_errors import error_code, sink_error
 from orbitstream.sinks.clickhouse_guard import guard_query
 from orbitstream.sinks.clickhouse_sql import ClickHouseDialect, quote_ident
 from orbitstream.sinks.results import QueryError, Rows
 
-__all__ = ["ChdbSink", "QueryError", "Rows", "classify_clickhouse_error"]
+__all__ = ["ChdbSink", "QueryError", "ReadLimits", "Rows"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_CODE = re.compile(r"Code: (\d+)")
-# Errors in the data itself: retrying the same rows cannot succeed.
-REJECT_CODES = frozenset(
-    {6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 130, 131, 190, 349, 394, 432, 1001}
-)
-
-
-def error_code(exc: BaseException) -> int | None:
-    m = _CODE.search(str(exc))
-    return int(m.group(1)) if m else None
-
-
-def classify_clickhouse_error(code: int | None) -> str:
-    """``rejected`` for data/schema errors, ``retryable`` for everything else."""
-    return "rejected" if code in REJECT_CODES else "retryable"
-
 
 @dataclass(frozen=True, slots=True)
 class ReadLimits:
@@ -235,16 +218,11 @@ class ChdbSink:
             ) from exc
         try:
             self._insert(batch.table.name, self.dialect.insert_settings(batch.batch_id), data)
+        except (SinkRetryableError, SinkRejectedError):
+            raise
         except Exception as exc:
-            code = error_code(exc)
-            kind = classify_clickhouse_error(code)
-            cls = SinkRejectedError if kind == "rejected" else SinkRetryableError
-            raise cls(
-                str(exc),
-                sink=self.name,
-                table=batch.table.name,
-                batch_id=batch.batch_id,
-                status_code=code,
+            raise sink_error(
+                exc, sink=self.name, table=batch.table.name, batch_id=batch.batch_id
             ) from exc
 
     async def write(self, batch: Batch) -> None:

@@ -5,15 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from orbitstream.errors import QueryError
+
 __all__ = ["QueryError", "Rows"]
-
-
-class QueryError(Exception):
-    """A read query failed (syntax, unknown table, read-only violation...)."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(slots=True)

@@ -49,6 +49,7 @@ import msgspec
 
 from orbitstream.core.batch import Batch, Row
 from orbitstream.core.tables import ColType, Column, Rollup, Table
+from orbitstream.errors import RecordRejected
 
 __all__ = [
     "COPY_HEADER",
@@ -85,7 +86,7 @@ _FIXED: dict[ColType, tuple[str, int]] = {
 _json = msgspec.json.Encoder()
 
 
-class EncodeError(ValueError):
+class EncodeError(RecordRejected, ValueError):
     """A value cannot be represented in its column's PostgreSQL type.
 
     :param column: the column name.
