@@ -1,14 +1,38 @@
-"""Plug points: what a sink and a dead-letter store must provide."""
+"""Plug points: what the runtime calls on a sink, a store and a source, and what a source
+may call back.
+
+- :class:`Sink` writes batches. :class:`SinkBase` gives the optional parts defaults.
+- :class:`Store` is a sink that also answers read queries (the dashboard's own, and users'
+  through the read-only guard): chDB, ClickHouse, PostgreSQL.
+- :class:`Source` feeds one pipeline; the runtime starts it with a :class:`SourceContext`,
+  runs it, and stops it before the pipeline drains.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from orbitstream.core.batch import Batch, DeadLetter
+from orbitstream.core.batch import Ack, Batch, DeadLetter, Row
 from orbitstream.core.tables import Table
+from orbitstream.core.times import INT64_NS_RANGE
 
-__all__ = ["DeadLetterStore", "QueryResult", "Queryable", "Sink"]
+if TYPE_CHECKING:
+    from orbitstream.core.metrics import Metrics
+    from orbitstream.sinks.results import Rows
+    from orbitstream.sources.http.server import Router
+
+__all__ = [
+    "DeadLetterStore",
+    "Dialect",
+    "Sink",
+    "SinkBase",
+    "Source",
+    "SourceContext",
+    "Store",
+]
+
+Dialect = Literal["clickhouse", "postgres"]
 
 
 @runtime_checkable
@@ -16,14 +40,22 @@ class Sink(Protocol):
     """A destination that writes one batch per call.
 
     ``write`` raises :class:`~orbitstream.errors.SinkRetryableError` for transient
-    failures and :class:`~orbitstream.errors.SinkRejectedError` when the backend
-    refuses the data itself. Writing the same ``batch_id`` twice must store it once.
+    failures and :class:`~orbitstream.errors.SinkRejectedError` when the backend refuses
+    the data itself (with ``bad_rows`` when it knows which). Writing the same
+    ``batch_id`` twice must store it once.
+
+    :attr max_concurrent_writes: batches of one table the runtime may write at once.
+    :attr time_range_ns: the timestamps the sink can hold (epoch ns, inclusive); the
+        runtime refuses others at the door.
     """
 
     name: str
+    max_concurrent_writes: int
+    time_range_ns: tuple[int, int]
 
     async def start(self, tables: Sequence[Table]) -> None:
-        """Connect and create or migrate the tables."""
+        """Connect and create or migrate the tables (the union of every pipeline's that
+        writes here, each in its namespace)."""
 
     async def write(self, batch: Batch) -> None:
         """Write one batch, atomically where the backend allows."""
@@ -34,23 +66,121 @@ class Sink(Protocol):
     async def ping(self) -> None:
         """Raise if the backend cannot be reached."""
 
+    async def maintain(self) -> object:
+        """Periodic upkeep (partitions, retention); never raises."""
+
     async def close(self) -> None:
-        """Release connections; called after the last write."""
-
-
-class QueryResult(Protocol):
-    columns: list[str]
-    rows: list[tuple[object, ...]]
+        """Release connections; called once, after the last pipeline has drained."""
 
 
 @runtime_checkable
-class Queryable(Protocol):
-    """A store that can answer read-only SQL (for dashboards and ``orbitstream query``)."""
+class Store(Sink, Protocol):
+    """A sink that answers reads: the dashboard's queries and users' read-only queries.
 
-    async def query(self, sql: str, params: dict[str, object] | None = None) -> QueryResult:
-        """Run a read-only query."""
+    ``database`` is the namespace a user query runs in (a ClickHouse database, a
+    PostgreSQL schema); ``None`` is the store's default.
+    """
+
+    query_dialect: Dialect
+
+    async def query(self, sql: str, params: dict[str, object] | None = None) -> Rows:
+        """The service's own read query (trusted SQL, parameters bound by the store)."""
+
+    async def user_query(self, sql: str, database: str | None = None) -> Rows:
+        """A user's query, checked and run read-only with a time limit."""
+
+    def user_query_sync(self, sql: str, database: str | None = None) -> Rows:
+        """:meth:`user_query` for synchronous callers (the CLI without a service)."""
+
+    def close_sync(self) -> None:
+        """Release what :meth:`user_query_sync` opened."""
+
+
+class SinkBase:
+    """Defaults for the optional parts of :class:`Sink`: one write at a time, any int64
+    nanosecond timestamp, no upkeep."""
+
+    max_concurrent_writes: int = 1
+    time_range_ns: tuple[int, int] = INT64_NS_RANGE
+
+    async def maintain(self) -> object:
+        return None
 
 
 class DeadLetterStore(Protocol):
     def write(self, letters: Sequence[DeadLetter]) -> None:
         """Persist refused rows (last resort when the sink itself cannot)."""
+
+
+@runtime_checkable
+class SourceContext(Protocol):
+    """What the runtime offers the source of one pipeline."""
+
+    @property
+    def pipeline(self) -> str:
+        """The pipeline's name (batch ids, metrics labels, dead letters)."""
+
+    @property
+    def tables(self) -> Mapping[str, Table]:
+        """The pipeline's tables by name, with their namespaces."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def store(self) -> Store:
+        """The primary store (to restore the pipeline's state at start)."""
+
+    @property
+    def router(self) -> Router:
+        """The service's HTTP routes (sources that take HTTP add theirs)."""
+
+    def submit(
+        self, rows: Mapping[str, Sequence[Row]], ack: Ack | None = None, *, key: str | None = None
+    ) -> None:
+        """Route rows to every sink, all or nothing.
+
+        With ``key`` the rows of each table become one batch of their own whose id is
+        derived from the key (``<pipeline>:<table>:<key>``), so a replay of the same input
+        is de-duplicated by the stores; without, they join the size/linger batches.
+
+        :raises BackpressureError: a sink has no room; nothing was added.
+        """
+
+    def submit_one(self, table: str, row: Row, ack: Ack | None = None) -> None:
+        """One row for one table (the fast path of single-record sources)."""
+
+    def has_room(self, rows: int) -> bool:
+        """Whether every sink could take ``rows`` more rows now."""
+
+    async def wait_for_room(self, rows: int = 1) -> None:
+        """Return once every sink could take ``rows`` rows."""
+
+    def flush(self) -> None:
+        """Cut every open batch now."""
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Keep input the source could not map (in the primary store's dead letters, else
+        the dead-letter file)."""
+
+    def on_health(self, report: Callable[[], dict[str, object]]) -> None:
+        """Add the source's own state to ``/health`` (called at each request)."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Where a pipeline's input comes from: HTTP requests, Kafka partitions, Starlink polls.
+
+    ``start`` connects (and registers routes, restores positions); ``run`` reads until
+    :meth:`stop` is called or the source fails (raising
+    :class:`~orbitstream.errors.SourceError`); ``stop`` stops taking input, waits for what
+    is in flight to be durable, commits positions, and makes ``run`` return.
+    """
+
+    name: str
+
+    async def start(self, ctx: SourceContext) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def stop(self, timeout_secs: float) -> None: ...

@@ -118,6 +118,10 @@ class Table:
     """A table declaration.
 
     Rows handed to sinks are tuples in :attr:`columns` order.
+
+    :param namespace: where the table lives in a store — a ClickHouse/chDB database, a
+        PostgreSQL schema; ``None`` is the store's default (``default`` / ``public``). Set
+        by the runtime from the pipeline's namespace.
     """
 
     name: str
@@ -129,6 +133,7 @@ class Table:
     rollups: tuple[Rollup, ...] = ()
     comment: str = ""
     replacing: Replacing | None = None
+    namespace: str | None = None
     column_names: tuple[str, ...] = field(init=False)
     row_bytes: int = field(init=False)
 
@@ -174,6 +179,15 @@ class Table:
     def with_ttl(self, days: int | None) -> Table:
         """The same table with another retention."""
         return dataclasses.replace(self, ttl_days=days)
+
+    def in_namespace(self, namespace: str | None) -> Table:
+        """The same table in another namespace."""
+        return dataclasses.replace(self, namespace=namespace or None)
+
+    @property
+    def qualified_name(self) -> str:
+        """``namespace.name`` (just ``name`` in the store's default namespace)."""
+        return f"{self.namespace}.{self.name}" if self.namespace else self.name
 
     def row_dicts(self, rows: Sequence[tuple[object, ...]]) -> list[dict[str, object]]:
         """Rows as dicts (for dead letters and debugging)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from orbitstream.core.batch import Batch, DeadLetter
+from orbitstream.core.protocols import Dialect, SinkBase
 from orbitstream.core.tables import Table
 from orbitstream.errors import ConfigError, SinkRejectedError, SinkRetryableError
 from orbitstream.sinks.arrow import bad_rows, to_ipc_stream
@@ -33,6 +34,7 @@ __all__ = ["ChdbSink", "QueryError", "ReadLimits", "Rows"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class ReadLimits:
@@ -109,7 +111,7 @@ class _Worker:
         self.closed = True
 
 
-class ChdbSink:
+class ChdbSink(SinkBase):
     """Sink and query interface of the embedded store.
 
     :param path: data directory (created if missing).
@@ -117,6 +119,7 @@ class ChdbSink:
     """
 
     name = "chdb"
+    query_dialect: Dialect = "clickhouse"
 
     def __init__(
         self,
@@ -189,12 +192,13 @@ class ChdbSink:
             self._opened = False
 
     # -- writes ------------------------------------------------------------------
-    def _insert(self, table: str, settings: str, data: bytes) -> int:
+    def _insert(self, table: str, settings: str, data: bytes, namespace: str | None = None) -> int:
         conn = self._writer.conn
         if conn is None:
             raise SinkRetryableError("store is closed", sink=self.name, table=table)
         inserter = conn.send_insert(
-            f"INSERT INTO {self.dialect.name(table)} {settings}", "ArrowStream"
+            f"INSERT INTO {self.dialect.in_namespace(namespace).name(table)} {settings}",
+            "ArrowStream",
         )
         try:
             inserter.append(data)
@@ -217,7 +221,12 @@ class ChdbSink:
                 batch_id=batch.batch_id,
             ) from exc
         try:
-            self._insert(batch.table.name, self.dialect.insert_settings(batch.batch_id), data)
+            self._insert(
+                batch.table.name,
+                self.dialect.insert_settings(batch.batch_id),
+                data,
+                batch.table.namespace,
+            )
         except (SinkRetryableError, SinkRejectedError):
             raise
         except Exception as exc:

@@ -124,7 +124,6 @@ _SERVER_TEXT = re.compile(r"(Code: \d+\..*?)(?:\s*\(for url [^)]*\))?\s*$", re.S
 _FOR_URL = re.compile(r"\s*\(for url [^)]*\)")
 
 
-
 class ClickHouseRetryableError(SinkRetryableError):
     """A transient failure; ``code`` is the ClickHouse error code, ``status_code`` the HTTP
     status (both ``None`` when the server never answered)."""
@@ -197,7 +196,6 @@ def sink_error(exc: BaseException, *, sink: str, table: str = "", batch_id: str 
     message, code, status, kind = describe_error(exc)
     cls = ClickHouseRejectedError if kind == "rejected" else ClickHouseRetryableError
     return cls(message, code=code, sink=sink, table=table, batch_id=batch_id, status_code=status)
-
 
 
 def error_code(exc: BaseException) -> int | None:

@@ -17,6 +17,7 @@ may still hold several rows per key.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from orbitstream.core.tables import ColType, Column, Rollup, Table
@@ -85,6 +86,12 @@ class ClickHouseDialect:
             f"CREATE TABLE IF NOT EXISTS {self.name(name)}{self._on_cluster()} AS {self.name(local)}\n"
             f"ENGINE = Distributed({quote_str(self.cluster)}, {db}, {quote_str(local)}, {sharding_key})"
         )
+
+    def in_namespace(self, namespace: str | None) -> ClickHouseDialect:
+        """The dialect for tables in ``namespace`` (a database; ``None``: this one's)."""
+        if not namespace or namespace == self.database:
+            return self
+        return dataclasses.replace(self, database=namespace)
 
     def name(self, table: str) -> str:
         return (

@@ -7,13 +7,14 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from orbitstream.core.batch import Batch, DeadLetter, Row
+from orbitstream.core.protocols import SinkBase
 from orbitstream.core.tables import Table
 from orbitstream.errors import SinkRejectedError, SinkRetryableError
 
 __all__ = ["MemorySink"]
 
 
-class MemorySink:
+class MemorySink(SinkBase):
     """Keeps rows per table; ``down`` makes writes fail as retryable; ``reject`` marks rows
     the "backend" refuses (a predicate on the row)."""
 

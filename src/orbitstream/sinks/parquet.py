@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 
 from orbitstream.aws import AwsSettings
 from orbitstream.core.batch import Batch, DeadLetter
+from orbitstream.core.protocols import SinkBase
 from orbitstream.core.tables import ColType, Table
 from orbitstream.errors import ConfigError, SinkError, SinkRejectedError, SinkRetryableError
 from orbitstream.sinks.arrow import to_arrow
@@ -533,7 +534,7 @@ class _S3Objects:
 
 
 # -- the sink ------------------------------------------------------------------------
-class ParquetSink:
+class ParquetSink(SinkBase):
     """Archives every batch as one Parquet file (see the module docstring for the layout).
 
     :param settings: destination and format.

@@ -69,13 +69,13 @@ async def _chdb_backend(tmp_path: Path) -> AsyncIterator[Backend]:
     state = {"fail": 0, "down": False}
     real_insert = sink._insert
 
-    def insert(table: str, settings: str, data: bytes) -> int:
+    def insert(table: str, settings: str, data: bytes, namespace: str | None = None) -> int:
         if state["down"]:
             raise RuntimeError("Code: 210. DB::Exception: Connection refused (NETWORK_ERROR)")
         if state["fail"]:
             state["fail"] -= 1
             raise RuntimeError("Code: 252. DB::Exception: Too many parts (TOO_MANY_PARTS)")
-        return real_insert(table, settings, data)
+        return real_insert(table, settings, data, namespace)
 
     sink._insert = insert  # type: ignore[method-assign]
 
@@ -129,6 +129,16 @@ async def test_same_batch_twice_lands_once(backend: Backend) -> None:
     await backend.sink.write(batch)
     await backend.sink.write(Batch(TELEMETRY, list(batch.rows), "twice"))
     assert await backend.count("telemetry") == 1000
+
+
+async def test_the_same_table_in_two_namespaces_is_two_tables(backend: Backend) -> None:
+    other = TELEMETRY.in_namespace("orbit_ns_test")
+    await backend.sink.start([TELEMETRY, ALERTS, other])  # start again: idempotent
+    await backend.sink.write(Batch(TELEMETRY, telemetry_rows(30), "ns-default"))
+    await backend.sink.write(Batch(other, telemetry_rows(70), "ns-other"))
+    await backend.sink.write(Batch(other, telemetry_rows(70), "ns-other"))  # deduplicated
+    assert await backend.count("telemetry") == 30
+    assert await backend.count("orbit_ns_test.telemetry") == 70
 
 
 async def test_retryable_failure_retries_then_succeeds(backend: Backend, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from orbitstream.core.tables import Table
 from orbitstream.sinks.clickhouse_sql import ClickHouseDialect, quote_ident
 
-__all__ = ["create_database", "schema_statements"]
+__all__ = ["create_database", "namespace_databases", "schema_statements"]
 
 
 def create_database(dialect: ClickHouseDialect) -> str | None:
@@ -25,6 +25,17 @@ def create_database(dialect: ClickHouseDialect) -> str | None:
     return f"CREATE DATABASE IF NOT EXISTS {quote_ident(dialect.database)}{cluster}"
 
 
+def namespace_databases(dialect: ClickHouseDialect, tables: Sequence[Table]) -> list[str]:
+    """``CREATE DATABASE IF NOT EXISTS`` for each table namespace other than the dialect's."""
+    out: list[str] = []
+    for ns in dict.fromkeys(t.namespace for t in tables if t.namespace):
+        if ns != dialect.database:
+            sql = create_database(dialect.in_namespace(ns))
+            if sql:
+                out.append(sql)
+    return out
+
+
 def schema_statements(
     dialect: ClickHouseDialect, tables: Sequence[Table], rollup_retention_days: int | None
 ) -> list[str]:
@@ -32,17 +43,18 @@ def schema_statements(
 
     Idempotent (``IF NOT EXISTS``; ``MODIFY TTL`` does not rewrite existing parts).
     """
+    out = namespace_databases(dialect, tables)
     if dialect.distributed:
-        return _distributed_statements(dialect, tables, rollup_retention_days)
-    out: list[str] = []
+        return out + _distributed_statements(dialect, tables, rollup_retention_days)
     for table in tables:
-        out.append(dialect.create_table(table))
-        out.extend(dialect.skip_indexes(table))
-        ttl = dialect.modify_ttl(table)
+        d = dialect.in_namespace(table.namespace)
+        out.append(d.create_table(table))
+        out.extend(d.skip_indexes(table))
+        ttl = d.modify_ttl(table)
         if ttl:
             out.append(ttl)
         for rollup in table.rollups:
-            out.extend(dialect.rollup_statements(table, rollup, rollup_retention_days))
+            out.extend(d.rollup_statements(table, rollup, rollup_retention_days))
     out.append(dialect.dead_letters())
     return out
 
@@ -60,7 +72,9 @@ def _distributed_statements(
     Inserts go to ``<t>``; queries read ``<t>`` and the rollup view, as on one server.
     """
     out: list[str] = []
+    root = dialect
     for table in tables:
+        dialect = root.in_namespace(table.namespace)
         local = _local(table)
         out.append(dialect.create_table(local))
         out.extend(dialect.skip_indexes(local))
@@ -79,5 +93,5 @@ def _distributed_statements(
                 )
             )
             out.append(dialect.rollup_statements(table, rollup, rollup_retention_days)[2])
-    out.append(dialect.dead_letters())
+    out.append(root.dead_letters())
     return out

@@ -14,6 +14,7 @@ from typing import TypeVar
 import pyarrow as pa
 
 from orbitstream.core.batch import Batch, DeadLetter
+from orbitstream.core.protocols import Dialect, SinkBase
 from orbitstream.core.tables import Table
 from orbitstream.errors import ConfigError, SinkError, SinkRejectedError
 from orbitstream.sinks.arrow import bad_rows, to_arrow
@@ -66,7 +67,7 @@ def insert_settings(batch_id: str) -> dict[str, object]:
     }
 
 
-class ClickHouseSink:
+class ClickHouseSink(SinkBase):
     """Writes batches to a ClickHouse server over HTTP and answers read-only queries.
 
     Creates the database (if missing) and the same tables, rollups and dead-letter table as
@@ -80,6 +81,7 @@ class ClickHouseSink:
     """
 
     name = "clickhouse"
+    query_dialect: Dialect = "clickhouse"
 
     def __init__(
         self, settings: ClickHouseSettings, *, rollup_retention_days: int | None = 365
@@ -99,7 +101,7 @@ class ClickHouseSink:
 
     # -- lifecycle -------------------------------------------------------------------
     def schema_statements(self, tables: Sequence[Table]) -> list[str]:
-        """The DDL :meth:`start` runs (database first)."""
+        """The DDL :meth:`start` runs (databases first)."""
         first = create_database(self.dialect)
         rest = schema_statements(self.dialect, tables, self.rollup_retention_days)
         return [first, *rest] if first else rest
@@ -110,10 +112,12 @@ class ClickHouseSink:
         A user without the grant to create databases may still use an existing one.
         """
         statements = self.schema_statements(tables)
-        create_db = create_database(self.dialect)
+        databases = {create_database(self.dialect): self.settings.database}
+        for ns in {t.namespace for t in tables if t.namespace}:
+            databases[create_database(self.dialect.in_namespace(ns))] = ns
         for sql in statements:
-            if sql == create_db:
-                self._create_database(sql)
+            if sql in databases:
+                self._create_database(sql, databases[sql])
             else:
                 self._call(partial(self._transport.command, sql))
         logger.info(
@@ -127,7 +131,7 @@ class ClickHouseSink:
         )
         return statements
 
-    def _create_database(self, sql: str) -> None:
+    def _create_database(self, sql: str, database: str) -> None:
         try:
             self._call(partial(self._transport.command, sql, use_database=False))
         except (SinkRejectedError, ClickHouseRetryableError) as exc:
@@ -138,7 +142,7 @@ class ClickHouseSink:
                 partial(
                     self._transport.query_bytes,
                     "SELECT 1 FROM system.databases WHERE name = {db:String}",
-                    {"db": self.settings.database},
+                    {"db": database},
                     {},
                     "TSV",
                     use_database=False,
@@ -148,7 +152,7 @@ class ClickHouseSink:
                 raise
             logger.info(
                 "ClickHouse database exists; not created.",
-                extra={"component": self.name, "database": self.settings.database},
+                extra={"component": self.name, "database": database},
             )
 
     async def start(self, tables: Sequence[Table]) -> None:
@@ -195,7 +199,10 @@ class ClickHouseSink:
             ) from exc
         written = self._call(
             lambda: self._transport.insert_arrow(
-                table, arrow_table, insert_settings(batch.batch_id)
+                table,
+                arrow_table,
+                insert_settings(batch.batch_id),
+                database=batch.table.namespace,
             ),
             table=table,
             batch_id=batch.batch_id,

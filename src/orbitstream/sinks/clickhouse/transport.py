@@ -52,6 +52,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
 def _note_http_status(client: Any) -> None:
     """Wrap the client's HTTP error handler so raised errors carry ``http_status``."""
     backend = getattr(client, "_backend", None)
@@ -162,10 +163,21 @@ class ClickHouseTransport:
     def command(self, sql: str, *, use_database: bool = True) -> None:
         self.client().command(sql, use_database=use_database)
 
-    def insert_arrow(self, table: str, arrow_table: Any, settings: Mapping[str, object]) -> int:
-        """Insert an Arrow table (``FORMAT Arrow``); returns the rows the server wrote."""
+    def insert_arrow(
+        self,
+        table: str,
+        arrow_table: Any,
+        settings: Mapping[str, object],
+        *,
+        database: str | None = None,
+    ) -> int:
+        """Insert an Arrow table (``FORMAT Arrow``) into ``database`` (default: the
+        configured one); returns the rows the server wrote."""
         summary = self.client().insert_arrow(
-            table, arrow_table, database=self.settings.database, settings=dict(settings)
+            table,
+            arrow_table,
+            database=database or self.settings.database,
+            settings=dict(settings),
         )
         return int(getattr(summary, "written_rows", 0) or 0)
 

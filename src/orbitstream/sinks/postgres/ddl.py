@@ -38,10 +38,15 @@ __all__ = [
     "plain_partition_statement",
     "plain_rollup_statements",
     "plain_table_statements",
+    "qname",
     "quote_ident",
     "quote_literal",
+    "regclass",
+    "rel",
+    "relkey",
     "rollup_table",
     "rollup_upsert_sql",
+    "schema_statement",
     "timescale_extension_statements",
     "timescale_retention_statements",
     "timescale_rollup_retention_statements",
@@ -80,6 +85,31 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def rel(namespace: str | None, name: str) -> str:
+    """A relation's quoted name, schema-qualified when it has a namespace."""
+    return f"{quote_ident(namespace)}.{quote_ident(name)}" if namespace else quote_ident(name)
+
+
+def qname(table: Table) -> str:
+    """The table's quoted name in its namespace (schema)."""
+    return rel(table.namespace, table.name)
+
+
+def relkey(namespace: str | None, name: str) -> str:
+    """``schema.name`` (just ``name`` in the default schema): how migration versions and
+    reports name a relation, unchanged for tables created before namespaces."""
+    return f"{namespace}.{name}" if namespace else name
+
+
+def regclass(namespace: str | None, name: str) -> str:
+    """A relation as a string literal for functions taking ``regclass`` (TimescaleDB's)."""
+    return quote_literal(rel(namespace, name) if namespace else name)
+
+
+def schema_statement(namespace: str) -> str:
+    return f"CREATE SCHEMA IF NOT EXISTS {quote_ident(namespace)}"
+
+
 def interval(secs: int) -> str:
     """``300`` -> ``'5 minutes'`` (an INTERVAL literal, quoted)."""
     for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
@@ -108,11 +138,11 @@ def _columns(table: Table) -> str:
 def _comments(table: Table) -> list[str]:
     out = []
     if table.comment:
-        out.append(f"COMMENT ON TABLE {quote_ident(table.name)} IS {quote_literal(table.comment)}")
+        out.append(f"COMMENT ON TABLE {qname(table)} IS {quote_literal(table.comment)}")
     for c in table.columns:
         if c.comment:
             out.append(
-                f"COMMENT ON COLUMN {quote_ident(table.name)}.{quote_ident(c.name)} "
+                f"COMMENT ON COLUMN {qname(table)}.{quote_ident(c.name)} "
                 f"IS {quote_literal(c.comment)}"
             )
     return out
@@ -129,7 +159,7 @@ def _entity_index(table: Table) -> str | None:
         return None
     name = f"{table.name}_{table.entity_column}_time_idx"
     return (
-        f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} ON {quote_ident(table.name)} "
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} ON {qname(table)} "
         f"({quote_ident(table.entity_column)}, {quote_ident(table.time_column)} DESC)"
     )
 
@@ -139,14 +169,14 @@ def _anomaly_index(table: Table) -> str | None:
         return None
     return (
         f"CREATE INDEX IF NOT EXISTS {quote_ident(table.name + '_anomaly_idx')} "
-        f"ON {quote_ident(table.name)} ({quote_ident(table.time_column)} DESC) "
+        f"ON {qname(table)} ({quote_ident(table.time_column)} DESC) "
         f"WHERE {quote_ident(ANOMALY_COLUMN)}"
     )
 
 
 def copy_sql(table: Table) -> str:
     """``COPY <table> (<columns>) FROM STDIN (FORMAT BINARY)``."""
-    return f"COPY {quote_ident(table.name)} ({_q(table.column_names)}) FROM STDIN (FORMAT BINARY)"
+    return f"COPY {qname(table)} ({_q(table.column_names)}) FROM STDIN (FORMAT BINARY)"
 
 
 # -- always ------------------------------------------------------------------------------
@@ -211,8 +241,8 @@ def partition_bounds(day: dt.date) -> tuple[str, str]:
 def plain_partition_statement(table: Table, day: dt.date) -> str:
     lo, hi = partition_bounds(day)
     return (
-        f"CREATE TABLE IF NOT EXISTS {quote_ident(partition_name(table, day))} "
-        f"PARTITION OF {quote_ident(table.name)} "
+        f"CREATE TABLE IF NOT EXISTS {rel(table.namespace, partition_name(table, day))} "
+        f"PARTITION OF {qname(table)} "
         f"FOR VALUES FROM ({quote_literal(lo)}) TO ({quote_literal(hi)})"
     )
 
@@ -220,11 +250,11 @@ def plain_partition_statement(table: Table, day: dt.date) -> str:
 def plain_table_statements(table: Table) -> list[str]:
     """Partitioned parent, DEFAULT partition, BRIN on time, btree on (entity, time DESC),
     the partial anomaly index, comments. Daily partitions come from maintenance."""
-    name = quote_ident(table.name)
+    name = qname(table)
     out = [
         f"CREATE TABLE IF NOT EXISTS {name} (\n{_columns(table)}\n) "
         f"PARTITION BY RANGE ({quote_ident(table.time_column)})",
-        f"CREATE TABLE IF NOT EXISTS {quote_ident(table.name + '_default')} "
+        f"CREATE TABLE IF NOT EXISTS {rel(table.namespace, table.name + '_default')} "
         f"PARTITION OF {name} DEFAULT",
         f"CREATE INDEX IF NOT EXISTS {quote_ident(table.name + '_time_brin')} "
         f"ON {name} USING brin ({quote_ident(table.time_column)})",
@@ -243,7 +273,7 @@ def _state(name: str) -> str:
 
 def plain_rollup_statements(table: Table, rollup: Rollup) -> list[str]:
     """``<rollup>_agg`` (one row per bucket and entity, kept by upserts) and the view."""
-    target = quote_ident(rollup_table(rollup))
+    target = rel(table.namespace, rollup_table(rollup))
     bucket = quote_ident(rollup.bucket_name)
     keys = [quote_ident(k) for k in rollup.group_by]
     cols = [f"    {bucket} timestamptz NOT NULL"]
@@ -271,7 +301,8 @@ def plain_rollup_statements(table: Table, rollup: Rollup) -> list[str]:
     cols.append(f"    PRIMARY KEY ({', '.join([bucket, *keys])})")
     return [
         f"CREATE TABLE IF NOT EXISTS {target} (\n" + ",\n".join(cols) + "\n)",
-        f"CREATE OR REPLACE VIEW {quote_ident(rollup.name)} AS\nSELECT {', '.join(view)}\n"
+        f"CREATE OR REPLACE VIEW {rel(table.namespace, rollup.name)} AS\n"
+        f"SELECT {', '.join(view)}\n"
         f"FROM {target}",
         f"COMMENT ON TABLE {target} IS "
         + quote_literal(
@@ -289,7 +320,7 @@ def rollup_upsert_sql(table: Table, rollup: Rollup) -> str:
     columns, per measure sum/min/max, the row count, per flag its count. Rows are
     inserted sorted by key so concurrent writers lock them in the same order.
     """
-    target = quote_ident(rollup_table(rollup))
+    target = rel(table.namespace, rollup_table(rollup))
     names = [rollup.bucket_name, *rollup.group_by]
     casts = ["bigint[]"] + [f"{column_type(table.column(k))}[]" for k in rollup.group_by]
     merge: list[str] = []
@@ -330,10 +361,11 @@ def timescale_extension_statements() -> list[str]:
 
 def timescale_table_statements(table: Table) -> list[str]:
     """Hypertable with 1 h chunks, indexes, compression after 1 day (segment by entity)."""
-    name = quote_ident(table.name)
+    name = qname(table)
+    literal = regclass(table.namespace, table.name)
     out = [
         f"CREATE TABLE IF NOT EXISTS {name} (\n{_columns(table)}\n)",
-        f"SELECT create_hypertable({quote_literal(table.name)}, "
+        f"SELECT create_hypertable({literal}, "
         f"{quote_literal(table.time_column)}, "
         f"chunk_time_interval => INTERVAL {quote_literal(CHUNK_INTERVAL)}, "
         "if_not_exists => TRUE)",
@@ -347,18 +379,20 @@ def timescale_table_statements(table: Table) -> list[str]:
         compress.insert(1, f"timescaledb.compress_segmentby = {quote_literal(table.entity_column)}")
     out.append(f"ALTER TABLE {name} SET ({', '.join(compress)})")
     out.append(
-        f"SELECT add_compression_policy({quote_literal(table.name)}, "
+        f"SELECT add_compression_policy({literal}, "
         f"INTERVAL {quote_literal(COMPRESS_AFTER)}, if_not_exists => TRUE)"
     )
     return out + _comments(table)
 
 
-def timescale_retention_statements(relation: str, days: int) -> list[str]:
+def timescale_retention_statements(
+    relation: str, days: int, namespace: str | None = None
+) -> list[str]:
     """Replace the retention policy of a hypertable or continuous aggregate."""
-    rel = quote_literal(relation)
+    target = regclass(namespace, relation)
     return [
-        f"SELECT remove_retention_policy({rel}, if_exists => TRUE)",
-        f"SELECT add_retention_policy({rel}, INTERVAL {interval(int(days) * 86_400)})",
+        f"SELECT remove_retention_policy({target}, if_exists => TRUE)",
+        f"SELECT add_retention_policy({target}, INTERVAL {interval(int(days) * 86_400)})",
     ]
 
 
@@ -382,14 +416,14 @@ def timescale_rollup_statements(table: Table, rollup: Rollup) -> list[str]:
     for out, flag in rollup.flag_counts:
         # sum(CASE) rather than FILTER: accepted by every TimescaleDB 2.x; bigint either way.
         select.append(f"sum(CASE WHEN {quote_ident(flag)} THEN 1 ELSE 0 END) AS {quote_ident(out)}")
-    view = quote_ident(rollup.name)
+    view = rel(table.namespace, rollup.name)
     width = rollup.bucket_secs
     return [
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view}\n"
         "WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS\n"
-        f"SELECT {', '.join(select)}\nFROM {quote_ident(table.name)}\n"
+        f"SELECT {', '.join(select)}\nFROM {qname(table)}\n"
         f"GROUP BY {', '.join([bucket, *keys])}\nWITH NO DATA",
-        f"SELECT add_continuous_aggregate_policy({quote_literal(rollup.name)}, "
+        f"SELECT add_continuous_aggregate_policy({regclass(table.namespace, rollup.name)}, "
         f"start_offset => INTERVAL {quote_literal(COMPRESS_AFTER)}, "
         f"end_offset => INTERVAL {interval(width)}, "
         f"schedule_interval => INTERVAL {interval(width)}, "
@@ -397,5 +431,7 @@ def timescale_rollup_statements(table: Table, rollup: Rollup) -> list[str]:
     ]
 
 
-def timescale_rollup_retention_statements(rollup: Rollup, days: int) -> list[str]:
-    return timescale_retention_statements(rollup.name, days)
+def timescale_rollup_retention_statements(
+    rollup: Rollup, days: int, namespace: str | None = None
+) -> list[str]:
+    return timescale_retention_statements(rollup.name, days, namespace)

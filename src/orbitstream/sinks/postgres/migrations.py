@@ -189,52 +189,56 @@ def plan_migrations(
             "plain PostgreSQL layout: daily partitions, incrementally updated rollups",
             (),
         )
+    for ns in dict.fromkeys(t.namespace for t in tables if t.namespace):
+        add(f"schema/{ns}", f"schema {ns}", [ddl.schema_statement(ns)])
     for table in tables:
-        create = f"table/{table.name}/create"
+        key = ddl.relkey(table.namespace, table.name)
+        create = f"table/{key}/create"
         if create in done:
-            have = existing_columns.get(table.name)
+            have = existing_columns.get(key)
             for col in table.columns:
                 if have is not None and col.name not in have:
                     add(
-                        f"table/{table.name}/column/{col.name}",
-                        f"add column {table.name}.{col.name}",
+                        f"table/{key}/column/{col.name}",
+                        f"add column {key}.{col.name}",
                         [
-                            f"ALTER TABLE {quote_ident(table.name)} ADD COLUMN IF NOT EXISTS "
+                            f"ALTER TABLE {ddl.qname(table)} ADD COLUMN IF NOT EXISTS "
                             f"{quote_ident(col.name)} {ddl.column_type(col)}"
                         ],
                     )
         elif layout == "timescale":
-            add(create, f"create hypertable {table.name}", ddl.timescale_table_statements(table))
+            add(create, f"create hypertable {key}", ddl.timescale_table_statements(table))
         else:
-            add(
-                create,
-                f"create table {table.name} partitioned by day",
-                ddl.plain_table_statements(table),
-            )
+            add(create, f"create table {key} partitioned by day", ddl.plain_table_statements(table))
         if layout == "timescale":
             days = retention_days(table, settings)
             retention(
-                table.name,
+                key,
                 days,
-                ddl.timescale_retention_statements(table.name, days) if days else [],
+                ddl.timescale_retention_statements(table.name, days, table.namespace)
+                if days
+                else [],
             )
         for rollup in table.rollups:
+            rkey = ddl.relkey(table.namespace, rollup.name)
             if layout == "timescale":
                 add(
-                    f"rollup/{rollup.name}/create",
-                    f"continuous aggregate {rollup.name} over {table.name}",
+                    f"rollup/{rkey}/create",
+                    f"continuous aggregate {rkey} over {key}",
                     ddl.timescale_rollup_statements(table, rollup),
                 )
                 rdays = settings.rollup_retention_days
                 retention(
-                    rollup.name,
+                    rkey,
                     rdays,
-                    ddl.timescale_rollup_retention_statements(rollup, rdays) if rdays else [],
+                    ddl.timescale_rollup_retention_statements(rollup, rdays, table.namespace)
+                    if rdays
+                    else [],
                 )
             else:
                 add(
-                    f"rollup/{rollup.name}/create",
-                    f"rollup table {ddl.rollup_table(rollup)} and view {rollup.name}",
+                    f"rollup/{rkey}/create",
+                    f"rollup table {ddl.rollup_table(rollup)} and view {rkey}",
                     ddl.plain_rollup_statements(table, rollup),
                 )
     return out
@@ -291,21 +295,29 @@ async def recorded_layout(conn: AsyncConnection[Any]) -> Layout | None:
     return None
 
 
-async def _table_exists(conn: AsyncConnection[Any], name: str) -> bool:
-    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (quote_ident(name),))
+async def _table_exists(
+    conn: AsyncConnection[Any], name: str, namespace: str | None = None
+) -> bool:
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ddl.rel(namespace, name),))
     row = await cur.fetchone()
     return bool(row and row[0])
 
 
 async def _columns(conn: AsyncConnection[Any], tables: Sequence[Table]) -> dict[str, set[str]]:
+    """Columns per table that exists, keyed by :func:`~ddl.relkey`."""
     cur = await conn.execute(
-        "SELECT table_name, column_name FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = ANY(%s)",
-        ([t.name for t in tables],),
+        "SELECT table_schema = current_schema(), table_schema, table_name, column_name "
+        "FROM information_schema.columns "
+        "WHERE (table_schema = ANY(%s) OR table_schema = current_schema()) "
+        "AND table_name = ANY(%s)",
+        ([t.namespace for t in tables if t.namespace], [t.name for t in tables]),
     )
+    wanted = {ddl.relkey(t.namespace, t.name) for t in tables}
     out: dict[str, set[str]] = {}
-    for table_name, column_name in await cur.fetchall():
-        out.setdefault(str(table_name), set()).add(str(column_name))
+    for is_default, schema, table_name, column_name in await cur.fetchall():
+        key = ddl.relkey(None if is_default else str(schema), str(table_name))
+        if key in wanted:
+            out.setdefault(key, set()).add(str(column_name))
     return out
 
 
@@ -425,7 +437,7 @@ async def _partitions(conn: AsyncConnection[Any], table: Table) -> dict[dt.date,
         "SELECT c.relname FROM pg_inherits i "
         "JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = to_regclass(%s)",
-        (quote_ident(table.name),),
+        (ddl.qname(table),),
     )
     out: dict[dt.date, str] = {}
     for (name,) in await cur.fetchall():
@@ -448,14 +460,14 @@ async def _create_partition(
 
     Returns how many rows moved, ``None`` when another worker created it first.
     """
-    name = quote_ident(ddl.partition_name(table, day))
-    parent = quote_ident(table.name)
-    default = quote_ident(table.name + "_default")
+    name = ddl.rel(table.namespace, ddl.partition_name(table, day))
+    parent = ddl.qname(table)
+    default = ddl.rel(table.namespace, table.name + "_default")
     time_col = quote_ident(table.time_column)
     lo, hi = ddl.partition_bounds(day)
     async with conn.transaction():
         await _locked(conn, settings)
-        if await _table_exists(conn, ddl.partition_name(table, day)):
+        if await _table_exists(conn, ddl.partition_name(table, day), table.namespace):
             return None
         # The lock CREATE ... PARTITION OF takes anyway, taken first so no row can reach
         # DEFAULT between the check below and the creation.
@@ -509,7 +521,7 @@ async def _maintain_plain(
                 continue
             if moved is not None:
                 report.default_rows_moved += moved
-                report.created.append(ddl.partition_name(table, day))
+                report.created.append(ddl.relkey(table.namespace, ddl.partition_name(table, day)))
         if keep is None:
             continue
         cutoff = now - dt.timedelta(days=keep)
@@ -519,12 +531,16 @@ async def _maintain_plain(
             try:
                 async with conn.transaction():
                     await _locked(conn, settings)
-                    await conn.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
-                report.dropped.append(name)
+                    await conn.execute(f"DROP TABLE IF EXISTS {ddl.rel(table.namespace, name)}")
+                report.dropped.append(ddl.relkey(table.namespace, name))
             except Exception as exc:
                 report.errors.append(f"{name}: {exc}")
         report.default_rows_deleted += await _delete_older(
-            conn, f"{table.name}_default", table.time_column, cutoff, report
+            conn,
+            ddl.rel(table.namespace, f"{table.name}_default"),
+            table.time_column,
+            cutoff,
+            report,
         )
     if settings.rollup_retention_days is None:
         return
@@ -532,7 +548,11 @@ async def _maintain_plain(
     for table in tables:
         for rollup in table.rollups:
             report.rollup_rows_deleted += await _delete_older(
-                conn, ddl.rollup_table(rollup), rollup.bucket_name, rollup_cutoff, report
+                conn,
+                ddl.rel(table.namespace, ddl.rollup_table(rollup)),
+                rollup.bucket_name,
+                rollup_cutoff,
+                report,
             )
 
 
@@ -591,11 +611,12 @@ async def maintain(
 async def _delete_older(
     conn: Any, relation: str, column: str, cutoff: dt.datetime, report: MaintenanceReport
 ) -> int:
-    """Delete rows older than ``cutoff`` in one transaction; a failure goes to the report."""
+    """Delete rows older than ``cutoff`` from ``relation`` (quoted, maybe schema-qualified)
+    in one transaction; a failure goes to the report."""
     try:
         async with conn.transaction():
             cur = await conn.execute(
-                f"DELETE FROM {quote_ident(relation)} WHERE {quote_ident(column)} < %s", (cutoff,)
+                f"DELETE FROM {relation} WHERE {quote_ident(column)} < %s", (cutoff,)
             )
             return max(0, int(cur.rowcount))
     except Exception as exc:
@@ -627,16 +648,16 @@ def reader_password(settings: PostgresSettings) -> str:
 
 
 def readable_relations(tables: Sequence[Table], layout: Layout) -> list[str]:
-    """The project's relations a user may read: tables, rollups (and their state tables on
-    the plain layout) and the dead letters."""
+    """The project's relations a user may read (quoted, schema-qualified): tables, rollups
+    (and their state tables on the plain layout) and the dead letters."""
     names: list[str] = []
     for table in tables:
-        names.append(table.name)
+        names.append(ddl.qname(table))
         for rollup in table.rollups:
-            names.append(rollup.name)
+            names.append(ddl.rel(table.namespace, rollup.name))
             if layout == "plain":
-                names.append(ddl.rollup_table(rollup))
-    names.append(ddl.DEAD_LETTERS)
+                names.append(ddl.rel(table.namespace, ddl.rollup_table(rollup)))
+    names.append(ddl.quote_ident(ddl.DEAD_LETTERS))
     return list(dict.fromkeys(names))
 
 
@@ -674,11 +695,13 @@ async def ensure_reader(
             )
             await conn.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
             await conn.execute(f"ALTER ROLE {role} SET statement_timeout = {timeout_ms}")
+            for ns in {t.namespace for t in tables if t.namespace}:
+                await conn.execute(f"GRANT USAGE ON SCHEMA {ddl.quote_ident(ns)} TO {role}")
             for name in relations:
-                cur = await conn.execute("SELECT to_regclass(%s)", (ddl.quote_ident(name),))
+                cur = await conn.execute("SELECT to_regclass(%s)", (name,))
                 row = await cur.fetchone()
                 if row is not None and row[0] is not None:
-                    await conn.execute(f"GRANT SELECT ON {ddl.quote_ident(name)} TO {role}")
+                    await conn.execute(f"GRANT SELECT ON {name} TO {role}")
     except Exception as exc:
         problem = (
             f"the read-only query role {settings.query_role!r} could not be set up "

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import msgspec
 
 from orbitstream.core.batch import Batch, DeadLetter, Row
+from orbitstream.core.protocols import Dialect, SinkBase
 from orbitstream.core.tables import Rollup, Table
 from orbitstream.errors import ConfigError, SinkError, SinkRejectedError, SinkRetryableError
 from orbitstream.sinks.postgres import ddl
@@ -184,7 +185,7 @@ class _TablePlan:
     rollups: tuple[tuple[Rollup, str], ...]
 
 
-class PostgresSink:
+class PostgresSink(SinkBase):
     """Writes batches with binary ``COPY``, deduplicated by a ledger; answers queries.
 
     :param settings: connection, pool size, retention and layout settings.
@@ -194,6 +195,7 @@ class PostgresSink:
     """
 
     name = "postgres"
+    query_dialect: Dialect = "postgres"
 
     def __init__(self, settings: PostgresSettings, query_tables: Sequence[Table] = ()) -> None:
         self.settings = settings
@@ -253,7 +255,7 @@ class PostgresSink:
         self._tables = tuple(tables)
         access = await ensure_reader(self.pool, tables, s, result.layout)
         self._reader_dsn, self._reader_problem = access.dsn, access.problem
-        self._plans = {t.name: self._plan(t) for t in tables}
+        self._plans = {t.qualified_name: self._plan(t) for t in tables}
         await self.maintain()
         logger.info(
             "PostgreSQL sink started.",
@@ -316,10 +318,10 @@ class PostgresSink:
         if not batch.rows:
             return
         table = batch.table
-        plan = self._plans.get(table.name)
+        plan = self._plans.get(table.qualified_name)
         if plan is None or (plan.table is not table and plan.table != table):
             plan = self._plan(table)
-            self._plans[table.name] = plan
+            self._plans[table.qualified_name] = plan
         started = time.perf_counter()
         duplicate = False
         nbytes = 0
