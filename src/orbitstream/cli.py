@@ -60,25 +60,13 @@ class AckModeOpt(StrEnum):
     sink = "sink"
 
 
-@app.command()
-def serve(
-    port: Annotated[int | None, typer.Option(help="Listen port (PORT, default 8080).")] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address (ORBITSTREAM_HOST).")] = None,
-    data_dir: DataDir = None,
-    ack_mode: Annotated[
-        AckModeOpt | None, typer.Option("--ack-mode", help="memory | sink (ORBITSTREAM_ACK_MODE).")
-    ] = None,
-) -> None:
-    """Run the HTTP ingest service on the configured store."""
-    settings = _settings(
-        port=port, host=host, data_dir=data_dir, ack_mode=ack_mode.value if ack_mode else None
-    )
-    configure_logging(settings.log_level, settings.log_format)
-    from orbitstream.service import Service
+def _serve(settings: Settings, names: list[str], source: str | None = None) -> None:
+    """Run ``names`` until SIGTERM/SIGINT; start-up failures are a message and exit 2."""
+    from orbitstream.runtime import Runtime
 
     async def main() -> None:
-        service = Service(settings)
-        await service.run()
+        runtime = Runtime(settings, names, source=source)
+        await runtime.run()
 
     try:
         _run_loop(main())
@@ -99,11 +87,80 @@ def serve(
 
 
 @app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="Listen port (PORT, default 8080).")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (ORBITSTREAM_HOST).")] = None,
+    data_dir: DataDir = None,
+    ack_mode: Annotated[
+        AckModeOpt | None, typer.Option("--ack-mode", help="memory | sink (ORBITSTREAM_ACK_MODE).")
+    ] = None,
+) -> None:
+    """Run the HTTP ingest service (the satellites pipeline) on the configured store."""
+    settings = _settings(
+        port=port,
+        host=host,
+        data_dir=data_dir,
+        http={"ack_mode": ack_mode.value} if ack_mode else None,
+    )
+    configure_logging(settings.log_level, settings.log_format)
+    _serve(settings, ["satellites"])
+
+
+@app.command()
+def run(
+    pipelines: Annotated[
+        list[str], typer.Argument(help="Pipelines to run in this process (orbitstream pipelines).")
+    ],
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="Run them on this source instead (e.g. kafka)."),
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (PORT, default 8080).")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (ORBITSTREAM_HOST).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run one or more pipelines in one process (with /health, /metrics, the dashboard and
+    the query endpoint on PORT)."""
+    settings = _settings(port=port, host=host, data_dir=data_dir)
+    configure_logging(settings.log_level, settings.log_format)
+    _serve(settings, pipelines, source)
+
+
+@app.command("pipelines")
+def list_pipelines() -> None:
+    """List the registered pipelines (name, sources, namespace, tables)."""
+    from orbitstream.core import registry
+    from orbitstream.runtime import plan_pipelines
+
+    settings = _settings()
+    try:
+        plans = plan_pipelines(settings)
+        sources = registry.source_types()
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    table = RichTable("pipeline", "source", "namespace", "tables", "description")
+    for plan in plans:
+        srcs = ", ".join(
+            f"{name}{'' if name in sources else ' (not installed)'}" for name in plan.spec.sources
+        )
+        table.add_row(
+            plan.name,
+            srcs,
+            plan.namespace or "(store default)",
+            ", ".join(t.name for t in plan.tables),
+            plan.spec.description,
+        )
+    Console(width=200).print(table)
+
+
+@app.command()
 def migrate(data_dir: DataDir = None) -> None:
-    """Create or update every configured store's tables, rollups and views, then exit."""
+    """Create or update the tables, rollups and views of every registered pipeline in every
+    configured store, then exit."""
     settings = _settings(data_dir=data_dir)
-    from orbitstream.pipelines import satellites
-    from orbitstream.service import read_service_file
+    from orbitstream.core.registry import SinkRequest
+    from orbitstream.runtime import read_service_file, registered_tables
     from orbitstream.stores import build_stores, sink_names
 
     if "chdb" in sink_names(settings) and read_service_file(settings.data_dir):
@@ -113,11 +170,12 @@ def migrate(data_dir: DataDir = None) -> None:
         raise typer.Exit(2)
 
     async def run() -> list[str]:
+        namespaces, tables = registered_tables(settings)
         done = []
-        for store in build_stores(settings):
-            await store.start(list(satellites.tables(settings.retention_days)))
+        for store in build_stores(settings, SinkRequest(namespaces, tables)):
+            await store.start(list(tables))
             await store.close()
-            done.append(str(store.name))
+            done.append(f"{store.name} ({len(tables)} tables)")
         return done
 
     try:
@@ -134,15 +192,15 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-def _query_service(url: str, sql: str) -> dict[str, Any]:
+def _query_service(url: str, sql: str, pipeline: str) -> dict[str, Any]:
     req = urllib.request.Request(
         url + "/api/query",
-        data=json.dumps({"sql": sql}).encode(),
+        data=json.dumps({"sql": sql, "pipeline": pipeline}).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
     )
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=120) as resp:
             result: dict[str, Any] = json.loads(resp.read())
             return result
     except urllib.error.HTTPError as exc:
@@ -150,14 +208,19 @@ def _query_service(url: str, sql: str) -> dict[str, Any]:
         raise ValueError(detail) from exc
 
 
-def _run_query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[object, ...]]]:
-    """Through the running service when one holds the store, else directly."""
-    from orbitstream.service import chdb_path, read_service_file
+def _run_query(
+    settings: Settings, sql: str, pipeline: str = "satellites"
+) -> tuple[list[str], list[tuple[object, ...]]]:
+    """Through the running service when one holds the store, else directly; ``pipeline``'s
+    namespace is the current database."""
+    from orbitstream.core.registry import SinkRequest
+    from orbitstream.runtime import chdb_path, plan_pipelines, read_service_file, registered_tables
     from orbitstream.stores import build_stores
 
+    (plan,) = plan_pipelines(settings, [pipeline])
     info = read_service_file(settings.data_dir)
     if info is not None:
-        doc = _query_service(str(info["url"]), sql)
+        doc = _query_service(str(info["url"]), sql, pipeline)
         return list(doc["columns"]), [tuple(r) for r in doc["rows"]]
     if settings.store_kind == "chdb" and not chdb_path(settings).exists():
         console.print(
@@ -165,20 +228,23 @@ def _run_query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[obje
             "run `orbitstream serve` or `orbitstream demo` first"
         )
         raise typer.Exit(2)
-    store = build_stores(settings)[0]
+    namespaces, tables = registered_tables(settings)
+    store = build_stores(settings, SinkRequest(namespaces, tables))[0]
     try:
-        res = store.user_query_sync(sql)
+        res = store.user_query_sync(sql, plan.namespace)
     finally:
         store.close_sync()
     return list(res.columns), list(res.rows)
 
 
-def _query_or_exit(settings: Settings, sql: str) -> tuple[list[str], list[tuple[object, ...]]]:
+def _query_or_exit(
+    settings: Settings, sql: str, pipeline: str = "satellites"
+) -> tuple[list[str], list[tuple[object, ...]]]:
     """``_run_query``, turning failures into a message and exit code 1 (query) or 2 (config)."""
-    from orbitstream.sinks.results import QueryError
+    from orbitstream.errors import QueryError
 
     try:
-        return _run_query(settings, sql)
+        return _run_query(settings, sql, pipeline)
     except (QueryError, ValueError) as exc:
         console.print(f"[red]query failed:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -212,11 +278,18 @@ def query(
     fmt: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="Output format.")
     ] = OutputFormat.table,
+    pipeline: Annotated[
+        str,
+        typer.Option(
+            "--pipeline", "-p", help="Run in this pipeline's namespace (its tables unqualified)."
+        ),
+    ] = "satellites",
     data_dir: DataDir = None,
 ) -> None:
-    """Run a read-only query: through the running service if one holds the store, else directly."""
+    """Run a read-only query: through the running service if one holds the store, else
+    directly. Qualified names (starlink.telemetry) reach other pipelines' tables."""
     settings = _settings(data_dir=data_dir)
-    columns, rows = _query_or_exit(settings, sql)
+    columns, rows = _query_or_exit(settings, sql, pipeline)
     _print_rows(columns, rows, fmt)
 
 
@@ -270,10 +343,10 @@ def demo(
         port=port, data_dir=data_dir, host=os.environ.get("ORBITSTREAM_HOST", "127.0.0.1")
     )
     configure_logging("warning", "text")
-    from orbitstream.service import Service
+    from orbitstream.runtime import Runtime
 
     async def main() -> None:
-        service = Service(settings)
+        service = Runtime(settings, ["satellites"])
         bound = await service.start()
         service.install_signal_handlers()
         url = f"http://127.0.0.1:{bound}"

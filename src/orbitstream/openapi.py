@@ -1,26 +1,27 @@
 """The OpenAPI 3.1 document of the HTTP API (served at ``GET /openapi.json``).
 
 Generated from the msgspec types the handlers decode and answer with
-(:mod:`orbitstream.sources.http.schemas`, :class:`~orbitstream.pipelines.satellites.Point`)
-by ``msgspec.json.schema_components``; only the routes, status codes and descriptions are
-written here.
+(:mod:`orbitstream.sources.http.schemas`, and each HTTP push source's record type — the
+satellites pipeline's :class:`~orbitstream.pipelines.satellites.Point`) by
+``msgspec.json.schema_components``; only the routes, status codes and descriptions are
+written here. The ingest routes are those of the pipelines this service runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
-from orbitstream.pipelines.satellites import Point
 from orbitstream.settings import Settings
 from orbitstream.sources.http import schemas
+from orbitstream.sources.http.ingest import HttpIngest
 
 __all__ = ["openapi_document"]
 
 _REF = "#/components/schemas/{name}"
 _TYPES: tuple[Any, ...] = (
-    Point,
     schemas.Accepted,
     schemas.Rejected,
     schemas.BatchResult,
@@ -65,13 +66,19 @@ def _http_errors() -> dict[str, Any]:
 
 
 def _ingest(ok: Any, rejected: Any, summary: str, body: dict[str, Any]) -> dict[str, Any]:
+    accepted = "Accepted (committed in every store in sink ack mode)"
+    ok_answer = (
+        {"description": accepted, "content": _json(ok)}
+        if isinstance(ok, dict)
+        else _answer(accepted, ok)
+    )
     return {
         "post": {
             "summary": summary,
             "requestBody": {"required": True, "content": body},
             "responses": {
                 **_http_errors(),
-                "202": _answer("Accepted (committed in every store in sink ack mode)", ok),
+                "202": ok_answer,
                 "415": _answer("Content type not accepted", _E),
                 "422": _answer("Invalid fields, each named", rejected, _E),
                 "504": _answer("Accepted but not committed in time (sink ack mode)", _E),
@@ -80,126 +87,162 @@ def _ingest(ok: Any, rejected: Any, summary: str, body: dict[str, Any]) -> dict[
     }
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
-    _, components = msgspec.json.schema_components(_TYPES, ref_template=_REF)
-    # a batch is validated point by point: anything else in it is reported by index, not
+def openapi_document(settings: Settings, ingests: Sequence[HttpIngest] = ()) -> dict[str, Any]:
+    """The document of this service: its own routes, and the routes of each HTTP push
+    source (``ingests``) with its record type."""
+    _, components = msgspec.json.schema_components(
+        (*_TYPES, *(i.record_type for i in ingests)), ref_template=_REF
+    )
+    paths: dict[str, Any] = {}
+    for ingest in ingests:
+        paths.update(_ingest_paths(ingest))
+    paths.update(_service_paths())
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "OrbitStream API",
+            "version": "0.1.0",
+            "description": f"Ack mode: {settings.http.ack_mode}. 202 means accepted into "
+            "memory (memory) or committed in every store (sink). Timestamps must lie within "
+            "the accepted window (ORBITSTREAM_TIMESTAMP_MAX_AHEAD / _MAX_AGE).",
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+def _ingest_paths(ingest: HttpIngest) -> dict[str, Any]:
+    record = ingest.record_type
+    accepted: Any = {
+        "type": "object",
+        "required": ["status", ingest.id_field, "ack"],
+        "properties": {
+            "status": {"enum": ["accepted"]},
+            ingest.id_field: {"type": "string"},
+            "ack": {"enum": ["memory", "sink"]},
+        },
+    }
+    if ingest.id_field == "satellite_id":
+        accepted = schemas.Accepted
+    # a batch is validated record by record: anything else in it is reported by index, not
     # a reason to refuse the rest
-    point_list = {
+    record_list = {
         "type": "array",
         "minItems": 1,
         "items": {
             "anyOf": [
-                _ref(Point),
+                _ref(record),
                 {"description": "Any other value: refused and reported by index."},
             ]
         },
     }
+    name = record.__name__
+    base = ingest.path
     return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "OrbitStream ingest API",
-            "version": "0.1.0",
-            "description": f"Ack mode: {settings.ack_mode}. 202 means accepted into memory "
-            "(memory) or committed in every store (sink). Timestamps must lie within "
-            "the accepted window (ORBITSTREAM_TIMESTAMP_MAX_AHEAD / _MAX_AGE).",
-        },
-        "paths": {
-            "/telemetry": _ingest(
-                schemas.Accepted,
-                schemas.Rejected,
-                "Ingest one telemetry point",
-                _json(_ref(Point)),
-            ),
-            "/telemetry/batch": _ingest(
-                schemas.BatchResult,
-                schemas.BatchResult,
-                "Ingest a JSON array of points; invalid ones are reported by index",
-                _json(point_list),
-            ),
-            "/telemetry/ndjson": _ingest(
-                schemas.NdjsonResult,
-                schemas.NdjsonResult,
-                "Bulk ingest: one point per line, processed while streaming",
-                {
-                    ctype: {"schema": {"type": "string", "description": "One Point per line."}}
-                    for ctype in ("application/x-ndjson", "text/plain")
+        base: _ingest(accepted, schemas.Rejected, f"Ingest one {name}", _json(_ref(record))),
+        f"{base}/batch": _ingest(
+            schemas.BatchResult,
+            schemas.BatchResult,
+            f"Ingest a JSON array of {name}; invalid ones are reported by index",
+            _json(record_list),
+        ),
+        f"{base}/ndjson": _ingest(
+            schemas.NdjsonResult,
+            schemas.NdjsonResult,
+            "Bulk ingest: one record per line, processed while streaming",
+            {
+                ctype: {"schema": {"type": "string", "description": f"One {name} per line."}}
+                for ctype in ("application/x-ndjson", "text/plain")
+            },
+        ),
+    }
+
+
+def _service_paths() -> dict[str, Any]:
+    return {
+        "/health": {
+            "get": {
+                "summary": "Service and sink health",
+                "responses": {
+                    **_http_errors(),
+                    "200": _answer("Healthy", schemas.Health),
+                    "503": _answer("A sink is down", schemas.Health, _E),
                 },
-            ),
-            "/health": {
-                "get": {
-                    "summary": "Service and sink health",
-                    "responses": {
-                        **_http_errors(),
-                        "200": _answer("Healthy", schemas.Health),
-                        "503": _answer("A sink is down", schemas.Health, _E),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {
-                        **_http_errors(),
-                        "200": {
-                            "description": "Prometheus text format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        },
-                    },
-                }
-            },
-            "/api/dashboard/summary": {
-                "get": {
-                    "summary": "Dashboard summary",
-                    "responses": {
-                        **_http_errors(),
-                        "200": {
-                            "description": "Totals, rates, alerts, satellites",
-                            "content": _json({"type": "object"}),
-                        },
-                        "500": _answer("The store could not answer", _E),
-                    },
-                }
-            },
-            "/api/dashboard/series": {
-                "get": {
-                    "summary": "Bucketed series for one satellite",
-                    "parameters": [
-                        {
-                            "name": "satellite_id",
-                            "in": "query",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                        {
-                            "name": "minutes",
-                            "in": "query",
-                            "schema": {"type": "integer", "default": 60},
-                        },
-                    ],
-                    "responses": {
-                        **_http_errors(),
-                        "200": {
-                            "description": "Columnar series",
-                            "content": _json({"type": "object"}),
-                        },
-                        "422": _answer("A parameter is missing or not an integer", _E),
-                        "500": _answer("The store could not answer", _E),
-                    },
-                }
-            },
-            "/api/query": {
-                "post": {
-                    "summary": "Read-only SQL against the store (loopback, same-origin JSON only)",
-                    "requestBody": {"required": True, "content": _json(_ref(schemas.QueryRequest))},
-                    "responses": {
-                        **_http_errors(),
-                        "200": _answer("columns, types, rows", schemas.QueryResult),
-                        "400": _answer("Refused or failed; code is the store's", _E),
-                        "403": _answer("Not loopback, or not the service's origin or host", _E),
-                        "415": _answer("Not application/json", _E),
-                    },
-                }
-            },
+            }
         },
-        "components": {"schemas": components},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    **_http_errors(),
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                },
+            }
+        },
+        "/api/dashboard/summary": {
+            "get": {
+                "summary": "Dashboard summary",
+                "responses": {
+                    **_http_errors(),
+                    "200": {
+                        "description": "Totals, rates, alerts, satellites",
+                        "content": _json({"type": "object"}),
+                    },
+                    "500": _answer("The store could not answer", _E),
+                },
+            }
+        },
+        "/api/dashboard/series": {
+            "get": {
+                "summary": "Bucketed series for one satellite",
+                "parameters": [
+                    {
+                        "name": "satellite_id",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "minutes",
+                        "in": "query",
+                        "schema": {"type": "integer", "default": 60},
+                    },
+                ],
+                "responses": {
+                    **_http_errors(),
+                    "200": {
+                        "description": "Columnar series",
+                        "content": _json({"type": "object"}),
+                    },
+                    "422": _answer("A parameter is missing or not an integer", _E),
+                    "500": _answer("The store could not answer", _E),
+                },
+            }
+        },
+        "/api/query": {
+            "post": {
+                "summary": "Read-only SQL against the store (loopback, same-origin JSON only)",
+                "requestBody": {"required": True, "content": _json(_ref(schemas.QueryRequest))},
+                "responses": {
+                    **_http_errors(),
+                    "200": _answer("columns, types, rows", schemas.QueryResult),
+                    "400": _answer("Refused or failed; code is the store's", _E),
+                    "403": _answer("Not loopback, or not the service's origin or host", _E),
+                    "415": _answer("Not application/json", _E),
+                },
+            }
+        },
+        "/api/pipelines": {
+            "get": {
+                "summary": "Every running pipeline: source, namespace, tables, thresholds, rates, "
+                "errors and lag",
+                "responses": {
+                    **_http_errors(),
+                    "200": {"description": "Pipelines", "content": _json({"type": "object"})},
+                },
+            }
+        },
     }

@@ -1,179 +1,69 @@
-"""The ingest service: settings -> store, pipeline, HTTP routes; start, run, stop.
+"""The service's own HTTP routes, for every pipeline a runtime runs.
 
-Shutdown order on SIGTERM/SIGINT: stop accepting connections, cut every open batch,
-finish in-flight requests (in ``sink`` ack mode they wait for their commit), flush and
-write every batch, close the store, remove the service file.
+``GET /health`` (200, or 503 while a sink is down or a source failed), ``GET /metrics``
+(Prometheus), ``GET /openapi.json``, the dashboard (``GET /``, ``/static/*``,
+``/api/dashboard/*`` for the satellites view, ``/api/pipelines`` for every running
+pipeline's rate, errors and lag, and the configured thresholds), and ``POST /api/query``
+(read-only; docs/security.md). Ingest routes come from the pipelines' HTTP sources.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import collections
 import datetime as dt
 import decimal
-import gc
-import json
-import logging
-import os
-import signal
-import sys
 import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from orbitstream.core.metrics import Metrics
-from orbitstream.core.pipeline import Pipeline, PipelineLimits
-from orbitstream.core.protocols import Sink
-from orbitstream.core.retry import RetryPolicy
-from orbitstream.core.times import TimeWindow
 from orbitstream.dashboard import assets
 from orbitstream.dashboard.queries import DashboardQueries
-from orbitstream.errors import ConfigError
+from orbitstream.errors import QueryError
 from orbitstream.openapi import openapi_document
-from orbitstream.pipelines import satellites
-from orbitstream.settings import Settings
-from orbitstream.sinks.deadletter import FileDeadLetters
-from orbitstream.sinks.results import QueryError
-from orbitstream.sources.http.ingest import IngestHandlers
 from orbitstream.sources.http.origin import is_loopback, origin_problem
-from orbitstream.sources.http.server import (
-    HttpServer,
-    Request,
-    Response,
-    Router,
-    ServerLimits,
-    error_response,
-)
-from orbitstream.stores import build_stores
+from orbitstream.sources.http.push import HttpPushSource
+from orbitstream.sources.http.server import Request, Response, Router, error_response
 
-__all__ = ["SERVICE_FILE", "Service", "chdb_path", "read_service_file"]
+if TYPE_CHECKING:
+    from orbitstream.runtime import Runtime
 
-logger = logging.getLogger(__name__)
-SERVICE_FILE = "service.json"
+__all__ = ["ServiceRoutes"]
 
 
 def _enc_hook(value: object) -> object:
     """JSON for values PostgreSQL returns that msgspec does not encode natively."""
     if isinstance(value, decimal.Decimal):
         return float(value)
-    if isinstance(value, (bytes, memoryview)):
+    if isinstance(value, bytes | memoryview):
         return bytes(value).hex()
     return str(value)
 
 
 _encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
+_RATE_WINDOW_SECS = 60.0
 
 
-def sql_dialect(store: object) -> str:
-    """``postgres`` for PostgreSQL stores, ``clickhouse`` for chDB and ClickHouse."""
-    return "postgres" if getattr(store, "name", "") == "postgres" else "clickhouse"
+class ServiceRoutes:
+    """The routes; state comes from the :class:`~orbitstream.runtime.Runtime`."""
 
-
-def server_limits(settings: Settings) -> ServerLimits:
-    """The HTTP server's per-client limits from the settings (docs/security.md)."""
-    return ServerLimits(
-        header_timeout_secs=settings.http_header_timeout_secs,
-        body_timeout_secs=settings.http_body_timeout_secs,
-        keepalive_timeout_secs=settings.http_keepalive_timeout_secs,
-        send_timeout_secs=settings.http_send_timeout_secs,
-        max_header_bytes=settings.http_max_header_bytes,
-        max_url_bytes=settings.http_max_url_bytes,
-        max_body_bytes=settings.max_body_bytes,
-        max_connections=settings.http_max_connections,
-        write_buffer_high_bytes=settings.http_write_buffer_bytes,
-        write_buffer_low_bytes=settings.http_write_buffer_bytes // 4,
-    )
-
-
-def chdb_path(settings: Settings) -> Path:
-    return settings.data_dir / "chdb"
-
-
-def read_service_file(data_dir: Path) -> dict[str, Any] | None:
-    """The running service's ``{"pid", "port", "url"}`` if its process is alive."""
-    path = data_dir / SERVICE_FILE
-    try:
-        info = json.loads(path.read_text())
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return dict(info)
-
-
-class Service:
-    """One process: HTTP ingest + pipeline + embedded store + dashboard."""
-
-    def __init__(self, settings: Settings, *, extra_sinks: Sequence[Sink] = ()) -> None:
-        self.settings = settings
-        self.metrics = Metrics()
-        self.stores = build_stores(settings)
-        self.store = self.stores[0]
-        self.tables = satellites.tables(settings.retention_days)
-        self.pipeline = Pipeline(
-            satellites.PIPELINE,
-            self.tables,
-            [*self.stores, *extra_sinks],
-            limits=PipelineLimits(
-                batch_size=settings.batch_size,
-                linger_secs=settings.batch_timeout,
-                max_buffer_rows=settings.max_buffer_rows,
-                max_buffer_bytes=settings.max_buffer_bytes,
-                deployment_retry_secs=settings.deployment_error_retry_secs,
-            ),
-            retry=RetryPolicy(max_secs=settings.retry_max_backoff_secs),
-            metrics=self.metrics,
-            dead_letters=FileDeadLetters(settings.data_dir / "dead_letters.jsonl"),
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        sat = runtime.plan("satellites")
+        self.dashboard = (
+            DashboardQueries(
+                runtime.store,
+                dialect=runtime.store.query_dialect,
+                namespace=sat.namespace,
+            )
+            if sat is not None
+            else None
         )
-        self.mapper = satellites.SatelliteMapper(
-            satellites.threshold_rules(
-                settings.anomaly_threshold_battery,
-                settings.anomaly_threshold_storage,
-                settings.anomaly_threshold_signal,
-            ),
-            self.metrics,
-            window=TimeWindow.of(
-                settings.timestamp_max_ahead_secs,
-                settings.timestamp_max_age,
-                [
-                    s.time_range_ns
-                    for s in (*self.stores, *extra_sinks)
-                    if hasattr(s, "time_range_ns")
-                ],
-            ),
+        self._samples: collections.deque[tuple[float, dict[str, tuple[int, int, int]]]] = (
+            collections.deque(maxlen=64)
         )
-        self.ingest = IngestHandlers(
-            self.pipeline,
-            self.mapper,
-            self.metrics,
-            settings.ack_mode,
-            ndjson_max_body_bytes=settings.ndjson_max_body_bytes,
-            ndjson_max_line_bytes=settings.ndjson_max_line_bytes,
-        )
-        self.dashboard = DashboardQueries(self.store, dialect=sql_dialect(self.store))
-        self.server = HttpServer(
-            self._router(), limits=server_limits(settings), on_response=self._count
-        )
-        self.port: int | None = None
-        self._maintenance: asyncio.Future[None] | None = None
-        self.stopping = asyncio.Event()
-        self._started_at = time.time()
 
-    # -- routes -----------------------------------------------------------------------
-    def _router(self) -> Router:
-        r = Router()
-        r.add("POST", "/telemetry", self.ingest.telemetry)
-        r.add("POST", "/telemetry/batch", self.ingest.batch)
-        # The NDJSON handler enforces its own limit (answering with next_line); the server's
-        # is a backstop just above it.
-        r.add_stream(
-            "POST",
-            "/telemetry/ndjson",
-            self.ingest.ndjson,
-            max_body=self.settings.ndjson_max_body_bytes + (1 << 20),
-        )
+    def install(self, r: Router) -> None:
         r.add("GET", "/health", self.health)
         r.add("GET", "/metrics", self.metrics_route)
         r.add("GET", "/openapi.json", self.openapi)
@@ -181,30 +71,30 @@ class Service:
         r.add_prefix("GET", "/static/", self.static)
         r.add("GET", "/api/dashboard/summary", self.summary)
         r.add("GET", "/api/dashboard/series", self.series)
+        r.add("GET", "/api/pipelines", self.pipelines)
         r.add("POST", "/api/query", self.query)
-        return r
 
-    def _count(self, request: Request, response: Response) -> None:
-        # by route pattern, never the raw path: the label set stays bounded
-        self.metrics.counters["http_requests"][(request.route, str(response.status))] += 1
-
+    # -- health and metrics --------------------------------------------------------------
     def health(self, request: Request) -> Response:
-        healthy = self.pipeline.healthy
+        rt = self.rt
+        healthy = rt.healthy
         doc = {
             "status": "healthy" if healthy else "unhealthy",
             "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
-            "ack_mode": self.settings.ack_mode,
-            "uptime_seconds": round(time.time() - self._started_at, 3),
-            "sinks": self.pipeline.health(),
+            "ack_mode": rt.settings.http.ack_mode,
+            "uptime_seconds": round(time.time() - rt.started_at, 3),
+            **rt.health(),
         }
         return Response(200 if healthy else 503, _encode(doc))
 
     def metrics_route(self, request: Request) -> Response:
-        return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        return Response(200, self.rt.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
 
     def openapi(self, request: Request) -> Response:
-        return Response(200, _encode(openapi_document(self.settings)))
+        ingests = [r.source.ingest for r in self.rt.running if isinstance(r.source, HttpPushSource)]
+        return Response(200, _encode(openapi_document(self.rt.settings, ingests)))
 
+    # -- dashboard ----------------------------------------------------------------------
     def index(self, request: Request) -> Response:
         return Response(
             200, assets.index_html(), "text/html; charset=utf-8", [("Cache-Control", "no-cache")]
@@ -217,7 +107,12 @@ class Service:
         data, ctype = found
         return Response(200, data, ctype, [("Cache-Control", "no-cache")])
 
+    def _no_satellites(self) -> Response:
+        return error_response(404, "the satellites pipeline is not running in this service")
+
     async def summary(self, request: Request) -> Response:
+        if self.dashboard is None:
+            return self._no_satellites()
         try:
             return Response(200, _encode(await self.dashboard.summary()))
         except QueryError as exc:
@@ -240,20 +135,87 @@ class Service:
                 "minutes must be an integer",
                 errors=[{"field": "minutes", "message": "expected an integer"}],
             )
+        if self.dashboard is None:
+            return self._no_satellites()
         try:
             return Response(200, _encode(await self.dashboard.series(sid, minutes)))
         except QueryError as exc:
             return error_response(500, f"query failed: {exc}")
 
+    def _counts(self) -> dict[str, tuple[int, int, int]]:
+        """Per pipeline: rows committed (all sinks, all tables / sinks), records rejected
+        or dead-lettered, sink errors."""
+        c = self.rt.metrics.counters
+        out: dict[str, tuple[int, int, int]] = {}
+        for r in self.rt.running:
+            name = r.plan.name
+            sinks = max(1, len(r.pipeline.lanes))
+            written = sum(v for k, v in c["written_rows"].items() if k[0] == name) // sinks
+            errors = (
+                c["rejected"].get((name,), 0)
+                + sum(v for k, v in c["dead_letters"].items() if k[0] == name)
+                + sum(v for k, v in c["source_errors"].items() if k[0] == name)
+            )
+            sink_errors = sum(v for k, v in c["sink_errors"].items() if k[0] == name)
+            out[name] = (written, errors, sink_errors)
+        return out
+
+    def pipelines(self, request: Request) -> Response:
+        """Every running pipeline: source, namespace, tables, what it declared (thresholds),
+        and its rates over the last minute."""
+        now = time.monotonic()
+        counts = self._counts()
+        self._samples.append((now, counts))
+        while len(self._samples) > 2 and now - self._samples[0][0] > _RATE_WINDOW_SECS:
+            self._samples.popleft()
+        t0, first = self._samples[0]
+        span = now - t0
+        health = self.rt.health()["pipelines"]
+        docs = []
+        for r in self.rt.running:
+            name = r.plan.name
+            written, errors, sink_errors = counts[name]
+            w0, e0, s0 = first.get(name, (0, 0, 0))
+            if span < 1.0:  # first look: averages since start
+                w0, e0, s0 = 0, 0, 0
+                elapsed = max(1.0, time.time() - self.rt.started_at)
+            else:
+                elapsed = span
+            docs.append(
+                {
+                    "name": name,
+                    "description": r.plan.spec.description,
+                    "source": r.plan.source,
+                    "namespace": r.plan.namespace,
+                    "tables": [t.name for t in r.plan.tables],
+                    "info": dict(r.parts.info),
+                    "status": health[name]["status"],
+                    "rows_per_s": (written - w0) / elapsed,
+                    "errors_per_s": (errors - e0) / elapsed,
+                    "sink_errors_per_s": (sink_errors - s0) / elapsed,
+                    "rows_total": written,
+                    "errors_total": errors,
+                    "buffered_rows": sum(
+                        int(str(s["buffered_rows"])) for s in health[name]["sinks"].values()
+                    ),
+                    "lag": health[name]["source"].get("lag"),
+                    "source_state": health[name]["source"],
+                }
+            )
+        return Response(200, _encode({"pipelines": docs}))
+
+    # -- the query endpoint ---------------------------------------------------------------
     async def query(self, request: Request) -> Response:
-        """``POST /api/query`` ``{"sql": "SELECT …"}``: a read-only query (see docs/security.md)."""
-        if not self.settings.query_allow_remote and not is_loopback(request.client):
+        """``POST /api/query`` ``{"sql": "SELECT …", "pipeline": "…"}``: a read-only query in
+        the pipeline's namespace (docs/security.md)."""
+        http = self.rt.settings.http
+        if not http.query_allow_remote and not is_loopback(request.client):
             return error_response(
                 403,
                 "the query endpoint answers loopback clients only "
                 "(set ORBITSTREAM_QUERY_ALLOW_REMOTE=true to change)",
             )
-        problem = origin_problem(request, self.settings.allowed_hosts)
+        problem = origin_problem(request, http.allowed_hosts)
         if problem is not None:
             return error_response(403, problem)
         if request.content_type != "application/json":
@@ -273,101 +235,34 @@ class Service:
                 'send {"sql": "SELECT ..."}',
                 errors=[{"field": "sql", "message": "a non-empty string is required"}],
             )
+        database, bad = self._database(doc)
+        if bad is not None:
+            return bad
         try:
-            rows = await self.store.user_query(sql)
+            rows = await self.rt.store.user_query(sql, database)
         except QueryError as exc:
             return error_response(400, str(exc), code=exc.code)
         return Response(
             200, _encode({"columns": rows.columns, "types": rows.types, "rows": rows.rows})
         )
 
-    # -- lifecycle ---------------------------------------------------------------------
-    async def start(self) -> int:
-        s = self.settings
-        # Short GIL switch interval: the event loop thread releases the GIL on every
-        # socket write; with the default 5 ms a busy writer thread keeps it that long.
-        sys.setswitchinterval(0.0005)
-        # Buffered rows are many small tuples: keep the collector from rescanning them.
-        gc.set_threshold(50_000, 50, 100)
-        s.data_dir.mkdir(parents=True, exist_ok=True)
-        other = read_service_file(s.data_dir)
-        if other is not None and other.get("pid") != os.getpid():
-            raise ConfigError(
-                f"data directory {s.data_dir} is used by a running service (pid {other['pid']}, "
-                f"{other.get('url')}); stop it or choose another ORBITSTREAM_DATA_DIR",
-                setting="ORBITSTREAM_DATA_DIR",
+    def _database(self, doc: Any) -> tuple[str | None, Response | None]:
+        """The namespace of ``doc["pipeline"]`` (``None``: the store's default)."""
+        name = doc.get("pipeline") if isinstance(doc, dict) else None
+        if name is None:
+            name = "satellites"
+        if not isinstance(name, str):
+            return None, error_response(
+                400,
+                "pipeline must be a name",
+                errors=[{"field": "pipeline", "message": "expected a string"}],
             )
-        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-        await self.pipeline.start(s.start_timeout_secs)
-        await self._restore_alerts()
-        self._maintenance = asyncio.ensure_future(self._maintain_forever())
-        gc.collect()
-        gc.freeze()
-        self.port = await self.server.start(s.host, s.port)
-        host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
-        info = {"pid": os.getpid(), "port": self.port, "url": f"http://{host}:{self.port}"}
-        (s.data_dir / SERVICE_FILE).write_text(json.dumps(info))
-        logger.info(
-            "Service started.",
-            extra={
-                "url": info["url"],
-                "data_dir": str(s.data_dir),
-                "ack_mode": s.ack_mode,
-                "batch_size": s.batch_size,
-                "batch_timeout_secs": s.batch_timeout,
-            },
-        )
-        return self.port
+        from orbitstream.runtime import plan_pipelines
 
-    async def _restore_alerts(self) -> None:
-        firing = await self.dashboard.firing_alerts(satellites.PIPELINE)
-        self.mapper.alerts.restore(firing)
-
-    async def _maintain_forever(self, every_secs: float = 3600.0) -> None:
-        """Hourly store upkeep (PostgreSQL: partitions ahead, retention, ledger pruning)."""
-        while True:
-            await asyncio.sleep(every_secs)
-            for store in self.stores:
-                maintain = getattr(store, "maintain", None)
-                if maintain is None:
-                    continue
-                try:
-                    await maintain()
-                except Exception as exc:  # upkeep must never take the service down
-                    logger.warning(
-                        "Store maintenance failed.",
-                        extra={"component": store.name, "error": repr(exc)},
-                    )
-
-    def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
-
-    async def run(self) -> None:
-        """Start, serve until SIGTERM/SIGINT, stop."""
-        await self.start()
-        self.install_signal_handlers()
-        await self.stopping.wait()
-        await self.stop()
-
-    async def stop(self) -> None:
-        timeout = self.settings.shutdown_timeout_secs
-        logger.info("Service stopping.", extra={"buffered": self.pipeline.health()})
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-        server_closed = asyncio.ensure_future(self.server.close(timeout))
-        self.pipeline.flush()
-        await server_closed
-        await self.pipeline.close(timeout)
-        with contextlib.suppress(OSError):
-            info = read_service_file(self.settings.data_dir)
-            if info is None or info.get("pid") == os.getpid():
-                (self.settings.data_dir / SERVICE_FILE).unlink()
-        logger.info(
-            "Service stopped.",
-            extra={
-                "accepted": self.metrics.total("accepted"),
-                "written_rows": self.metrics.total("written_rows"),
-            },
-        )
+        try:
+            (plan,) = plan_pipelines(self.rt.settings, [name])
+        except Exception as exc:
+            return None, error_response(
+                400, str(exc), errors=[{"field": "pipeline", "message": str(exc)}]
+            )
+        return plan.namespace, None

@@ -232,7 +232,7 @@ def test_metrics_and_openapi(service: ServiceProcess) -> None:
     while True:
         status, headers, body = http("GET", service.url + "/metrics")
         text = body.decode()
-        if 'orbitstream_written_rows_total{sink="chdb",table="telemetry"} 1.0' in text:
+        if 'orbitstream_written_rows_total{pipeline="satellites",sink="chdb",table="telemetry"} 1.0' in text:
             break
         assert time.monotonic() < deadline, text
         time.sleep(0.05)
@@ -241,7 +241,7 @@ def test_metrics_and_openapi(service: ServiceProcess) -> None:
         'orbitstream_received_total{pipeline="satellites"} 2.0',
         'orbitstream_accepted_total{pipeline="satellites"} 1.0',
         'orbitstream_rejected_total{pipeline="satellites"} 1.0',
-        'orbitstream_written_rows_total{sink="chdb",table="telemetry"} 1.0',
+        'orbitstream_written_rows_total{pipeline="satellites",sink="chdb",table="telemetry"} 1.0',
         "orbitstream_flush_seconds_bucket",
         "orbitstream_buffer_rows",
         "orbitstream_batches_total",

@@ -97,18 +97,16 @@ def test_sigterm_under_load_keeps_every_acknowledged_point(
 
 
 async def test_sink_outage_shows_in_health_and_loses_nothing(tmp_path: Path) -> None:
-    from orbitstream.service import Service
+    from orbitstream.runtime import Runtime
 
     flaky = MemorySink("flaky")
     settings = load_settings(
         data_dir=tmp_path / "d",
         port=free_port(),
         host="127.0.0.1",
-        batch_size=50,
-        batch_timeout=0.05,
-        retry_max_backoff_secs=0.2,
+        engine={"batch_size": 50, "batch_timeout": 0.05, "retry_max_backoff_secs": 0.2},
     )
-    svc = Service(settings, extra_sinks=[flaky])
+    svc = Runtime(settings, ["satellites"], extra_sinks=[flaky])
     port = await svc.start()
     url = f"http://127.0.0.1:{port}"
     try:

@@ -98,6 +98,7 @@ class Batch:
     created_at: float = field(default_factory=time.monotonic)
     attempts: int = 0
     ack_ends: list[int] = field(default_factory=list)
+    keyed: bool = False  # its id derives from the source's input: never merged
 
     @property
     def size(self) -> int:
@@ -143,7 +144,12 @@ class Batch:
         """Rows ``[start, stop)`` as a batch of their own, with the acks they belong to."""
         acks, ends = self._spans(start, stop)
         return Batch(
-            self.table, self.rows[start:stop], f"{self.batch_id}{suffix}", acks, ack_ends=ends
+            self.table,
+            self.rows[start:stop],
+            f"{self.batch_id}{suffix}",
+            acks,
+            ack_ends=ends,
+            keyed=self.keyed,
         )
 
     def split(self) -> tuple[Batch, Batch]:

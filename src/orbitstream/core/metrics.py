@@ -23,10 +23,14 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rejected": ("Points rejected by validation.", ("pipeline",)),
     "backpressure": ("Requests refused with 503 because buffers were full.", ("pipeline",)),
     "http_requests": ("HTTP requests answered.", ("route", "status")),
-    "written_rows": ("Rows committed by a sink.", ("sink", "table")),
-    "batches": ("Batches finished by a sink, by final status.", ("sink", "table", "status")),
-    "sink_errors": ("Failed write attempts, by kind.", ("sink", "kind")),
-    "dead_letters": ("Rows sent to the dead-letter store.", ("sink", "table")),
+    "written_rows": ("Rows committed by a sink.", ("pipeline", "sink", "table")),
+    "batches": (
+        "Batches finished by a sink, by final status.",
+        ("pipeline", "sink", "table", "status"),
+    ),
+    "sink_errors": ("Failed write attempts, by kind.", ("pipeline", "sink", "kind")),
+    "dead_letters": ("Rows sent to the dead-letter store.", ("pipeline", "sink", "table")),
+    "source_errors": ("Input a source could not map, by kind.", ("pipeline", "kind")),
     "alerts": ("Alert events emitted.", ("pipeline", "rule", "state")),
 }
 
@@ -38,12 +42,12 @@ class Metrics:
         self.counters: dict[str, defaultdict[_Labels, int]] = {
             name: defaultdict(int) for name in _COUNTERS
         }
-        self.gauges: dict[str, Callable[[], dict[_Labels, float]]] = {}
+        self.gauges: dict[str, list[Callable[[], dict[_Labels, float]]]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.flush_seconds = Histogram(
             "orbitstream_flush_seconds",
             "Time to write one batch to a sink (successful attempts).",
-            ("sink", "table"),
+            ("pipeline", "sink", "table"),
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
@@ -59,17 +63,22 @@ class Metrics:
         return sum(self.counters[name].values())
 
     def add_gauge(self, name: str, read: Callable[[], dict[_Labels, float]]) -> None:
-        """Register a gauge family read at scrape time. Labels: ``("sink",)``."""
-        self.gauges[name] = read
+        """Add a reader to a gauge family read at scrape time (several pipelines each add
+        theirs; labels ``("pipeline", "sink")`` unless the family says otherwise)."""
+        self.gauges.setdefault(name, []).append(read)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 _GAUGE_HELP = {
-    "buffer_rows": ("Rows buffered or in flight, per sink.", ("sink",)),
-    "buffer_bytes": ("Estimated bytes buffered or in flight, per sink.", ("sink",)),
-    "sink_up": ("1 when the sink's last write or check succeeded.", ("sink",)),
+    "buffer_rows": ("Rows buffered or in flight, per sink.", ("pipeline", "sink")),
+    "buffer_bytes": ("Estimated bytes buffered or in flight, per sink.", ("pipeline", "sink")),
+    "sink_up": ("1 when the sink's last write or check succeeded.", ("pipeline", "sink")),
+    "source_lag": (
+        "How far behind its input a source is (messages, or seconds for pollers).",
+        ("pipeline", "unit"),
+    ),
 }
 
 
@@ -83,9 +92,12 @@ class _Collector(Collector):
             for key, value in sorted(self._m.counters[name].items()):
                 fam.add_metric(list(key), value)
             yield fam
-        for name, read in self._m.gauges.items():
-            doc, labels = _GAUGE_HELP.get(name, (name, ("sink",)))
+        for name, readers in self._m.gauges.items():
+            doc, labels = _GAUGE_HELP.get(name, (name, ("pipeline", "sink")))
             gauge = GaugeMetricFamily(f"orbitstream_{name}", doc, labels=list(labels))
-            for gkey, gvalue in sorted(read().items()):
+            values: dict[_Labels, float] = {}
+            for read in readers:
+                values.update(read())
+            for gkey, gvalue in sorted(values.items()):
                 gauge.add_metric(list(gkey), gvalue)
             yield gauge

@@ -14,11 +14,12 @@ buffer) when a lane is full.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from orbitstream.core.batch import Ack, Batch, DeadLetter, Row
@@ -44,6 +45,42 @@ class PipelineLimits:
     max_merge_rows: int = 50_000
     deployment_retry_secs: float = 300.0
     health_check_secs: float = 5.0
+
+
+async def start_sink(
+    sink: Sink, tables: Sequence[Table], retry: RetryPolicy, timeout_secs: float
+) -> None:
+    """``sink.start(tables)``; an unreachable sink (a retryable error) is retried with
+    backoff for up to ``timeout_secs``, anything else fails at once."""
+    deadline = time.monotonic() + timeout_secs
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await sink.start(tables)
+            return
+        except SinkRetryableError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            delay = retry.delay(attempt)
+            logger.warning(
+                "Sink not reachable at start; retrying.",
+                extra={
+                    "component": sink.name,
+                    "attempt": attempt,
+                    "retry_in_secs": round(delay, 3),
+                    "error": str(exc),
+                },
+            )
+            await asyncio.sleep(delay)
+
+
+async def close_sink(sink: Sink) -> None:
+    """``sink.close()``; a failure is logged (closing must not fail a shutdown)."""
+    try:
+        await sink.close()
+    except Exception as exc:
+        logger.warning("Sink close failed.", extra={"component": sink.name, "error": repr(exc)})
 
 
 class Batcher:
@@ -141,13 +178,19 @@ class Batcher:
             # (a store pays a fixed cost per insert). The merged batch keeps one id for
             # its retries, so dedup still holds.
             limit = max(self.lane.limits.batch_size, self.lane.limits.max_merge_rows)
-            while not self.queue.empty() and batch.size < limit:
+            follow: Batch | None = None
+            while not batch.keyed and not self.queue.empty() and batch.size < limit:
                 nxt = self.queue.get_nowait()
                 if nxt is None:
                     stop = True
                     break
+                if nxt.keyed:  # its id must stay its own (replays are deduplicated by it)
+                    follow = nxt
+                    break
                 batch = batch.merge(nxt)
             await self.lane.deliver_until_done(batch)
+            if follow is not None:
+                await self.lane.deliver_until_done(follow)
 
 
 class SinkLane:
@@ -184,6 +227,7 @@ class SinkLane:
         self.in_flight = 0
         self.deployment_since: float | None = None  # the lane's deployment-error window
         self.give_up_at: float | None = None  # set during shutdown
+        self.on_drain: Callable[[], None] | None = None  # rows left the buffer
 
     def has_room(self, rows: int, nbytes: int) -> bool:
         return (
@@ -234,6 +278,8 @@ class SinkLane:
         self.bytes -= batch.nbytes
         for ack in batch.acks:
             ack.part_done()
+        if self.on_drain is not None:
+            self.on_drain()
 
     def _mark_down(self, reason: str, error: str) -> None:
         self.up = False
@@ -246,7 +292,7 @@ class SinkLane:
         self.last_error = None
 
     async def _write_with_retry(self, batch: Batch) -> None:
-        labels = (self.sink.name, batch.table.name)
+        labels = (self.pipeline, self.sink.name, batch.table.name)
         attempt = 0
         while True:
             attempt += 1
@@ -254,12 +300,12 @@ class SinkLane:
             try:
                 await self.sink.write(batch)
             except SinkRejectedError as exc:
-                self.metrics.inc("sink_errors", (self.sink.name, "rejected"))
+                self.metrics.inc("sink_errors", (self.pipeline, self.sink.name, "rejected"))
                 self.deployment_since = None
                 await self._isolate(batch, exc, exc.bad_rows)
                 return
             except (SinkRetryableError, OSError, TimeoutError) as exc:
-                self.metrics.inc("sink_errors", (self.sink.name, "retryable"))
+                self.metrics.inc("sink_errors", (self.pipeline, self.sink.name, "retryable"))
                 self._mark_down("write", f"{type(exc).__name__}: {exc}")
                 if getattr(exc, "deployment", False):
                     # The window is the lane's: once it has run out, later batches are not
@@ -298,7 +344,7 @@ class SinkLane:
                 # Not a transport or server failure the sink recognised: most likely the
                 # rows could not be encoded for this store. Retrying would stall every
                 # row behind them, so the rows are treated as refused.
-                self.metrics.inc("sink_errors", (self.sink.name, "rejected"))
+                self.metrics.inc("sink_errors", (self.pipeline, self.sink.name, "rejected"))
                 logger.exception(
                     "Sink raised an unclassified error; treating the rows as refused.",
                     extra={
@@ -375,8 +421,9 @@ class SinkLane:
             DeadLetter(self.pipeline, batch.table.name, batch.batch_id, row, error)
             for row in batch.table.row_dicts(rows)
         ]
-        self.metrics.inc("dead_letters", (self.sink.name, batch.table.name), len(letters))
-        self.metrics.inc("batches", (self.sink.name, batch.table.name, "rejected"))
+        labels = (self.pipeline, self.sink.name, batch.table.name)
+        self.metrics.inc("dead_letters", labels, len(letters))
+        self.metrics.inc("batches", (*labels, "rejected"))
         logger.error(
             "Rows refused by sink; sent to dead letters.",
             extra={
@@ -433,8 +480,9 @@ class SinkLane:
             DeadLetter(self.pipeline, batch.table.name, batch.batch_id, row, error)
             for row in batch.table.row_dicts(batch.rows)
         ]
-        self.metrics.inc("batches", (self.sink.name, batch.table.name, "errored"))
-        self.metrics.inc("dead_letters", (self.sink.name, batch.table.name), len(letters))
+        labels = (self.pipeline, self.sink.name, batch.table.name)
+        self.metrics.inc("batches", (*labels, "errored"))
+        self.metrics.inc("dead_letters", labels, len(letters))
         logger.error(
             "Sink still down at shutdown; batch spilled to the dead-letter file.",
             extra={
@@ -519,44 +567,30 @@ class Pipeline:
         self._started = False
         self._closed = False
         self._watcher: asyncio.Task[None] | None = None
+        self._room = asyncio.Event()
+        for lane in self.lanes:
+            lane.on_drain = self._room.set
         metrics.add_gauge(
-            "buffer_rows", lambda: {(lane.sink.name,): float(lane.rows) for lane in self.lanes}
+            "buffer_rows",
+            lambda: {(name, lane.sink.name): float(lane.rows) for lane in self.lanes},
         )
         metrics.add_gauge(
-            "buffer_bytes", lambda: {(lane.sink.name,): float(lane.bytes) for lane in self.lanes}
+            "buffer_bytes",
+            lambda: {(name, lane.sink.name): float(lane.bytes) for lane in self.lanes},
         )
         metrics.add_gauge(
-            "sink_up", lambda: {(lane.sink.name,): float(lane.up) for lane in self.lanes}
+            "sink_up", lambda: {(name, lane.sink.name): float(lane.up) for lane in self.lanes}
         )
 
-    async def start(self, timeout_secs: float = 60.0) -> None:
-        """Create tables in every sink and start writers.
+    async def start(self, timeout_secs: float = 60.0, *, start_sinks: bool = True) -> None:
+        """Create tables in every sink (unless the runtime started them) and start writers.
 
         A sink that is unreachable (a retryable error) is retried with backoff for up to
         ``timeout_secs``; a configuration or schema error fails at once.
         """
-        for lane in self.lanes:
-            deadline = time.monotonic() + timeout_secs
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    await lane.sink.start(list(self.tables.values()))
-                    break
-                except SinkRetryableError as exc:
-                    if time.monotonic() >= deadline:
-                        raise
-                    delay = lane.retry.delay(attempt)
-                    logger.warning(
-                        "Sink not reachable at start; retrying.",
-                        extra={
-                            "component": lane.sink.name,
-                            "attempt": attempt,
-                            "retry_in_secs": round(delay, 3),
-                            "error": str(exc),
-                        },
-                    )
-                    await asyncio.sleep(delay)
+        if start_sinks:
+            for lane in self.lanes:
+                await start_sink(lane.sink, list(self.tables.values()), lane.retry, timeout_secs)
         for lane in self.lanes:
             lane.start()
         self._started = True
@@ -608,6 +642,67 @@ class Pipeline:
         if ack is not None:
             ack.add_parts(parts)
 
+    def has_room(self, rows: int, nbytes: int | None = None) -> bool:
+        """Whether every lane could take ``rows`` more rows now."""
+        size = nbytes if nbytes is not None else rows * 256
+        return self.accepting and all(lane.has_room(rows, size) for lane in self.lanes)
+
+    async def wait_for_room(self, rows: int = 1) -> None:
+        """Return once every lane could take ``rows`` more rows (woken as batches drain)."""
+        while not self.has_room(rows):
+            if self._closed:
+                raise BackpressureError("pipeline is closed", retry_after_secs=1.0)
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), 1.0)
+
+    def submit_keyed(
+        self, rows: Mapping[str, Sequence[Row]], key: str, ack: Ack | None = None
+    ) -> None:
+        """Each table's rows as one batch of their own, with the id
+        ``<pipeline>:<table>:<key>``: the same input submitted again (a replay after a
+        crash) gets the same ids, and the stores drop it (dedup token / ledger). Keyed
+        batches are never merged with others. All or nothing, like :meth:`submit`.
+
+        :raises BackpressureError: a sink's buffer would overflow; nothing was added.
+        """
+        if not self.accepting:
+            raise BackpressureError("pipeline is not accepting", retry_after_secs=1.0)
+        n = 0
+        nbytes = 0
+        for table_name, table_rows in rows.items():
+            k = len(table_rows)
+            n += k
+            nbytes += k * self.tables[table_name].row_bytes
+        if n == 0:
+            if ack is not None:
+                ack.add_parts(0)
+            return
+        for lane in self.lanes:
+            if not lane.has_room(n, nbytes):
+                raise BackpressureError(
+                    f"buffer full for sink {lane.sink.name}",
+                    retry_after_secs=max(1.0, self.limits.linger_secs),
+                )
+        parts = 0
+        for lane in self.lanes:
+            lane.rows += n
+            lane.bytes += nbytes
+            for table_name, table_rows in rows.items():
+                if table_rows:
+                    batch = Batch(
+                        self.tables[table_name],
+                        list(table_rows),
+                        f"{self.name}:{table_name}:{key}",
+                        [ack] if ack is not None else [],
+                        ack_ends=[len(table_rows)] if ack is not None else [],
+                        keyed=True,
+                    )
+                    lane.batchers[table_name].queue.put_nowait(batch)
+                    parts += 1
+        if ack is not None:
+            ack.add_parts(parts)
+
     def submit_one(self, table: str, row: Row, ack: Ack | None = None) -> None:
         """One row for one table: :meth:`submit` without the loops (the single-point
         HTTP path).
@@ -647,8 +742,9 @@ class Pipeline:
     def healthy(self) -> bool:
         return all(lane.up for lane in self.lanes)
 
-    async def close(self, timeout_secs: float = 30.0) -> None:
-        """Stop accepting, flush every batch, wait for the writers, close the sinks.
+    async def close(self, timeout_secs: float = 30.0, *, close_sinks: bool = True) -> None:
+        """Stop accepting, flush every batch, wait for the writers, close the sinks (unless
+        the runtime closes them: a store shared by pipelines closes after the last).
 
         A sink still failing after ``timeout_secs`` has its remaining batches spilled to
         the dead-letter file rather than dropped.
@@ -667,11 +763,7 @@ class Pipeline:
         tasks = [b.task for lane in self.lanes for b in lane.batchers.values() if b.task]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for lane in self.lanes:
-            try:
-                await lane.sink.close()
-            except Exception as exc:
-                logger.warning(
-                    "Sink close failed.", extra={"component": lane.sink.name, "error": repr(exc)}
-                )
+        if close_sinks:
+            for lane in self.lanes:
+                await close_sink(lane.sink)
         logger.info("Pipeline closed.", extra={"pipeline": self.name})

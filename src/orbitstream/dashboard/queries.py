@@ -35,6 +35,7 @@ def _iso(value: object) -> str | None:
 class DashboardQueries:
     """Summary and per-satellite series for the built-in page.
 
+    :param namespace: the satellites pipeline's namespace (``None``: the store's default).
     :param stale_secs: a satellite with no point for this long shows as ``stale``.
     """
 
@@ -43,12 +44,15 @@ class DashboardQueries:
         store: _Store,
         *,
         dialect: str = "clickhouse",
+        namespace: str | None = None,
         window_secs: int = 60,
         stale_secs: int = 60,
         latest_secs: int = 300,
     ) -> None:
         self.store = store
-        self.sql = _POSTGRES if dialect == "postgres" else _CLICKHOUSE
+        prefix = f"{namespace}." if namespace else ""
+        sql = _POSTGRES if dialect == "postgres" else _CLICKHOUSE
+        self.sql = {k: v.replace("@ns.", prefix) for k, v in sql.items()}
         self.window_secs = window_secs
         self.stale_secs = stale_secs
         self.latest_secs = latest_secs
@@ -149,17 +153,17 @@ _CLICKHOUSE = {
     "window": (
         "SELECT count(), countIf(is_anomaly), "
         "dateDiff('millisecond', min(received_at), now64(9)) / 1000 "
-        "FROM telemetry WHERE received_at >= now64(9) - toIntervalSecond({w:UInt32})"
+        "FROM @ns.telemetry WHERE received_at >= now64(9) - toIntervalSecond({w:UInt32})"
     ),
     "sat_counts": (
         "SELECT satellite_id, sum(s_data_points), sum(s_anomaly_points), max(bucket) "
-        "FROM satellite_stats_agg GROUP BY satellite_id ORDER BY satellite_id"
+        "FROM @ns.satellite_stats_agg GROUP BY satellite_id ORDER BY satellite_id"
     ),
     "sat_latest": (
         "SELECT satellite_id, max(time), argMax(battery_charge_percent, time), "
         "argMax(storage_usage_mb, time), argMax(signal_strength_dbm, time), "
         "argMax(is_anomaly, time), dateDiff('millisecond', max(time), now64(9)) / 1000 "
-        "FROM telemetry WHERE time >= now64(9) - toIntervalSecond({h:UInt32}) "
+        "FROM @ns.telemetry WHERE time >= now64(9) - toIntervalSecond({h:UInt32}) "
         "GROUP BY satellite_id"
     ),
     "alerts": (
@@ -167,18 +171,18 @@ _CLICKHOUSE = {
         " SELECT entity_id, rule, argMax(state, time) AS st, max(time) AS since,"
         " argMax(value, time) AS value, argMax(threshold, time) AS threshold,"
         " argMax(message, time) AS message"
-        " FROM alerts WHERE pipeline = {p:String} GROUP BY entity_id, rule"
+        " FROM @ns.alerts WHERE pipeline = {p:String} GROUP BY entity_id, rule"
         ") WHERE st = 'firing' ORDER BY since DESC"
     ),
     "firing": (
-        "SELECT entity_id, rule FROM alerts WHERE pipeline = {p:String} "
+        "SELECT entity_id, rule FROM @ns.alerts WHERE pipeline = {p:String} "
         "GROUP BY entity_id, rule HAVING argMax(state, time) = 'firing'"
     ),
     "series": (
         "SELECT toUnixTimestamp(toStartOfInterval(time, toIntervalSecond({b:UInt32}))) AS t,"
         " avg(battery_charge_percent), avg(storage_usage_mb), avg(signal_strength_dbm),"
         " countIf(is_anomaly)"
-        " FROM telemetry WHERE satellite_id = {sid:String}"
+        " FROM @ns.telemetry WHERE satellite_id = {sid:String}"
         " AND time >= now64(9) - toIntervalMinute({m:UInt32})"
         " GROUP BY t ORDER BY t"
     ),
@@ -189,36 +193,36 @@ _POSTGRES = {
     # old partitions; points received now but stamped more than a day ago are not counted.
     "window": (
         "SELECT count(*), count(*) FILTER (WHERE is_anomaly), "
-        "extract(epoch FROM now() - min(received_at)) FROM telemetry "
+        "extract(epoch FROM now() - min(received_at)) FROM @ns.telemetry "
         "WHERE received_at >= now() - make_interval(secs => %(w)s) "
         "AND time >= now() - interval '1 day'"
     ),
     "sat_counts": (
         "SELECT satellite_id, sum(data_points), sum(anomaly_points), max(bucket) "
-        "FROM satellite_stats GROUP BY satellite_id ORDER BY satellite_id"
+        "FROM @ns.satellite_stats GROUP BY satellite_id ORDER BY satellite_id"
     ),
     "sat_latest": (
         "SELECT DISTINCT ON (satellite_id) satellite_id, time, battery_charge_percent, "
         "storage_usage_mb, signal_strength_dbm, is_anomaly, extract(epoch FROM now() - time) "
-        "FROM telemetry WHERE time >= now() - make_interval(secs => %(h)s) "
+        "FROM @ns.telemetry WHERE time >= now() - make_interval(secs => %(h)s) "
         "ORDER BY satellite_id, time DESC"
     ),
     "alerts": (
         "SELECT entity_id, rule, since, value, threshold, message FROM ("
         " SELECT DISTINCT ON (entity_id, rule) entity_id, rule, state, time AS since, value,"
-        " threshold, message FROM alerts WHERE pipeline = %(p)s"
+        " threshold, message FROM @ns.alerts WHERE pipeline = %(p)s"
         " ORDER BY entity_id, rule, time DESC) a WHERE state = 'firing' ORDER BY since DESC"
     ),
     "firing": (
         "SELECT entity_id, rule FROM ("
-        " SELECT DISTINCT ON (entity_id, rule) entity_id, rule, state FROM alerts"
+        " SELECT DISTINCT ON (entity_id, rule) entity_id, rule, state FROM @ns.alerts"
         " WHERE pipeline = %(p)s ORDER BY entity_id, rule, time DESC) a WHERE state = 'firing'"
     ),
     "series": (
         "SELECT (floor(extract(epoch FROM time) / %(b)s) * %(b)s)::bigint AS t,"
         " avg(battery_charge_percent), avg(storage_usage_mb), avg(signal_strength_dbm),"
         " count(*) FILTER (WHERE is_anomaly)"
-        " FROM telemetry WHERE satellite_id = %(sid)s"
+        " FROM @ns.telemetry WHERE satellite_id = %(sid)s"
         " AND time >= now() - make_interval(mins => %(m)s)"
         " GROUP BY t ORDER BY t"
     ),

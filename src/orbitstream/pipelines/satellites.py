@@ -8,29 +8,43 @@ where ``timestamp`` is RFC 3339 (with offset) or integer epoch nanoseconds.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
-import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
+from pydantic import Field
 
+from orbitstream.core import registry
 from orbitstream.core.batch import Row
 from orbitstream.core.metrics import Metrics
+from orbitstream.core.protocols import Store
+from orbitstream.core.records import (
+    FieldError,
+    clean_message,
+    decode_raw,
+    json_type,
+    number_problem,
+)
+from orbitstream.core.records import body_errors as _body_errors
+from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSettings, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Rollup, Table
 from orbitstream.core.times import TimeWindow
 from orbitstream.detect.alerts import ALERTS_TABLE, AlertTracker
 from orbitstream.detect.thresholds import ThresholdRule, ThresholdRules
+from orbitstream.settings import Settings, env
 
 __all__ = [
     "FIELD_TYPES",
+    "SPEC",
     "TELEMETRY_TABLE",
     "FieldError",
     "Mapped",
     "Point",
+    "SatelliteIngest",
     "SatelliteMapper",
+    "SatellitesSettings",
     "body_errors",
     "decode_raw",
     "field_errors",
@@ -82,76 +96,18 @@ _NUMBER_FIELDS: tuple[tuple[str, float | None, float | None], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class FieldError:
-    """One reason a point was refused."""
-
-    field: str
-    message: str
-
-
-def _clean(message: str) -> str:
-    cut = message.find(" - at `")
-    return message[:cut] if cut >= 0 else message
-
-
-# The slow path decodes floats as Decimal, so a value such as 1e400 (which no float64 can
-# hold) is reported as out of range for its field instead of failing the whole document.
-_RAW = msgspec.json.Decoder(float_hook=decimal.Decimal)
 _TS_MESSAGE = "use an RFC 3339 time with an offset or integer epoch nanoseconds (≥ 2000-01-01)"
-
-
-def decode_raw(body: bytes) -> object:
-    """Any JSON document, floats as :class:`decimal.Decimal` (for error reports).
-
-    :raises msgspec.DecodeError: not JSON (also for nesting deeper than the decoder allows).
-    """
-    try:
-        return _RAW.decode(body)
-    except RecursionError as exc:
-        raise msgspec.DecodeError("JSON nested too deeply") from exc
-
-
-def _number(value: object, lo: float | None, hi: float | None) -> str | None:
-    """Why ``value`` is not a finite number within ``[lo, hi]`` (``None`` if it is)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | decimal.Decimal):
-        return f"Expected `float`, got `{_json_type(value)}`"
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        return "Number out of range: not a finite 64-bit floating point number"
-    if lo is not None and number < lo:
-        return f"Expected `float` >= {lo:g}"
-    if hi is not None and number > hi:
-        return f"Expected `float` <= {hi:g}"
-    return None
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "float" if isinstance(value, float | decimal.Decimal) else "int"
 
 
 def _timestamp_error(value: object, window: TimeWindow | None, now_ns: int | None) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
-        return f"Expected `str | int | null`, got `{_json_type(value)}`: {_TS_MESSAGE}"
+        return f"Expected `str | int | null`, got `{json_type(value)}`: {_TS_MESSAGE}"
     try:
         ts = msgspec.convert(value, Timestamp)
     except msgspec.ValidationError as exc:
-        return f"{_clean(str(exc))}: {_TS_MESSAGE}"
+        return f"{clean_message(str(exc))}: {_TS_MESSAGE}"
     if window is None or ts is None:
         return None
     now = now_ns if now_ns is not None else time.time_ns()
@@ -164,7 +120,7 @@ def field_errors(
     """Every problem with one decoded JSON value (see :func:`decode_raw`), one per field;
     with a ``window``, a timestamp outside it too."""
     if not isinstance(raw, dict):
-        return [FieldError("$", f"expected a JSON object, got {_json_type(raw)}")]
+        return [FieldError("$", f"expected a JSON object, got {json_type(raw)}")]
     errors: list[FieldError] = []
     sid = raw.get("satellite_id")
     if "satellite_id" not in raw:
@@ -173,12 +129,12 @@ def field_errors(
         try:
             msgspec.convert(sid, SatelliteId)
         except msgspec.ValidationError as exc:
-            errors.append(FieldError("satellite_id", _clean(str(exc))))
+            errors.append(FieldError("satellite_id", clean_message(str(exc))))
     for name, lo, hi in _NUMBER_FIELDS:
         if name not in raw:
             errors.append(FieldError(name, "missing required field"))
             continue
-        problem = _number(raw[name], lo, hi)
+        problem = number_problem(raw[name], lo, hi)
         if problem is not None:
             errors.append(FieldError(name, problem))
     if "timestamp" in raw:
@@ -189,7 +145,7 @@ def field_errors(
         try:
             msgspec.convert(raw, Point)
         except msgspec.ValidationError as exc:
-            errors.append(FieldError("$", _clean(str(exc))))
+            errors.append(FieldError("$", clean_message(str(exc))))
     return errors
 
 
@@ -197,10 +153,7 @@ def body_errors(
     body: bytes, window: TimeWindow | None = None, now_ns: int | None = None
 ) -> list[FieldError]:
     """:func:`field_errors` of a raw body, never raising (a non-JSON body is one ``$`` error)."""
-    try:
-        return field_errors(decode_raw(body), window, now_ns)
-    except msgspec.DecodeError as exc:
-        return [FieldError("$", f"malformed JSON: {exc}")]
+    return _body_errors(body, lambda raw, w: field_errors(raw, w, now_ns), window)
 
 
 def to_ns(ts: dt.datetime | int | None, default_ns: int) -> int:
@@ -384,3 +337,119 @@ class SatelliteMapper:
         """The rows of ``mapped`` were accepted: apply their alert state changes."""
         if mapped.alert_changes:
             self.alerts.commit(mapped.alert_changes, mapped.alert_events)
+
+
+# -- the pipeline -----------------------------------------------------------------------
+
+
+class SatellitesSettings(PipelineSettings):
+    """The satellites pipeline: the seed's anomaly thresholds (``ANOMALY_THRESHOLD_*``)."""
+
+    battery_threshold: float = Field(
+        10.0,
+        validation_alias=env("ANOMALY_THRESHOLD_BATTERY"),
+        description="battery_low fires below this percentage.",
+    )
+    storage_threshold: float = Field(
+        95000.0,
+        validation_alias=env("ANOMALY_THRESHOLD_STORAGE"),
+        description="storage_high fires above this many MB.",
+    )
+    signal_threshold: float = Field(
+        -100.0,
+        validation_alias=env("ANOMALY_THRESHOLD_SIGNAL"),
+        description="signal_weak fires below this many dBm.",
+    )
+
+
+class SatelliteIngest:
+    """The satellites pipeline as the HTTP push source takes it
+    (:class:`~orbitstream.sources.http.ingest.HttpIngest`): ``POST /telemetry``, points
+    decoded to :class:`Point`, mapped by a :class:`SatelliteMapper`."""
+
+    path = "/telemetry"
+    record_type = Point
+    id_field = "satellite_id"
+    table = "telemetry"
+
+    def __init__(self, mapper: SatelliteMapper, alerts_table: Table = ALERTS_TABLE) -> None:
+        self.mapper = mapper
+        self.window = mapper.window
+        self.alerts_table = alerts_table
+
+    def field_errors(self, raw: object, window: TimeWindow | None) -> list[FieldError]:
+        return field_errors(raw, window)
+
+    def map(self, records: Sequence[Point], received_ns: int) -> Mapped:
+        return self.mapper.map(records, received_ns)
+
+    def commit(self, mapped: Mapped) -> None:
+        self.mapper.commit(mapped)
+
+    def map_one(
+        self, record: Point, received_ns: int
+    ) -> tuple[Row, dict[str, list[Row]] | None, Callable[[], None] | None] | FieldError:
+        out = self.mapper.map_one(record, received_ns)
+        if isinstance(out, FieldError):
+            return out
+        row, events, changes = out
+        if changes is None:
+            return row, None, None
+        mapper = self.mapper
+        return (
+            row,
+            {"alerts": events} if events else {},
+            lambda: mapper.commit_one(events, changes),
+        )
+
+    async def restore(self, store: Store) -> None:
+        """Alerts still firing in the store fire on (a restart neither re-fires nor forgets)."""
+        name = self.alerts_table.qualified_name
+        if store.query_dialect == "postgres":
+            sql = (
+                f"SELECT entity_id, rule FROM (SELECT DISTINCT ON (entity_id, rule) entity_id, "
+                f"rule, state FROM {name} WHERE pipeline = %(p)s "
+                "ORDER BY entity_id, rule, time DESC) AS latest WHERE state = 'firing'"
+            )
+        else:
+            sql = (
+                f"SELECT entity_id, rule FROM {name} WHERE pipeline = {{p:String}} "
+                "GROUP BY entity_id, rule HAVING argMax(state, time) = 'firing'"
+            )
+        res = await store.query(sql, {"p": PIPELINE})
+        self.mapper.alerts.restore([(str(e), str(r)) for e, r in res.rows])
+
+
+def _tables(own: SatellitesSettings, settings: Settings) -> tuple[Table, Table]:
+    return tables(settings.retention_days)
+
+
+def _build(b: PipelineBuild) -> PipelineParts:
+    own = b.own
+    assert isinstance(own, SatellitesSettings)
+    rules = threshold_rules(own.battery_threshold, own.storage_threshold, own.signal_threshold)
+    mapper = SatelliteMapper(rules, b.metrics, window=b.window)
+    ingest = SatelliteIngest(mapper, b.tables["alerts"])
+    source = registry.source_type(b.source).create(b, ingest)
+    return PipelineParts(
+        source,
+        info={
+            "thresholds": [
+                {"field": r.field, "op": r.op, "threshold": r.threshold, "rule": r.rule}
+                for r in rules.rules
+            ],
+            "endpoints": [ingest.path, f"{ingest.path}/batch", f"{ingest.path}/ndjson"],
+        },
+    )
+
+
+SPEC = PipelineSpec(
+    name=PIPELINE,
+    description="Satellite fleet telemetry pushed over HTTP (the seed's API): anomaly flags, "
+    "alerts, a 5-minute rollup.",
+    settings=SatellitesSettings,
+    tables=_tables,
+    build=_build,
+    sources=("http", "kafka"),
+    namespace=None,
+)

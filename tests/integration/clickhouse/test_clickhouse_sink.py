@@ -260,7 +260,7 @@ async def test_503_and_timeouts_are_retried_by_the_pipeline_without_loss_or_dupl
         await check.close()
     injected = [r.injected for r in clickhouse_front.requests if r.injected]
     assert injected.count("status") == 3 and injected.count("delay") == 1
-    assert metrics.get("sink_errors", ("clickhouse", "retryable")) == 4
+    assert metrics.get("sink_errors", ("satellites", "clickhouse", "retryable")) == 4
     assert store.letters == []
 
 

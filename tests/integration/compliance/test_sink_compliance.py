@@ -151,7 +151,7 @@ async def test_retryable_failure_retries_then_succeeds(backend: Backend, tmp_pat
     ack = Ack()
     p.submit({"telemetry": telemetry_rows(500, 100)}, ack)
     await asyncio.wait_for(ack.wait(), 30)
-    assert p.metrics.get("sink_errors", (backend.sink.name, "retryable")) >= 1
+    assert p.metrics.get("sink_errors", ("compliance", backend.sink.name, "retryable")) >= 1
     await p.close()
     assert await backend.count("telemetry") == 500
 
@@ -171,7 +171,7 @@ async def test_poison_row_goes_to_dead_letters_neighbours_land(
     await p.close()
     assert await backend.count("telemetry") == 199
     assert await backend.dead_letters() == 1
-    assert p.metrics.get("dead_letters", (backend.sink.name, "telemetry")) == 1
+    assert p.metrics.get("dead_letters", ("compliance", backend.sink.name, "telemetry")) == 1
 
 
 async def test_sink_reports_health(backend: Backend) -> None:
@@ -242,4 +242,4 @@ async def test_a_row_the_store_cannot_encode_is_refused_never_retried(
     assert ack.dead_lettered == {backend.sink.name: 1}
     assert await backend.count("telemetry") == 49
     assert await backend.dead_letters() == 1
-    assert p.metrics.get("sink_errors", (backend.sink.name, "retryable")) == 0
+    assert p.metrics.get("sink_errors", ("compliance", backend.sink.name, "retryable")) == 0

@@ -110,7 +110,7 @@ async def test_retryable_failures_retry_without_loss_or_duplicates(tmp_path: Pat
     await wait_for(lambda: len(sink.rows("t")) == 20)
     assert sink.attempts == sink.writes + 3  # queued batches may be merged into one write
     assert sorted(int(str(r[0])) for r in sink.rows("t")) == list(range(20))
-    assert p.metrics.get("sink_errors", ("memory", "retryable")) == 3
+    assert p.metrics.get("sink_errors", ("p", "memory", "retryable")) == 3
     await p.close()
 
 
@@ -171,7 +171,7 @@ async def test_rejected_rows_are_isolated_into_dead_letters(tmp_path: Path) -> N
     assert stored == [i for i in range(20) if i not in (3, 17)]
     assert sorted(d.row["time"] for d in sink.dead_letters) == [3, 17]  # type: ignore[type-var]
     assert all(d.error == "row refused" and d.table == "t" for d in sink.dead_letters)
-    assert p.metrics.get("dead_letters", ("memory", "t")) == 2
+    assert p.metrics.get("dead_letters", ("p", "memory", "t")) == 2
     await p.close()
 
 
@@ -325,8 +325,8 @@ async def test_an_unclassified_error_rejects_the_rows_instead_of_retrying(
     p.submit({"t": rows(4)}, ack)
     await asyncio.wait_for(ack.wait(), 5)  # never retried forever
     assert len(sink.dead_letters) == 4 and "int too big" in sink.dead_letters[0].error
-    assert p.metrics.get("sink_errors", ("memory", "rejected")) >= 1
-    assert p.metrics.get("sink_errors", ("memory", "retryable")) == 0
+    assert p.metrics.get("sink_errors", ("p", "memory", "rejected")) >= 1
+    assert p.metrics.get("sink_errors", ("p", "memory", "retryable")) == 0
     sink.unclassified_next = 0
     p.submit({"t": rows(3, 100)})  # later rows land
     await wait_for(lambda: len(sink.rows("t")) == 3)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orbitstream.errors import ConfigError
-from orbitstream.settings import load_settings, parse_duration
+from orbitstream.pipelines.satellites import SatellitesSettings
+from orbitstream.settings import Settings, load_settings, parse_duration
 
 
 @pytest.fixture(autouse=True)
@@ -19,20 +20,37 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
         "ORBITSTREAM_ACK_MODE",
         "ORBITSTREAM_DATA_DIR",
         "MAX_CONNECTIONS",
+        "ORBITSTREAM_CONFIG",
+        "CLICKHOUSE_URL",
+        "CLICKHOUSE_USER",
+        "CLICKHOUSE_DB",
+        "ORBITSTREAM_POSTGRES_TIMESCALE",
+        "ANOMALY_THRESHOLD_STORAGE",
+        "ANOMALY_THRESHOLD_SIGNAL",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(str(tmp_path))
 
 
+def _sat(s: Settings) -> SatellitesSettings:
+    return s.pipeline("satellites", SatellitesSettings)
+
+
 def test_seed_defaults() -> None:
     s = load_settings()
-    assert (s.port, s.batch_size, s.batch_timeout, s.max_connections) == (8080, 1000, 1.0, 50)
-    assert (
-        s.anomaly_threshold_battery,
-        s.anomaly_threshold_storage,
-        s.anomaly_threshold_signal,
-    ) == (10.0, 95000.0, -100.0)
-    assert s.ack_mode == "memory" and s.store_kind == "chdb"
+    assert (s.port, s.engine.batch_size, s.engine.batch_timeout, s.postgres.max_connections) == (
+        8080,
+        1000,
+        1.0,
+        50,
+    )
+    sat = _sat(s)
+    assert (sat.battery_threshold, sat.storage_threshold, sat.signal_threshold) == (
+        10.0,
+        95000.0,
+        -100.0,
+    )
+    assert s.http.ack_mode == "memory" and s.store_kind == "chdb"
 
 
 def test_seed_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,13 +60,13 @@ def test_seed_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANOMALY_THRESHOLD_BATTERY", "20")
     monkeypatch.setenv("ORBITSTREAM_ACK_MODE", "sink")
     s = load_settings()
-    assert (s.port, s.batch_size, s.batch_timeout, s.anomaly_threshold_battery, s.ack_mode) == (
-        9000,
-        5000,
-        0.25,
-        20.0,
-        "sink",
-    )
+    assert (
+        s.port,
+        s.engine.batch_size,
+        s.engine.batch_timeout,
+        _sat(s).battery_threshold,
+        s.http.ack_mode,
+    ) == (9000, 5000, 0.25, 20.0, "sink")
 
 
 @pytest.mark.parametrize(
@@ -69,7 +87,7 @@ def test_bad_value_names_the_variable(
 ) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError) as info:
-        load_settings()
+        _sat(load_settings())
     assert var in str(info.value)
     assert info.value.setting == var
 
@@ -78,7 +96,7 @@ def test_dotenv_is_read(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> No
     from pathlib import Path
 
     Path(str(tmp_path), ".env").write_text("BATCH_SIZE=77\n")
-    assert load_settings().batch_size == 77
+    assert load_settings().engine.batch_size == 77
 
 
 @pytest.mark.parametrize(
@@ -87,3 +105,60 @@ def test_dotenv_is_read(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> No
 )
 def test_durations(text: str, secs: float) -> None:
     assert parse_duration(text) == pytest.approx(secs)
+
+
+def test_every_section_reads_env_dotenv_and_toml(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    d = Path(str(tmp_path))
+    (d / ".env").write_text(
+        "CLICKHOUSE_URL=http://ch.example:8123\nORBITSTREAM_POSTGRES_TIMESCALE=off\n"
+        "CLICKHOUSE_USER=from-dotenv\n"
+    )
+    toml = d / "orbit.toml"
+    toml.write_text(
+        "port = 9999\n[engine]\nbatch_size = 4242\n[postgres]\npartitions_ahead_days = 9\n"
+        'ledger_retention_days = 3\n[clickhouse]\nuser = "from-toml"\ndb = "tomldb"\n'
+        '[http]\nheader_timeout_secs = "2s"\n[pipelines.satellites]\nbattery_threshold = 33\n'
+    )
+    monkeypatch.setenv("ORBITSTREAM_CONFIG", str(toml))
+    monkeypatch.setenv("ORBITSTREAM_ENGINE__MAX_BUFFER_ROWS", "1234")  # the nested form
+    s = load_settings()
+    assert s.port == 9999 and s.engine.batch_size == 4242 and s.engine.max_buffer_rows == 1234
+    assert s.clickhouse.url == "http://ch.example:8123"  # .env applies to stores too
+    assert s.clickhouse.user == "from-dotenv"  # .env wins over the TOML file
+    assert s.clickhouse.db == "tomldb"
+    assert s.postgres.timescale == "off" and s.postgres.partitions_ahead_days == 9
+    assert s.postgres.ledger_retention_days == 3
+    assert s.http.header_timeout_secs == 2.0
+    assert _sat(s).battery_threshold == 33
+    monkeypatch.setenv("ANOMALY_THRESHOLD_BATTERY", "44")  # the environment wins over TOML
+    assert _sat(load_settings()).battery_threshold == 44
+
+
+def test_unknown_keys_in_a_section_are_refused(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    toml = Path(str(tmp_path)) / "bad.toml"
+    toml.write_text("[postgres]\ntimescal = 'on'\n")
+    monkeypatch.setenv("ORBITSTREAM_CONFIG", str(toml))
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "timescal" in str(info.value)
+
+
+def test_nested_setting_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORBITSTREAM_POSTGRES_TIMESCALE", "maybe")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.setting == "ORBITSTREAM_POSTGRES_TIMESCALE"
+    monkeypatch.delenv("ORBITSTREAM_POSTGRES_TIMESCALE")
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:pa/ss@h/db")
+    monkeypatch.setenv("MAX_CONNECTIONS", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.setting == "MAX_CONNECTIONS" and "pa/ss" not in str(info.value)

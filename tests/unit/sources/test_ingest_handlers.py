@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+from orbitstream.core.context import PipelineContext
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.pipeline import Pipeline, PipelineLimits
 from orbitstream.core.retry import RetryPolicy
@@ -15,7 +16,7 @@ from orbitstream.pipelines import satellites
 from orbitstream.sinks.deadletter import FileDeadLetters
 from orbitstream.sinks.memory import MemorySink
 from orbitstream.sources.http.ingest import IngestHandlers
-from orbitstream.sources.http.server import Request, Response
+from orbitstream.sources.http.server import Request, Response, Router
 
 POINT = {
     "satellite_id": "A-1",
@@ -23,6 +24,17 @@ POINT = {
     "storage_usage_mb": 1.0,
     "signal_strength_dbm": -40.0,
 }
+
+
+def context(pipeline: Pipeline, sink: MemorySink) -> PipelineContext:
+    return PipelineContext(
+        pipeline,
+        satellites.tables(),
+        metrics=pipeline.metrics,
+        store=sink,  # type: ignore[arg-type]
+        router=Router(),
+        dead_letters=FileDeadLetters(Path("/nonexistent/dl.jsonl")),
+    )
 
 
 def request(path: str, doc: object) -> Request:
@@ -54,7 +66,9 @@ async def test_an_alert_refused_with_503_fires_when_the_point_is_accepted(tmp_pa
     )
     await pipeline.start()
     mapper = satellites.SatelliteMapper(satellites.threshold_rules(), pipeline.metrics)
-    handlers = IngestHandlers(pipeline, mapper, pipeline.metrics, "memory")
+    handlers = IngestHandlers(
+        context(pipeline, sink), satellites.SatelliteIngest(mapper), pipeline.metrics, "memory"
+    )
     filler = msgspec.convert(
         {**POINT, "satellite_id": "F-1", "battery_charge_percent": 50.0}, satellites.Point
     )
@@ -88,7 +102,9 @@ async def test_sink_mode_202_counts_only_committed_rows(tmp_path: Path) -> None:
     )
     await pipeline.start()
     mapper = satellites.SatelliteMapper(satellites.threshold_rules(), pipeline.metrics)
-    handlers = IngestHandlers(pipeline, mapper, pipeline.metrics, "sink")
+    handlers = IngestHandlers(
+        context(pipeline, sink), satellites.SatelliteIngest(mapper), pipeline.metrics, "sink"
+    )
     ok = {**POINT, "battery_charge_percent": 50.0}
     batch = [{**ok, "satellite_id": f"G-{i}"} for i in range(5)] + [{**ok, "satellite_id": "BAD"}]
     response = await answer(handlers.batch(request("/telemetry/batch", batch)))

@@ -84,9 +84,14 @@ class ClickHouseSink(SinkBase):
     query_dialect: Dialect = "clickhouse"
 
     def __init__(
-        self, settings: ClickHouseSettings, *, rollup_retention_days: int | None = 365
+        self,
+        settings: ClickHouseSettings,
+        *,
+        rollup_retention_days: int | None = 365,
+        databases: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
+        self._databases = tuple(dict.fromkeys((settings.database, *databases)))
         self.rollup_retention_days = rollup_retention_days
         self.dialect = ClickHouseDialect(
             database=settings.database,
@@ -310,7 +315,7 @@ class ClickHouseSink(SinkBase):
     @property
     def databases(self) -> tuple[str, ...]:
         """Databases a user's query may read (besides ``system``)."""
-        return (self.settings.database,)
+        return self._databases
 
     # -- helpers ---------------------------------------------------------------------
     def _call(self, fn: Callable[[], T], *, table: str = "", batch_id: str = "") -> T:

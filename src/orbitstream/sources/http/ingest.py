@@ -17,29 +17,21 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from orbitstream.core.batch import Ack
+from orbitstream.core.batch import Ack, Row
 from orbitstream.core.metrics import Metrics
-from orbitstream.core.pipeline import Pipeline
+from orbitstream.core.protocols import SourceContext, Store
+from orbitstream.core.records import FieldError, body_errors, decode_raw
+from orbitstream.core.times import TimeWindow
 from orbitstream.errors import BackpressureError
-from orbitstream.pipelines.satellites import (
-    PIPELINE,
-    FieldError,
-    Mapped,
-    Point,
-    SatelliteMapper,
-    body_errors,
-    decode_raw,
-    field_errors,
-)
 from orbitstream.settings import AckMode
 from orbitstream.sources.http.server import Refusal, Request, Response, error_response, refuse
 
-__all__ = ["IngestHandlers"]
+__all__ = ["HttpIngest", "IngestHandlers", "MappedBatch"]
 
 _JSON_TYPES = frozenset({"", "application/json", "text/json"})
 _NDJSON_TYPES = frozenset(
@@ -77,8 +69,57 @@ def _outcome(acks: Sequence[Ack]) -> tuple[dict[str, int], dict[str, int], list[
     return dead, spilled, errors
 
 
+class MappedBatch(Protocol):
+    """What :meth:`HttpIngest.map` returns: rows per table, the records refused by index
+    (a timestamp outside the window…) and how many were accepted."""
+
+    rows: dict[str, list[Row]]
+    rejected: list[tuple[int, FieldError]]
+
+    @property
+    def accepted(self) -> int: ...
+
+
+@runtime_checkable
+class HttpIngest(Protocol):
+    """What a pipeline gives the HTTP push source: how to decode, validate and map its
+    records (the satellites pipeline's :class:`~orbitstream.pipelines.satellites.SatelliteIngest`).
+
+    :attr path: the single-record route; ``<path>/batch`` and ``<path>/ndjson`` follow.
+
+    :attr record_type: the msgspec ``Struct`` one JSON object decodes to (validated by
+        its constraints on the fast path).
+    :attr id_field: the record field echoed in a single record's ``202``.
+    :attr table: the table whose rows are the records (the others are derived: alerts).
+    """
+
+    path: str
+    record_type: type[Any]
+    id_field: str
+    table: str
+    window: TimeWindow
+
+    async def restore(self, store: Store) -> None:
+        """Read the pipeline's state back from the store at start (firing alerts…)."""
+
+    def field_errors(self, raw: object, window: TimeWindow | None) -> list[FieldError]:
+        """Every problem of one decoded JSON value (floats as ``Decimal``), one per field."""
+
+    def map(self, records: Sequence[Any], received_ns: int) -> MappedBatch:
+        """Rows for ``records``; nothing changes until :meth:`commit`."""
+
+    def commit(self, mapped: Any) -> None:
+        """The rows of ``mapped`` (what :meth:`map` returned) were accepted downstream."""
+
+    def map_one(
+        self, record: Any, received_ns: int
+    ) -> tuple[Row, dict[str, list[Row]] | None, Callable[[], None] | None] | FieldError:
+        """One record: its row, rows of other tables (rare) and a commit to call once they
+        are accepted, or why it is refused."""
+
+
 class IngestHandlers:
-    """The ingest routes of the satellites pipeline.
+    """The HTTP push routes of one pipeline: single record, JSON array, NDJSON.
 
     :param ndjson_max_body_bytes: an NDJSON upload longer than this is refused (413) at
         the line where it crosses the limit; lines before it stay accepted.
@@ -87,8 +128,8 @@ class IngestHandlers:
 
     def __init__(
         self,
-        pipeline: Pipeline,
-        mapper: SatelliteMapper,
+        ctx: SourceContext,
+        ingest: HttpIngest,
         metrics: Metrics,
         ack_mode: AckMode,
         *,
@@ -96,16 +137,18 @@ class IngestHandlers:
         ndjson_max_body_bytes: int = 1 << 30,
         ndjson_max_line_bytes: int = 64 * 1024,
     ) -> None:
-        self.pipeline = pipeline
-        self.mapper = mapper
+        self.ctx = ctx
+        self.ingest = ingest
         self.metrics = metrics
         self.ack_mode = ack_mode
         self.ack_timeout_secs = ack_timeout_secs
         self.ndjson_max_body_bytes = ndjson_max_body_bytes
         self.ndjson_max_line_bytes = ndjson_max_line_bytes
-        self._point = msgspec.json.Decoder(Point)
-        self._points = msgspec.json.Decoder(list[Point])
-        self._labels = (PIPELINE,)
+        self._point = msgspec.json.Decoder(ingest.record_type)
+        self._points = msgspec.json.Decoder(list[ingest.record_type])  # type: ignore[name-defined]
+        self._labels = (ctx.pipeline,)
+        self._table = ingest.table
+        self._id = ingest.id_field
         self._accepted = self.metrics.counters["accepted"]
         self._received = self.metrics.counters["received"]
         self._rejected = self.metrics.counters["rejected"]
@@ -134,25 +177,20 @@ class IngestHandlers:
         )
 
     def _ensure_room(self, points: int) -> None:
-        """Raise BackpressureError unless every sink has room for ``points`` (+ alerts)."""
-        pipeline = self.pipeline
-        for lane in pipeline.lanes:
-            if not lane.has_room(2 * points, 2 * points * 400):
-                raise BackpressureError(
-                    f"buffer full for sink {lane.sink.name}",
-                    retry_after_secs=max(1.0, pipeline.limits.linger_secs),
-                )
+        """Raise BackpressureError unless every sink has room for ``points`` (+ derived)."""
+        if not self.ctx.has_room(2 * points):
+            raise BackpressureError("buffers full", retry_after_secs=1.0)
 
-    def _submit(self, points: Sequence[Point], received_ns: int) -> tuple[Mapped, Ack | None]:
+    def _submit(self, points: Sequence[Any], received_ns: int) -> tuple[MappedBatch, Ack | None]:
         """Map and submit; raises BackpressureError before any state changes (the alert
         state moves only once the rows are in)."""
         self._ensure_room(len(points))
-        mapped = self.mapper.map(points, received_ns)
+        mapped = self.ingest.map(points, received_ns)
         if not mapped.accepted:
             return mapped, None
-        ack = Ack() if self.ack_mode == "sink" else None
-        self.pipeline.submit(mapped.rows, ack)
-        self.mapper.commit(mapped)
+        ack = Ack() if self._sink_ack else None
+        self.ctx.submit(mapped.rows, ack)
+        self.ingest.commit(mapped)
         return mapped, ack
 
     async def _after_ack(self, acks: Sequence[Ack]) -> Response | None:
@@ -191,26 +229,28 @@ class IngestHandlers:
         except RecursionError:
             self._rejected[self._labels] += 1
             return error_response(400, "malformed JSON: nested too deeply")
-        mapped = self.mapper.map_one(point, time.time_ns())
+        mapped = self.ingest.map_one(point, time.time_ns())
         if isinstance(mapped, FieldError):
             self._rejected[self._labels] += 1
             return self._invalid([mapped])
-        row, alerts, changes = mapped
+        row, others, commit = mapped
         ack = Ack() if self._sink_ack else None
         try:
-            if changes is None:
-                self.pipeline.submit_one("telemetry", row, ack)
+            if others is None:
+                self.ctx.submit_one(self._table, row, ack)
             else:
-                rows = {"telemetry": [row], "alerts": alerts} if alerts else {"telemetry": [row]}
-                self.pipeline.submit(rows, ack)
-                self.mapper.commit_one(alerts, changes)
+                self.ctx.submit({self._table: [row], **others}, ack)
         except BackpressureError as exc:
             return self._backpressure(exc)
+        if commit is not None:
+            commit()
         self._accepted[self._labels] += 1
         response = Response(
             202,
-            b'{"status":"accepted","satellite_id":'
-            + _encode(point.satellite_id)
+            b'{"status":"accepted","'
+            + self._id.encode()
+            + b'":'
+            + _encode(getattr(point, self._id))
             + b',"ack":'
             + self._ack_bytes
             + b"}",
@@ -263,7 +303,7 @@ class IngestHandlers:
 
     def _reject_point(self, body: bytes) -> Response:
         self._rejected[self._labels] += 1
-        errors = body_errors(body, self.mapper.window)
+        errors = body_errors(body, self.ingest.field_errors, self.ingest.window)
         if errors and errors[0].field == "$" and errors[0].message.startswith("malformed JSON"):
             return error_response(400, errors[0].message)
         return self._invalid(errors)
@@ -299,10 +339,10 @@ class IngestHandlers:
             index_of = []
             for index, item in enumerate(raw):
                 try:
-                    points.append(msgspec.convert(item, Point))
+                    points.append(msgspec.convert(item, self.ingest.record_type))
                     index_of.append(index)
                 except msgspec.ValidationError:
-                    problems = field_errors(item, self.mapper.window)
+                    problems = self.ingest.field_errors(item, self.ingest.window)
                     self._report(errors, {"index": index}, problems)
             total = len(raw)
         except msgspec.DecodeError as exc:
@@ -314,7 +354,7 @@ class IngestHandlers:
         if total == 0:
             return error_response(400, "empty batch: send at least one telemetry point")
         received_ns = time.time_ns()
-        mapped: Mapped | None = None
+        mapped: MappedBatch | None = None
         ack: Ack | None = None
         if points:
             try:
@@ -408,7 +448,7 @@ class _NdjsonStream:
         self.part_bytes = 0
         self.seen = 0
         self.line_no = 0
-        self.pending: list[Point] = []
+        self.pending: list[Any] = []
         self.pending_lines: list[int] = []
         self.accepted = 0
         self.rejected = 0
@@ -487,7 +527,7 @@ class _NdjsonStream:
             point = self.h._point.decode(line)
         except msgspec.ValidationError:
             self.rejected += 1
-            self._error(body_errors(line, self.h.mapper.window))
+            self._error(body_errors(line, self.h.ingest.field_errors, self.h.ingest.window))
             return
         except (msgspec.DecodeError, RecursionError) as exc:
             self.rejected += 1

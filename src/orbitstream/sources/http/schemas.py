@@ -21,6 +21,7 @@ __all__ = [
     "IndexProblems",
     "LineProblems",
     "NdjsonResult",
+    "PipelineHealth",
     "QueryRequest",
     "QueryResult",
     "Rejected",
@@ -125,14 +126,26 @@ class SinkHealth(msgspec.Struct):
     last_success: float | None
 
 
+class PipelineHealth(msgspec.Struct):
+    """One pipeline: its sinks (its own buffers and retry state for each store) and its
+    source's state (``type``, and what the source reports: lag, polling halted…)."""
+
+    status: Literal["healthy", "unhealthy"]
+    namespace: str | None
+    sinks: dict[str, SinkHealth]
+    source: dict[str, Any]
+
+
 class Health(msgspec.Struct):
-    """``GET /health``: ``200`` healthy, ``503`` while a sink is down."""
+    """``GET /health``: ``200`` healthy, ``503`` while a sink is down or a source failed.
+    ``sinks`` sums every pipeline's lanes per store (down if one is down)."""
 
     status: Literal["healthy", "unhealthy"]
     timestamp: str
     ack_mode: AckMode
     uptime_seconds: float
     sinks: dict[str, SinkHealth]
+    pipelines: dict[str, PipelineHealth] = {}
 
 
 class QueryRequest(msgspec.Struct):
