@@ -26,13 +26,16 @@ once it is taken. Any other exception from the handler sends the whole chunk to 
 dead-letter topic with that error (never silently dropped, never stopping the stream).
 
 Threads: librdkafka's ``consume()`` blocks, and rebalance callbacks run inside it, so it
-runs on a dedicated thread; messages are handed to the event loop, where all state lives.
+runs on a dedicated poll thread; messages are handed to the event loop, where all state
+lives. confluent-kafka serializes every call on a consumer with a running ``consume()``
+(measured: a ``pause()`` from another thread waits for it, and one made during a
+rebalance callback waits for the callback), so only the poll thread touches the consumer:
+pause/resume are queued for it, commits run on it between two ``consume()`` calls.
 A rebalance callback runs its work on the loop (``run_coroutine_threadsafe``) and blocks
-the poll thread until it is done: on revoke, what is buffered for the revoked partitions
-is cut, recorded and handed on, their in-flight chunks get ``revoke_timeout_secs`` to
-become durable, what is durable is committed, and only then are the partitions given up.
-``stop()`` does the same for every partition. Commits run on a third thread, so they can
-happen while the poll thread waits inside a callback.
+until it is done: on revoke, what is buffered for the revoked partitions is cut, recorded
+and handed on, their in-flight chunks get ``revoke_timeout_secs`` to become durable, the
+callback commits what is durable, and only then are the partitions given up. ``stop()``
+does the same for every partition before leaving the group.
 
 Limits: a reader whose session expired while it kept running (a "zombie") can still
 record and hand on chunks the new owner cuts differently; the commit it then attempts
@@ -46,6 +49,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -640,9 +644,15 @@ class KafkaReader:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Any = None
         self._poll = ThreadPoolExecutor(1, thread_name_prefix="kafka-poll")
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix="kafka-commit")
+        # touched on the poll thread only:
+        self._assigned: set[TopicPartitionKey] = set()
+        self._high: dict[TopicPartitionKey, int] = {}  # highest offset committed
+        self._watermarks_at = 0.0
+        # written by the poll thread, read by stats():
+        self._watermarks: dict[TopicPartitionKey, int] = {}
+        self._ops_lock = threading.Lock()
+        self._ops: list[tuple[_Partition, bool]] = []  # queued pause (True) / resume
         self._lock = asyncio.Lock()  # cut / record / hand-on rounds, and releases
-        self._commit_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._commit_wake = asyncio.Event()
         self._stopping = False
@@ -653,20 +663,24 @@ class KafkaReader:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
-        """Consume until :meth:`stop`; then hand on, commit and leave the group."""
+        """Consume until :meth:`stop`; then hand on, commit and leave the group.
+
+        One-shot: a stopped reader cannot run again.
+        """
         ck = _confluent()
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._running = True
         try:
             self._consumer = ck.Consumer(self.settings.consumer_config())
         except ck.KafkaException as exc:
+            self._running = False
             self._done.set()
             raise ConfigError(
                 f"invalid Kafka consumer settings: {exc}", setting="KAFKA_BOOTSTRAP_SERVERS"
             ) from exc
         self.dead_letters.start()
         consumer = self._consumer
-        await self._loop.run_in_executor(
+        await loop.run_in_executor(
             self._poll,
             lambda: consumer.subscribe(
                 list(self.settings.topics),
@@ -688,12 +702,7 @@ class KafkaReader:
         committer = asyncio.create_task(self._commit_loop(), name="kafka-commit")
         try:
             while not self._stopping:
-                msgs = await self._loop.run_in_executor(
-                    self._poll,
-                    consumer.consume,
-                    self.settings.poll_messages,
-                    self.settings.poll_timeout_secs,
-                )
+                msgs = await loop.run_in_executor(self._poll, self._poll_once)
                 if msgs:
                     self._ingest(msgs)
                 if dispatcher.done():
@@ -711,14 +720,19 @@ class KafkaReader:
         self, dispatcher: asyncio.Task[None], committer: asyncio.Task[None]
     ) -> None:
         assert self._loop is not None
+        loop = self._loop
         try:
             dispatcher.cancel()
             await asyncio.gather(dispatcher, return_exceptions=True)
-            await self._release(list(self._parts), commit=True)
+            keys = list(self._parts)
+            offsets = await self._prepare_release(keys, commit=True)
+            results = await loop.run_in_executor(self._poll, self._commit_now, offsets)
+            await self._finish_release(keys, results, commit=True)
             committer.cancel()
             await asyncio.gather(committer, return_exceptions=True)
-            consumer, self._consumer = self._consumer, None
-            await self._loop.run_in_executor(self._poll, consumer.close)
+            consumer = self._consumer
+            await loop.run_in_executor(self._poll, consumer.close)
+            self._consumer = None
             await self.dead_letters.close()
             logger.info(
                 "Kafka reader stopped.",
@@ -726,43 +740,128 @@ class KafkaReader:
             )
         finally:
             self._poll.shutdown(wait=False)
-            self._committer.shutdown(wait=False)
             self._running = False
             self._done.set()
 
-    # -- rebalance callbacks (poll thread) --------------------------------------------------
-    def _run_on_loop(self, coro: Any, timeout: float | None) -> None:
+    # -- the poll thread ----------------------------------------------------------------------
+    # confluent-kafka serializes every call on a consumer with a running consume(), and a
+    # call from another thread during a rebalance callback waits for the callback: so only
+    # the poll thread touches the consumer (pause/resume are queued for it, commits run on
+    # it between two consume() calls, or inside the revoke callback itself).
+    def _poll_once(self) -> list[Any]:
+        consumer = self._consumer
+        with self._ops_lock:
+            ops, self._ops = self._ops, []
+        if ops:
+            ck = _confluent()
+            for p, pause in ops:
+                if p.released or p.key not in self._assigned:
+                    continue
+                tp = [ck.TopicPartition(p.topic, p.partition)]
+                try:
+                    if pause:
+                        consumer.pause(tp)
+                    else:
+                        consumer.resume(tp)
+                except Exception as exc:
+                    logger.debug(
+                        "Pause or resume failed.",
+                        extra={"component": "kafka", "error": repr(exc)},
+                    )
+        now = time.monotonic()
+        if now >= self._watermarks_at:
+            self._watermarks_at = now + 5.0
+            self._read_watermarks(consumer)
+        msgs: list[Any] = consumer.consume(
+            self.settings.poll_messages, self.settings.poll_timeout_secs
+        )
+        return msgs
+
+    def _read_watermarks(self, consumer: Any) -> None:
+        ck = _confluent()
+        marks: dict[TopicPartitionKey, int] = {}
+        for key in list(self._assigned):
+            try:
+                _low, high = consumer.get_watermark_offsets(ck.TopicPartition(*key), cached=True)
+            except Exception:
+                continue
+            if high is not None and high >= 0:
+                marks[key] = int(high)
+        self._watermarks = marks
+
+    def _commit_now(
+        self, offsets: list[tuple[str, int, int]]
+    ) -> list[tuple[str, int, int, str | None]]:
+        """Commit on the poll thread; never moves a partition's commit backwards, never
+        commits a partition no longer assigned. Returns ``(topic, partition, offset, error)``."""
+        todo = [
+            (t, p, o)
+            for t, p, o in offsets
+            if (t, p) in self._assigned and o > self._high.get((t, p), -1)
+        ]
+        if not todo or self._consumer is None:
+            return []
+        ck = _confluent()
+        try:
+            result = self._consumer.commit(
+                offsets=[ck.TopicPartition(t, p, o) for t, p, o in todo], asynchronous=False
+            )
+        except ck.KafkaException as exc:
+            return [(t, p, o, str(exc.args[0])) for t, p, o in todo]
+        out: list[tuple[str, int, int, str | None]] = []
+        for tp in result or []:
+            err = None if tp.error is None else str(tp.error)
+            if err is None:
+                key = (tp.topic, tp.partition)
+                self._high[key] = max(self._high.get(key, -1), tp.offset)
+            out.append((tp.topic, tp.partition, tp.offset, err))
+        return out
+
+    def _run_on_loop(self, coro: Any, timeout: float | None) -> Any:
         assert self._loop is not None
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            fut.result(timeout)
+            return fut.result(timeout)
         except Exception as exc:
             fut.cancel()
             logger.error(
                 "Rebalance handling failed.",
                 extra={"component": "kafka", "error": repr(exc)},
             )
+            return None
 
     def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._assigned.update(keys)
         self._run_on_loop(self._assign(keys), 30.0)
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._run_on_loop(self._release(keys, commit=True), self.settings.revoke_timeout_secs + 30)
+        self._give_up([(tp.topic, tp.partition) for tp in partitions], commit=True)
 
     def _on_lost(self, _consumer: Any, partitions: list[Any]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._run_on_loop(self._release(keys, commit=False), 30.0)
+        self._give_up([(tp.topic, tp.partition) for tp in partitions], commit=False)
+
+    def _give_up(self, keys: list[TopicPartitionKey], *, commit: bool) -> None:
+        """Revoke/lost, on the poll thread: the loop drains and waits, this thread commits."""
+        results: list[tuple[str, int, int, str | None]] = []
+        try:
+            offsets = self._run_on_loop(
+                self._prepare_release(keys, commit=commit),
+                self.settings.revoke_timeout_secs + 30.0,
+            )
+            if commit and offsets:
+                results = self._commit_now(offsets)
+        finally:
+            self._run_on_loop(self._finish_release(keys, results, commit=commit), 30.0)
+            self._assigned.difference_update(keys)
+            for key in keys:
+                self._high.pop(key, None)
 
     async def _assign(self, keys: list[TopicPartitionKey]) -> None:
         for key in keys:
             stale = self._parts.get(key)
             if stale is not None:  # left over from a revoke that did not finish
-                stale.released = True
-                for e in stale.inflight:
-                    if e.task is not None:
-                        e.task.cancel()
+                self._forget(stale)
             self._parts[key] = _Partition(*key)
         logger.info(
             "Partitions assigned.",
@@ -825,20 +924,11 @@ class KafkaReader:
             self._pause(p, False)
 
     def _pause(self, p: _Partition, pause: bool) -> None:
-        consumer = self._consumer
-        if consumer is None or p.released:
+        """Queue a pause or resume for the poll thread (applied before its next consume)."""
+        if p.released:
             return
-        tp = _confluent().TopicPartition(p.topic, p.partition)
-        try:
-            if pause:
-                consumer.pause([tp])
-            else:
-                consumer.resume([tp])
-        except Exception as exc:  # not assigned any more: the rebalance cleans up
-            logger.debug(
-                "Pause or resume failed.", extra={"component": "kafka", "error": repr(exc)}
-            )
-            return
+        with self._ops_lock:
+            self._ops.append((p, pause))
         p.paused = pause
         logger.debug(
             "Partition paused." if pause else "Partition resumed.",
@@ -1105,90 +1195,101 @@ class KafkaReader:
         while True:
             await self._commit_wake.wait()
             self._commit_wake.clear()
-            if not await self._commit(None):
+            if not await self._commit():
                 await asyncio.sleep(self.retry.delay(1))
                 self._commit_wake.set()
 
-    async def _commit(self, only: set[TopicPartitionKey] | None) -> bool:
-        """Commit the durable prefix of each partition; False if the commit failed."""
-        async with self._commit_lock:
-            todo: list[_Partition] = []
-            for p in list(self._parts.values()):
-                if only is not None and p.key not in only:
-                    continue
-                while p.inflight and p.inflight[0].durable:
-                    p.commit_to = p.inflight.popleft().chunk.last_offset + 1
-                if p.commit_to is not None and p.commit_to != p.committed:
-                    todo.append(p)
-            if not todo or self._consumer is None:
-                return True
-            ck = _confluent()
-            offsets = [ck.TopicPartition(p.topic, p.partition, p.commit_to) for p in todo]
-            consumer = self._consumer
-            assert self._loop is not None
-            try:
-                result = await self._loop.run_in_executor(
-                    self._committer,
-                    lambda: consumer.commit(offsets=offsets, asynchronous=False),
-                )
-            except ck.KafkaException as exc:
+    def _durable_offsets(self, only: set[TopicPartitionKey] | None) -> list[tuple[str, int, int]]:
+        """Advance each partition past its durable prefix; the offsets not yet committed."""
+        out: list[tuple[str, int, int]] = []
+        for p in self._parts.values():
+            if only is not None and p.key not in only:
+                continue
+            while p.inflight and p.inflight[0].durable:
+                p.commit_to = p.inflight.popleft().chunk.last_offset + 1
+            if p.commit_to is not None and p.commit_to != p.committed:
+                out.append((p.topic, p.partition, p.commit_to))
+        return out
+
+    async def _commit(self) -> bool:
+        """Commit the durable prefix of every partition; False if a commit failed."""
+        # No lock held across the wait: during a revoke the poll thread runs this only
+        # after the callback, and then skips the partitions it gave up.
+        offsets = self._durable_offsets(None)
+        if not offsets or self._consumer is None or self._stopping:
+            return True
+        assert self._loop is not None
+        results = await self._loop.run_in_executor(self._poll, self._commit_now, offsets)
+        return self._apply_commits(results)
+
+    def _apply_commits(self, results: list[tuple[str, int, int, str | None]]) -> bool:
+        ok = True
+        for topic, partition, offset, err in results:
+            if err is not None:
+                ok = False
                 logger.warning(
                     "Offset commit failed.",
-                    extra={"component": "kafka", "error": str(exc.args[0])},
+                    extra={
+                        "component": "kafka",
+                        "partition": f"{topic}:{partition}",
+                        "offset": offset,
+                        "error": err,
+                    },
                 )
-                return False
-            ok = True
-            for tp in result or []:
-                part = self._parts.get((tp.topic, tp.partition))
-                if tp.error is not None:
-                    ok = False
-                    logger.warning(
-                        "Offset commit failed for a partition.",
-                        extra={
-                            "component": "kafka",
-                            "partition": f"{tp.topic}:{tp.partition}",
-                            "error": str(tp.error),
-                        },
-                    )
-                elif part is not None:
-                    part.committed = tp.offset
+                continue
+            p = self._parts.get((topic, partition))
+            if p is not None:
+                p.committed = offset
+        if results:
             self.counters["commits"] += 1
             logger.debug(
                 "Offsets committed.",
                 extra={
                     "component": "kafka",
-                    "offsets": {f"{p.topic}:{p.partition}": p.commit_to for p in todo},
+                    "offsets": {f"{t}:{p}": o for t, p, o, e in results if e is None},
                 },
             )
-            return ok
+        return ok
 
     # -- revoke and stop --------------------------------------------------------------------
-    async def _release(self, keys: list[TopicPartitionKey], *, commit: bool) -> None:
-        """Hand on what is buffered for ``keys``, wait (bounded) for durability, commit,
-        then forget the partitions."""
+    async def _prepare_release(
+        self, keys: list[TopicPartitionKey], *, commit: bool
+    ) -> list[tuple[str, int, int]]:
+        """Hand on what is buffered for ``keys``, wait (bounded) for durability; the
+        offsets to commit before the partitions are given up."""
         deadline = time.monotonic() + self.settings.revoke_timeout_secs
         wanted = {k for k in keys if k in self._parts}
         if not wanted:
-            return
+            return []
         async with self._lock:
             if commit:
                 await self._drain(wanted, deadline)
             for k in wanted:
                 self._parts[k].released = True
-        parts = [self._parts[k] for k in wanted]
-        if commit:
-            tasks = [e.task for p in parts for e in p.inflight if e.task is not None]
-            remaining = deadline - time.monotonic()
-            if tasks and remaining > 0:
-                await asyncio.wait(tasks, timeout=remaining)
-            await self._commit(wanted)
+        if not commit:
+            return []
+        parts = [self._parts[k] for k in wanted if k in self._parts]
+        tasks = [e.task for p in parts for e in p.inflight if e.task is not None]
+        remaining = deadline - time.monotonic()
+        if tasks and remaining > 0:
+            await asyncio.wait(tasks, timeout=remaining)
+        return self._durable_offsets(wanted)
+
+    async def _finish_release(
+        self,
+        keys: list[TopicPartitionKey],
+        results: list[tuple[str, int, int, str | None]],
+        *,
+        commit: bool,
+    ) -> None:
+        self._apply_commits(results)
+        parts = [self._parts[k] for k in keys if k in self._parts]
         abandoned = 0
         for p in parts:
-            for e in p.inflight:
-                if e.task is not None:
-                    e.task.cancel()
             abandoned += len(p.inflight) + len(p.waiting)
-            del self._parts[p.key]
+            self._forget(p)
+        if not parts:
+            return
         self.counters["abandoned_chunks"] += abandoned
         logger.info(
             "Partitions released.",
@@ -1200,12 +1301,20 @@ class KafkaReader:
             },
         )
 
+    def _forget(self, p: _Partition) -> None:
+        p.released = True
+        for e in p.inflight:
+            if e.task is not None:
+                e.task.cancel()
+        if self._parts.get(p.key) is p:
+            del self._parts[p.key]
+
     async def _drain(self, wanted: set[TopicPartitionKey], deadline: float) -> None:
         """Cut, record and hand on everything buffered for ``wanted`` (until ``deadline``)."""
         while True:
             self._retry_at = 0.0
             await self._round(final=True, only=wanted)
-            parts = [self._parts[k] for k in wanted]
+            parts = [self._parts[k] for k in wanted if k in self._parts]
             left = [p for p in parts if p.waiting or p.raw]
             now = time.monotonic()
             if not left or now >= deadline:
@@ -1215,28 +1324,22 @@ class KafkaReader:
 
     # -- observability ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Counters and per-partition state (lag from cached watermarks: unreliable on
-        brokers that report high watermarks wrong, such as Tansu)."""
+        """Counters and per-partition state. ``lag`` comes from librdkafka's cached high
+        watermarks (refreshed every 5 s; wrong on brokers that report them wrong, such as
+        Tansu)."""
         parts: dict[str, Any] = {}
-        consumer = self._consumer
+        marks = self._watermarks
         for p in self._parts.values():
-            lag: int | None = None
-            if consumer is not None and p.cutter is not None and p.cutter.next_offset is not None:
-                try:
-                    _low, high = consumer.get_watermark_offsets(
-                        _confluent().TopicPartition(p.topic, p.partition), cached=True
-                    )
-                    lag = max(0, int(high) - p.cutter.next_offset) if high >= 0 else None
-                except Exception:
-                    lag = None
+            nxt = p.cutter.next_offset if p.cutter else None
+            high = marks.get(p.key)
             parts[f"{p.topic}:{p.partition}"] = {
                 "committed": p.committed,
-                "next_offset": p.cutter.next_offset if p.cutter else None,
+                "next_offset": nxt,
                 "buffered": p.buffered(),
                 "waiting_chunks": len(p.waiting),
                 "inflight_chunks": len(p.inflight),
                 "paused": p.paused,
-                "lag": lag,
+                "lag": None if high is None or nxt is None else max(0, high - nxt),
             }
         return {**self.counters, "partitions": parts}
 
