@@ -1149,7 +1149,7 @@ class KafkaReader:
             retry = []
             for f in failures:
                 msg = messages[f.index]
-                if f.kind == "rejected" and msg.value:
+                if f.name == "MSG_SIZE_TOO_LARGE" and msg.value:
                     # too large for the dead-letter topic: keep the headers, say so
                     msg = OutgoingMessage(
                         msg.topic,

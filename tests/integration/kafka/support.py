@@ -95,6 +95,16 @@ def read_all(bootstrap: str, topic: str, n: int, timeout: float = 40.0) -> list[
     return out
 
 
+def header_map(m: Message) -> dict[str, bytes]:
+    """A consumed message's headers (first value per name)."""
+    raw = m.headers() or []
+    pairs: list[tuple[str, Any]] = list(raw.items()) if isinstance(raw, dict) else list(raw)
+    out: dict[str, bytes] = {}
+    for k, v in pairs:
+        out.setdefault(k, v if isinstance(v, bytes) else str(v or "").encode())
+    return out
+
+
 def settings(bootstrap: str, topic: str, group: str, **overrides: Any) -> KafkaSettings:
     values: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
@@ -118,13 +128,14 @@ class Recorder:
     resolve: Callable[[Chunk], bool] = lambda _c: True
     delay_secs: float = 0.0
     refusing: bool = False
+    budget: int | None = None  # chunks it takes before it starts refusing
     chunks: list[Chunk] = field(default_factory=list)
     refused: int = 0
     decode: Callable[[Chunk], list[tuple[Any, str]]] = lambda _c: []
     held: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __call__(self, chunk: Chunk) -> Pending:
-        if self.refusing:
+        if self.refusing or (self.budget is not None and len(self.chunks) >= self.budget):
             self.refused += 1
             raise BackpressureError("no room", retry_after_secs=0.05)
         dead = self.decode(chunk)
