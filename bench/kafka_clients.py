@@ -13,9 +13,11 @@ port and measures, in one run, for two message shapes:
    per durable chunk); the value of every message is touched. The clock starts when the
    partitions are assigned, so the group join (about half of ``session.timeout.ms`` on
    Tansu) is not counted;
-3. **consume (thread)**: confluent-kafka driven from asyncio the way
-   ``orbitstream.sources.kafka`` does it (``consume()`` in a worker thread, batches handed
-   to the event loop, commits from a second thread).
+3. **consume (thread)**: confluent-kafka driven from asyncio through a worker thread
+   (``consume()`` there, batches handed to the event loop, commits on a second thread);
+4. **KafkaReader**: ``orbitstream.sources.kafka.KafkaReader`` itself (messages → chunks
+   of ``--commit-every`` recorded in a memory chunk log → a handler whose rows are durable
+   at once → commits), the ceiling of a Kafka pipeline on one worker.
 
 Both clients consume the same topic (written by confluent-kafka). Each measurement runs
 ``--reps`` times; the best run is reported, with the ratio to confluent-kafka measured in
@@ -389,6 +391,57 @@ async def consume_aiokafka(bootstrap: str, topic: str, total: int, commit_every:
         await consumer.stop()
 
 
+async def consume_reader(bootstrap: str, topic: str, total: int, commit_every: int) -> float:
+    """orbitstream's ``KafkaReader``: chunks of ``commit_every`` messages recorded in an
+    in-memory chunk log, handed to a handler whose rows are durable at once, committed."""
+    from orbitstream.sources.kafka import (
+        Chunk,
+        KafkaReader,
+        KafkaSettings,
+        MemoryChunkLog,
+        Pending,
+    )
+
+    got = 0
+    start = 0.0
+    done = asyncio.Event()
+
+    def handler(chunk: Chunk) -> Pending:
+        nonlocal got, start
+        start = start or time.perf_counter()
+        for m in chunk.messages:
+            _ = len(m.value)
+        got += len(chunk.messages)
+        if got >= total:
+            done.set()
+        return Pending()
+
+    reader = KafkaReader(
+        KafkaSettings(
+            bootstrap_servers=bootstrap,
+            consumer_group=f"bench-or-{uuid.uuid4().hex[:8]}",
+            topics=(topic,),
+            chunk_messages=commit_every,
+            linger_secs=0.02,  # the tail of each partition is cut by linger
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            poll_messages=1000,
+        ),
+        handler,
+        MemoryChunkLog(),
+    )
+    task = asyncio.create_task(reader.run())
+    assigned = 0.0
+    try:
+        while not reader.assignment():  # noqa: ASYNC110 - no assignment event to await
+            await asyncio.sleep(0.001)
+        assigned = time.perf_counter()
+        await asyncio.wait_for(done.wait(), 120)
+        return time.perf_counter() - assigned
+    finally:
+        await reader.stop()
+        await task
+
+
 async def best_of(reps: int, fn: Callable[[], Awaitable[float]]) -> float:
     return min([await fn() for _ in range(reps)])
 
@@ -436,6 +489,11 @@ async def run_workload(
     add("consume", "confluent-kafka", await best_of(reps, ck_consume))
     add("consume", "confluent-kafka (thread → asyncio)", await best_of(reps, ct_consume))
     add("consume", "aiokafka", await best_of(reps, ak_consume))
+
+    async def or_consume() -> float:
+        return await consume_reader(bootstrap, source, n, commit_every)
+
+    add("consume", "orbitstream KafkaReader (confluent-kafka)", await best_of(reps, or_consume))
     return results
 
 

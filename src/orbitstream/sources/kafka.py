@@ -525,6 +525,39 @@ class ChunkCutter:
             out.append(self._cut_new())
         return out
 
+    def extend(self, msgs: Iterable[KafkaMessage], now: float) -> list[Chunk]:
+        """:meth:`add` for a run of messages (a fast path once no replay is pending)."""
+        if self.plan or self._range is not None:
+            out: list[Chunk] = []
+            for m in msgs:
+                out += self.add(m, now)
+            return out
+        out = []
+        nxt = self.next_offset
+        buf = self._buf
+        nbytes = self._bytes
+        max_messages = self.max_messages
+        max_bytes = self.max_bytes
+        for m in msgs:
+            o = m.offset
+            if nxt is not None and o < nxt:
+                self.duplicates += 1
+                continue
+            nxt = o + 1
+            if not buf:
+                self._started = now
+            buf.append(m)
+            key = m.key
+            nbytes += len(m.value) + (len(key) if key else 0)
+            if len(buf) >= max_messages or nbytes >= max_bytes:
+                out.append(Chunk(self.topic, self.partition, buf[0].offset, buf[-1].offset, buf))
+                buf = []
+                nbytes = 0
+        self._buf = buf
+        self._bytes = nbytes
+        self.next_offset = nxt
+        return out
+
     def due(self, now: float, linger_secs: float) -> list[Chunk]:
         """The open new chunk if its first message waited ``linger_secs`` (replayed chunks
         are only cut at their recorded end)."""
@@ -870,9 +903,14 @@ class KafkaReader:
 
     # -- ingest (loop thread) -----------------------------------------------------------------
     def _ingest(self, msgs: list[Any]) -> None:
+        """Turn consumed messages into :class:`KafkaMessage` runs per partition (a batch
+        holds long runs of one partition) and feed each run to its partition."""
         now = time.monotonic()
         parts = self._parts
         touched: set[_Partition] = set()
+        p: _Partition | None = None
+        run: list[KafkaMessage] = []
+        dropped = 0
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -882,31 +920,45 @@ class KafkaReader:
                     "Kafka consumer error.", extra={"component": "kafka", "error": err.str()}
                 )
                 continue
-            p = parts.get((m.topic(), m.partition()))
-            if p is None or p.released:
-                self.counters["dropped_not_owned"] += 1
-                continue
+            topic = m.topic()
+            partition = m.partition()
+            if p is None or partition != p.partition or topic != p.topic:
+                if run and p is not None:
+                    self._feed(p, run, now)
+                run = []
+                p = parts.get((topic, partition))
+                if p is None or p.released:
+                    p = None
+                    dropped += 1
+                    continue
+                touched.add(p)
             ts_type, ts = m.timestamp()
             hdrs = m.headers()
-            msg = KafkaMessage(
-                p.topic,
-                p.partition,
-                m.offset(),
-                m.key(),
-                m.value() or b"",
-                ts if ts_type else None,
-                tuple(hdrs) if hdrs else (),
+            run.append(
+                KafkaMessage(
+                    topic,
+                    partition,
+                    m.offset(),
+                    m.key(),
+                    m.value() or b"",
+                    ts if ts_type else None,
+                    tuple(hdrs) if hdrs else (),
+                )
             )
-            if p.cutter is None:
-                p.raw.append(msg)
-            else:
-                for chunk in p.cutter.add(msg, now):
-                    p.waiting.append(_Waiting(chunk, chunk.replayed))
-            touched.add(p)
-        self.counters["messages"] += len(msgs)
-        for p in touched:
-            self._flow(p)
+        if run and p is not None:
+            self._feed(p, run, now)
+        self.counters["messages"] += len(msgs) - dropped
+        self.counters["dropped_not_owned"] += dropped
+        for part in touched:
+            self._flow(part)
         self._wake.set()
+
+    def _feed(self, p: _Partition, run: list[KafkaMessage], now: float) -> None:
+        if p.cutter is None:
+            p.raw.extend(run)
+            return
+        for chunk in p.cutter.extend(run, now):
+            p.waiting.append(_Waiting(chunk, chunk.replayed))
 
     def _flow(self, p: _Partition) -> None:
         """Pause a partition that has too much not yet taken, resume it when it drained."""

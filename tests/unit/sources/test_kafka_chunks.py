@@ -250,3 +250,24 @@ def test_chunk_log_table_declaration() -> None:
         "first_offset",
         "last_offset",
     )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_extend_cuts_like_add(seed: int) -> None:
+    """The run fast path gives the same chunks as one ``add`` per message."""
+    r = random.Random(seed)
+    offsets = sorted(r.sample(range(300), 200))
+    offsets += offsets[-5:]  # a refetch
+    plan = [(10, 19), (40, 44)] if seed % 2 else []
+    sizes = {o: r.randint(1, 30) for o in offsets}
+    one = ChunkCutter("t", 0, plan, max_messages=7, max_bytes=90)
+    many = ChunkCutter("t", 0, plan, max_messages=7, max_bytes=90)
+    by_add = [ch for o in offsets for ch in one.add(msg(o, sizes[o]), 0.0)]
+    by_extend: list[Chunk] = []
+    for start in range(0, len(offsets), 13):
+        run = [msg(o, sizes[o]) for o in offsets[start : start + 13]]
+        by_extend += many.extend(run, 0.0)
+    assert spans(by_extend) == spans(by_add)
+    assert [c.replayed for c in by_extend] == [c.replayed for c in by_add]
+    assert many.duplicates == one.duplicates == 5
+    assert many.flush() == one.flush()
