@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import functools
 import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 import uuid
@@ -459,6 +461,7 @@ async def run_workload(
 
     def add(operation: str, client: str, elapsed: float) -> None:
         results.append(Result(name, operation, client, n / elapsed, size_mb / elapsed))
+        print(f"{name} {operation} {client}: {n / elapsed:,.0f} msg/s", file=sys.stderr)
 
     async def ck_produce() -> float:
         topic = f"bench-{name}-ck-{uuid.uuid4().hex[:6]}"
@@ -561,6 +564,13 @@ def recommendation(results: list[Result]) -> str:
 
 
 async def main() -> int:
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: dump every thread's stack
+
+    def dump_tasks() -> None:  # kill -USR2 <pid>: dump every asyncio task's stack
+        for task in asyncio.all_tasks():
+            task.print_stack(file=sys.stderr)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, dump_tasks)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="fewer messages, one repetition")
     ap.add_argument("--sessions", type=int, default=200_000, help="sessions messages")

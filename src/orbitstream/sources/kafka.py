@@ -46,7 +46,6 @@ fails (unknown member / illegal generation), but rows it wrote stay written. Lag
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import threading
@@ -691,6 +690,7 @@ class KafkaReader:
         self._stopping = False
         self._running = False
         self._done = asyncio.Event()
+        self._dispatch_done = False
         self._retry_at = 0.0  # chunk log failing: next attempt
         self._failures = 0
 
@@ -755,7 +755,8 @@ class KafkaReader:
         assert self._loop is not None
         loop = self._loop
         try:
-            dispatcher.cancel()
+            self._dispatch_done = True
+            self._wake.set()
             await asyncio.gather(dispatcher, return_exceptions=True)
             keys = list(self._parts)
             offsets = await self._prepare_release(keys, commit=True)
@@ -989,12 +990,24 @@ class KafkaReader:
 
     # -- dispatch (loop thread) -----------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
-        while True:
+        """Rounds on new messages, linger deadlines and retry times, until shutdown.
+
+        It waits on an event with a timer rather than ``asyncio.wait_for``: on Python 3.11
+        a cancel that lands while ``wait_for`` times out can be swallowed (measured: the
+        reader hung at shutdown), so shutdown asks this loop to end instead of cancelling.
+        """
+        assert self._loop is not None
+        while not self._dispatch_done:
             timeout = self._next_deadline() - time.monotonic()
             if timeout > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                timer = self._loop.call_later(timeout, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
             self._wake.clear()
+            if self._dispatch_done:
+                return
             async with self._lock:
                 await self._round(final=False)
 
