@@ -32,6 +32,7 @@ Kafka source, which sends its dead letters through it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -255,7 +256,8 @@ class _Deliveries:
             self._outstanding -= 1
             done = self._sealed and self._outstanding == 0
         if done:
-            self._loop.call_soon_threadsafe(self._resolve)
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
+                self._loop.call_soon_threadsafe(self._resolve)
 
     def local_failure(self, failure: DeliveryFailure) -> None:
         with self._lock:
@@ -310,7 +312,13 @@ class AsyncProducer:
 
     def _serve(self, producer: Any) -> None:
         while not self._stop.is_set():
-            producer.poll(0.1)
+            try:
+                producer.poll(0.1)
+            except Exception as exc:  # a failing callback must not end delivery reports
+                logger.error(
+                    "Kafka delivery callback failed.",
+                    extra={"component": self.name, "error": repr(exc)},
+                )
 
     def restart(self) -> None:
         """Drop the producer (after a fatal error of the idempotent producer) and make a new
