@@ -90,14 +90,14 @@ class QueryError(OrbitStreamError):
 
 
 class SinkError(OrbitStreamError):
-    deployment: bool = False
-
     """A sink failed to write a batch.
 
     :param sink: name of the sink.
     :param table: table the batch was for.
     :param batch_id: the batch's deterministic id.
     """
+
+    deployment: bool = False
 
     def __init__(
         self,

@@ -232,7 +232,10 @@ def test_metrics_and_openapi(service: ServiceProcess) -> None:
     while True:
         status, headers, body = http("GET", service.url + "/metrics")
         text = body.decode()
-        if 'orbitstream_written_rows_total{pipeline="satellites",sink="chdb",table="telemetry"} 1.0' in text:
+        if (
+            'orbitstream_written_rows_total{pipeline="satellites",sink="chdb",table="telemetry"} 1.0'
+            in text
+        ):
             break
         assert time.monotonic() < deadline, text
         time.sleep(0.05)
