@@ -1,0 +1,340 @@
+"""The satellites pipeline, columnar: a batch body -> a ``telemetry`` ``RecordBatch`` + alert rows.
+
+The same semantics as :meth:`~orbitstream.pipelines.satellites.SatelliteMapper.map` (rows,
+order, rejected indices and messages, alert events and state changes), with the per-point
+Python work cut to a few list comprehensions:
+
+1. :func:`decode_columns` decodes the body into :class:`LoosePoint` structs: every
+   constraint of :class:`~orbitstream.pipelines.satellites.Point` but two is checked by
+   msgspec as before. The two left are the costly ones: the ``satellite_id`` pattern
+   (checked once per *distinct* id, with the same regex and ``re.search`` that msgspec
+   uses) and the RFC 3339 parse of ``timestamp`` (kept as a string and parsed for the
+   whole column by Arrow when it has the plain form ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|±HH:MM)``;
+   any other string goes through msgspec itself). Anything that does not pass returns
+   ``None``: the caller then takes the exact path (``Decoder(list[Point])`` and
+   :func:`~orbitstream.pipelines.satellites.field_errors`), so refusals and their messages
+   are the tuple path's, unchanged.
+2. :func:`map_columns` checks the time window, applies the three rules and builds the
+   record batch: vectorized comparisons (``pyarrow.compute``), ``anomaly_reasons`` by a
+   lookup of the rules' bit set, ``received_at`` as a repeated scalar. Alert rows come
+   from the same :class:`~orbitstream.detect.alerts.AlertTracker`, visited only for the
+   points that can change it (an anomaly, or a satellite with an open alert).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orbitstream.core.batch import Row
+from orbitstream.core.columns import arrow_schema, reason_codes, reason_lists_by_code
+from orbitstream.pipelines.satellites import (
+    TELEMETRY_TABLE,
+    Battery,
+    EpochNs,
+    FieldError,
+    Point,
+    Rfc3339,
+    SatelliteMapper,
+    Signal,
+    Storage,
+    to_ns,
+)
+
+__all__ = [
+    "ColumnMapped",
+    "LoosePoint",
+    "PointColumns",
+    "commit_columns",
+    "decode_columns",
+    "map_columns",
+]
+
+# The pattern of SatelliteId, searched as msgspec does (``re.search``).
+_ID_SEARCH = re.compile(r"^[A-Za-z0-9_.:-]+$").search
+# RFC 3339 strings Arrow parses to exactly the instant msgspec gives (at most 6 fraction
+# digits: msgspec rounds more to microseconds; seconds 00-59; offsets up to 23:59).
+_RFC3339_PLAIN = (
+    r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-(0[1-9]|1[0-2])-"
+    r"(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_US = pa.timestamp("us", tz="UTC")
+_NS = pa.timestamp("ns", tz="UTC")
+_INT64 = (-(2**63), 2**63 - 1)
+_LO_US = -(2**63) // 1000 + 1  # the microseconds whose nanoseconds fit int64
+_HI_US = (2**63 - 1) // 1000
+_OPS = {"<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}
+_NONE = type(None)
+
+SatelliteIdLoose = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+TimestampLoose = Annotated[str, msgspec.Meta(max_length=64)] | EpochNs | None
+
+
+class LoosePoint(msgspec.Struct, gc=False):
+    """:class:`~orbitstream.pipelines.satellites.Point` without the two costly checks
+    (the id pattern, the RFC 3339 parse), which :func:`decode_columns` does per column."""
+
+    satellite_id: SatelliteIdLoose
+    battery_charge_percent: Battery
+    storage_usage_mb: Storage
+    signal_strength_dbm: Signal
+    timestamp: TimestampLoose = None
+
+
+_LOOSE = msgspec.json.Decoder(list[LoosePoint])
+
+
+@dataclass(slots=True)
+class PointColumns:
+    """Valid points, one list per field (``timestamps`` as sent: RFC 3339 strings,
+    datetimes, epoch-ns ints or ``None``)."""
+
+    satellite_id: list[str]
+    battery_charge_percent: list[float]
+    storage_usage_mb: list[float]
+    signal_strength_dbm: list[float]
+    timestamps: list[object]
+
+    def __len__(self) -> int:
+        return len(self.satellite_id)
+
+    @classmethod
+    def from_points(cls, points: Sequence[Point | LoosePoint]) -> PointColumns:
+        """Columns of decoded structs (the exact path's :class:`Point` s, e.g. from NDJSON
+        or a batch with invalid points)."""
+        return cls(
+            [p.satellite_id for p in points],
+            [p.battery_charge_percent for p in points],
+            [p.storage_usage_mb for p in points],
+            [p.signal_strength_dbm for p in points],
+            [p.timestamp for p in points],
+        )
+
+
+def decode_columns(body: bytes) -> PointColumns | None:
+    """A JSON array of points -> columns, or ``None`` when the exact path must decide
+    (anything invalid, or not JSON): see the module docstring.
+
+    Every point :func:`decode_columns` returns is one ``Decoder(list[Point])`` accepts,
+    with the same values once :func:`map_columns` resolved the timestamps.
+    """
+    try:
+        points = _LOOSE.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+    cols = PointColumns.from_points(points)
+    if not all(map(_ID_SEARCH, set(cols.satellite_id))):
+        return None
+    if _times(cols.timestamps) is None:
+        return None
+    return cols
+
+
+# -- timestamps --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Times:
+    """Nanoseconds per point: ``ns`` (null where no timestamp was sent, and where the
+    instant does not fit int64: those are listed in ``overflow``); ``None`` when no point
+    has a timestamp."""
+
+    ns: Any
+    overflow: tuple[int, ...]
+
+
+_ALL_ABSENT = _Times(None, ())
+
+
+def _exact(value: object) -> int | None:
+    """The tuple path's nanoseconds of one sent timestamp (``None`` when absent)."""
+    if value is None:
+        return None
+    if value.__class__ is int:
+        return value
+    if isinstance(value, str):
+        value = msgspec.convert(value, Rfc3339)
+    assert isinstance(value, dt.datetime | int)
+    return to_ns(value, 0)
+
+
+def _from_us(us: Any) -> _Times:
+    ints = us.cast(pa.int64())
+    out_of_range = pc.or_(pc.less(ints, _LO_US), pc.greater(ints, _HI_US))
+    overflow: tuple[int, ...] = ()
+    if pc.any(out_of_range).as_py():
+        overflow = tuple(pc.indices_nonzero(out_of_range).to_pylist())
+        ints = pc.if_else(out_of_range, pa.scalar(None, pa.int64()), ints)
+    return _Times(pc.multiply(ints, 1000), overflow)
+
+
+def _times(raw: list[object]) -> _Times | None:
+    """Resolve a column of sent timestamps; ``None`` if a string is not RFC 3339."""
+    n = len(raw)
+    if raw.count(None) == n:
+        return _ALL_ABSENT
+    kinds = set(map(type, raw))
+    kinds.discard(_NONE)
+    if kinds == {int}:
+        return _Times(pa.array(raw, type=pa.int64()), ())
+    if kinds == {str}:
+        strings = pa.array(raw, type=pa.string())
+        plain = pc.match_substring_regex(strings, _RFC3339_PLAIN)
+        if pc.all(plain).as_py():  # nulls are skipped
+            try:
+                return _from_us(strings.cast(_US))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # e.g. 2026-02-30: msgspec decides (and refuses)
+    elif kinds == {dt.datetime}:
+        return _from_us(pa.array(raw, type=_US))
+    # mixed kinds or unusual strings: one by one, exactly as the tuple path
+    values: list[int | None] = []
+    overflow: list[int] = []
+    lo, hi = _INT64
+    for i, value in enumerate(raw):
+        try:
+            ns = _exact(value)
+        except msgspec.ValidationError:
+            return None
+        if ns is not None and not lo <= ns <= hi:
+            overflow.append(i)
+            ns = None
+        values.append(ns)
+    return _Times(pa.array(values, type=pa.int64()), tuple(overflow))
+
+
+# -- mapping -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ColumnMapped:
+    """:class:`~orbitstream.pipelines.satellites.Mapped`, columnar: the ``telemetry`` rows
+    as one record batch (schema :func:`~orbitstream.core.columns.arrow_schema` of
+    ``TELEMETRY_TABLE``), the ``alerts`` rows as tuples (few), the refused points by input
+    index, and the alert state they would change (:func:`commit_columns`)."""
+
+    telemetry: Any
+    alerts: list[Row]
+    rejected: list[tuple[int, FieldError]]
+    alert_changes: dict[str, tuple[str, ...]]
+    alert_events: list[Row]
+
+    @property
+    def accepted(self) -> int:
+        return int(self.telemetry.num_rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _combination_tuples(names: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    return tuple(
+        tuple(n for k, n in enumerate(names) if code >> k & 1) for code in range(1 << len(names))
+    )
+
+
+def map_columns(
+    mapper: SatelliteMapper, cols: PointColumns, received_ns: int | None = None
+) -> ColumnMapped:
+    """Map ``cols`` with ``mapper``'s rules, window and alert state; nothing changes until
+    :func:`commit_columns`.
+
+    :param cols: from :func:`decode_columns` or :meth:`PointColumns.from_points`.
+    :param received_ns: the receive time (default: now), the ``received_at`` column.
+    """
+    received = received_ns if received_ns is not None else time.time_ns()
+    window = mapper.window
+    lo, hi = window.bounds(received)
+    n = len(cols)
+    times = _times(cols.timestamps)
+    if times is None:  # only for hand-made columns: decode_columns checked them
+        raise msgspec.ValidationError("timestamp: not an RFC 3339 time")
+    sid = pa.array(cols.satellite_id, type=pa.string())
+    values = [
+        pa.array(cols.battery_charge_percent, type=pa.float64()),
+        pa.array(cols.storage_usage_mb, type=pa.float64()),
+        pa.array(cols.signal_strength_dbm, type=pa.float64()),
+    ]
+    rejected: list[tuple[int, FieldError]] = []
+    kept: list[int] | None = None  # input index of each kept point, when some were refused
+    if times.ns is None:
+        t = pa.repeat(pa.scalar(received, pa.int64()), n)
+    else:
+        outside = pc.fill_null(pc.or_(pc.less(times.ns, lo), pc.greater(times.ns, hi)), False)
+        bad = sorted({*pc.indices_nonzero(outside).to_pylist(), *times.overflow})
+        t = pc.fill_null(times.ns, received)
+        if bad:
+            for i in bad:
+                t_ns = _exact(cols.timestamps[i])
+                assert t_ns is not None
+                problem = window.problem(t_ns, received) or "timestamp out of range"
+                rejected.append((i, FieldError("timestamp", problem)))
+            flags_keep = [True] * n
+            for i in bad:
+                flags_keep[i] = False
+            keep = pa.array(flags_keep, type=pa.bool_())
+            kept = [i for i, k in enumerate(flags_keep) if k]
+            t = t.filter(keep)
+            sid = sid.filter(keep)
+            values = [v.filter(keep) for v in values]
+    rules = mapper.rules.rules
+    names = tuple(r.rule for r in rules)
+    flags = [_OPS[r.op](v, r.threshold) for r, v in zip(rules, values, strict=True)]
+    codes = reason_codes(flags)
+    anomaly = pc.not_equal(codes, 0)
+    reasons = reason_lists_by_code(flags, names, codes)
+    m = len(t)
+    telemetry = pa.RecordBatch.from_arrays(
+        [
+            t.cast(_NS),
+            sid,
+            *values,
+            anomaly,
+            reasons,
+            pa.repeat(pa.scalar(received, _NS), m),
+        ],
+        schema=arrow_schema(TELEMETRY_TABLE),
+    )
+    alerts: list[Row] = []
+    changes: dict[str, tuple[str, ...]] = {}
+    active = mapper.alerts.active
+    any_anomaly = m > 0 and pc.any(anomaly).as_py()
+    if any_anomaly or active:
+        # Only points that can change the state: an anomaly, or a satellite that has (or
+        # gets, earlier in this batch) an open alert. The exact test is the tuple path's.
+        anomalous = pc.indices_nonzero(anomaly).to_pylist() if any_anomaly else []
+        sids = cols.satellite_id
+        where = kept
+        watched = set(active)
+        watched.update(sids[where[j] if where is not None else j] for j in anomalous)
+        mask = pc.is_in(sid, value_set=pa.array(list(watched), type=pa.string()))
+        combos = _combination_tuples(names)
+        code_list = codes
+        tracker = mapper.alerts
+        for j in pc.indices_nonzero(mask).to_pylist():
+            i = where[j] if where is not None else j
+            s = sids[i]
+            why = combos[code_list[j].as_py()]
+            if why or (active and s in active) or (changes and s in changes):
+                vals = (
+                    cols.battery_charge_percent[i],
+                    cols.storage_usage_mb[i],
+                    cols.signal_strength_dbm[i],
+                )
+                alerts.extend(tracker.observe(s, t[j].as_py(), why, vals, changes))
+    return ColumnMapped(telemetry, alerts, rejected, changes, alerts)
+
+
+def commit_columns(mapper: SatelliteMapper, mapped: ColumnMapped) -> None:
+    """The rows of ``mapped`` were accepted: apply their alert state changes (as
+    :meth:`~orbitstream.pipelines.satellites.SatelliteMapper.commit`)."""
+    if mapped.alert_changes:
+        mapper.alerts.commit(mapped.alert_changes, mapped.alert_events)
