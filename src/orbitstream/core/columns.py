@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -49,6 +50,7 @@ __all__ = [
     "concat",
     "ipc_stream",
     "map_array",
+    "maps_from_columns",
     "reason_codes",
     "reason_lists",
     "reason_lists_by_code",
@@ -221,7 +223,7 @@ def reason_codes(flags: Sequence[Any]) -> Any:
 def reason_lists_by_code(flags: Sequence[Any], names: Sequence[str], codes: Any = None) -> Any:
     """:func:`reason_lists` by a lookup instead of offsets: the ``2 ** len(names)`` name
     lists are built once, each row takes the one of its :func:`reason_codes` (up to 12
-    rules)."""
+    rules; pass ``codes`` when they are at hand, then ``flags`` is not read)."""
     if len(names) > 12:
         return reason_lists(flags, names)
     if codes is None:
@@ -238,6 +240,35 @@ def map_array(offsets: Any, keys: Any, items: Any, value_type: Any) -> Any:
         pa.array(items, type=value_type) if not isinstance(items, pa.Array) else items,
         type=pa.map_(pa.string(), value_type),
     )
+
+
+def maps_from_columns(columns: Sequence[Any], names: Sequence[str], value_type: Any) -> Any:
+    """One ``map<string, value_type>`` array from ``k`` value columns of ``n`` rows: row
+    ``r`` maps ``names[j]`` to ``columns[j][r]``; null values are left out of the map
+    (Starlink's ``metrics`` / ``info`` from the response's positional columns, with no
+    Python work per row).
+
+    :param columns: arrays castable to ``value_type``, all of one length.
+    """
+    k = len(columns)
+    if k == 0:
+        raise ValueError("maps_from_columns needs at least one column")
+    n = len(columns[0])
+    flat = pa.concat_arrays([c.cast(value_type) for c in columns])  # column-major
+    gather = np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]
+    values = flat.take(pa.array(gather.ravel()))
+    key_ids = np.tile(np.arange(k, dtype=np.int32), n)
+    if values.null_count:
+        valid = values.is_valid()
+        counts = valid.to_numpy(zero_copy_only=False).reshape(n, k).sum(axis=1)
+        values = values.filter(valid)
+        key_ids = key_ids[valid.to_numpy(zero_copy_only=False)]
+    else:
+        counts = np.full(n, k, dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    keys = pa.array(list(names), type=pa.string()).take(pa.array(key_ids))
+    return map_array(offsets, keys, values, value_type)
 
 
 class MapColumnBuilder:

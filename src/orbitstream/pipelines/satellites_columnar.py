@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orbitstream.core.batch import Row
-from orbitstream.core.columns import arrow_schema, reason_codes, reason_lists_by_code
+from orbitstream.core.columns import arrow_schema, reason_lists_by_code
 from orbitstream.pipelines.satellites import (
     TELEMETRY_TABLE,
     Battery,
@@ -73,7 +74,7 @@ _NS = pa.timestamp("ns", tz="UTC")
 _INT64 = (-(2**63), 2**63 - 1)
 _LO_US = -(2**63) // 1000 + 1  # the microseconds whose nanoseconds fit int64
 _HI_US = (2**63 - 1) // 1000
-_OPS = {"<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}
+_NP_OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
 _NONE = type(None)
 
 SatelliteIdLoose = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -104,6 +105,7 @@ class PointColumns:
     storage_usage_mb: list[float]
     signal_strength_dbm: list[float]
     timestamps: list[object]
+    resolved: _Times | None = None  # the timestamps resolved by decode_columns
 
     def __len__(self) -> int:
         return len(self.satellite_id)
@@ -135,7 +137,8 @@ def decode_columns(body: bytes) -> PointColumns | None:
     cols = PointColumns.from_points(points)
     if not all(map(_ID_SEARCH, set(cols.satellite_id))):
         return None
-    if _times(cols.timestamps) is None:
+    cols.resolved = _times(cols.timestamps)
+    if cols.resolved is None:
         return None
     return cols
 
@@ -254,83 +257,112 @@ def map_columns(
     window = mapper.window
     lo, hi = window.bounds(received)
     n = len(cols)
-    times = _times(cols.timestamps)
+    times = cols.resolved if cols.resolved is not None else _times(cols.timestamps)
     if times is None:  # only for hand-made columns: decode_columns checked them
         raise msgspec.ValidationError("timestamp: not an RFC 3339 time")
     sid = pa.array(cols.satellite_id, type=pa.string())
     values = [
-        pa.array(cols.battery_charge_percent, type=pa.float64()),
-        pa.array(cols.storage_usage_mb, type=pa.float64()),
-        pa.array(cols.signal_strength_dbm, type=pa.float64()),
+        np.array(cols.battery_charge_percent, dtype=np.float64),
+        np.array(cols.storage_usage_mb, dtype=np.float64),
+        np.array(cols.signal_strength_dbm, dtype=np.float64),
     ]
     rejected: list[tuple[int, FieldError]] = []
     kept: list[int] | None = None  # input index of each kept point, when some were refused
     if times.ns is None:
-        t = pa.repeat(pa.scalar(received, pa.int64()), n)
+        t = np.full(n, received, dtype=np.int64)
     else:
-        outside = pc.fill_null(pc.or_(pc.less(times.ns, lo), pc.greater(times.ns, hi)), False)
-        bad = sorted({*pc.indices_nonzero(outside).to_pylist(), *times.overflow})
-        t = pc.fill_null(times.ns, received)
+        ns = times.ns
+        low, high = pc.min_max(ns).values()
+        bad: list[int] = list(times.overflow)
+        if (low.is_valid and low.as_py() < lo) or (high.is_valid and high.as_py() > hi):
+            outside = pc.or_(pc.less(ns, lo), pc.greater(ns, hi))
+            bad = sorted({*pc.indices_nonzero(pc.fill_null(outside, False)).to_pylist(), *bad})
+        t = (pc.fill_null(ns, received) if ns.null_count else ns).to_numpy()
         if bad:
             for i in bad:
                 t_ns = _exact(cols.timestamps[i])
                 assert t_ns is not None
                 problem = window.problem(t_ns, received) or "timestamp out of range"
                 rejected.append((i, FieldError("timestamp", problem)))
-            flags_keep = [True] * n
-            for i in bad:
-                flags_keep[i] = False
-            keep = pa.array(flags_keep, type=pa.bool_())
-            kept = [i for i, k in enumerate(flags_keep) if k]
-            t = t.filter(keep)
-            sid = sid.filter(keep)
-            values = [v.filter(keep) for v in values]
+            keep = np.ones(n, dtype=bool)
+            keep[bad] = False
+            kept = np.flatnonzero(keep).tolist()
+            t = t[keep]
+            sid = sid.filter(pa.array(keep))
+            values = [v[keep] for v in values]
     rules = mapper.rules.rules
     names = tuple(r.rule for r in rules)
-    flags = [_OPS[r.op](v, r.threshold) for r, v in zip(rules, values, strict=True)]
-    codes = reason_codes(flags)
-    anomaly = pc.not_equal(codes, 0)
-    reasons = reason_lists_by_code(flags, names, codes)
+    code = np.zeros(len(t), dtype=np.int16)
+    for k, (r, v) in enumerate(zip(rules, values, strict=True)):
+        code |= _NP_OPS[r.op](v, r.threshold).astype(np.int16) << k
+    codes = pa.array(code)
     m = len(t)
     telemetry = pa.RecordBatch.from_arrays(
         [
-            t.cast(_NS),
+            pa.array(t).cast(_NS),
             sid,
-            *values,
-            anomaly,
-            reasons,
+            *(pa.array(v) for v in values),
+            pa.array(code != 0),
+            reason_lists_by_code((), names, codes),
             pa.repeat(pa.scalar(received, _NS), m),
         ],
         schema=arrow_schema(TELEMETRY_TABLE),
     )
     alerts: list[Row] = []
     changes: dict[str, tuple[str, ...]] = {}
-    active = mapper.alerts.active
-    any_anomaly = m > 0 and pc.any(anomaly).as_py()
-    if any_anomaly or active:
-        # Only points that can change the state: an anomaly, or a satellite that has (or
-        # gets, earlier in this batch) an open alert. The exact test is the tuple path's.
-        anomalous = pc.indices_nonzero(anomaly).to_pylist() if any_anomaly else []
-        sids = cols.satellite_id
-        where = kept
-        watched = set(active)
-        watched.update(sids[where[j] if where is not None else j] for j in anomalous)
-        mask = pc.is_in(sid, value_set=pa.array(list(watched), type=pa.string()))
-        combos = _combination_tuples(names)
-        code_list = codes
-        tracker = mapper.alerts
-        for j in pc.indices_nonzero(mask).to_pylist():
-            i = where[j] if where is not None else j
-            s = sids[i]
-            why = combos[code_list[j].as_py()]
-            if why or (active and s in active) or (changes and s in changes):
+    if m:
+        candidates = _state_changes(sid, code, mapper.alerts.active, names)
+        if candidates:
+            combos = _combination_tuples(names)
+            code_list = code
+            t_list = t
+            sids = cols.satellite_id
+            tracker = mapper.alerts
+            for j in candidates:
+                i = kept[j] if kept is not None else j
                 vals = (
                     cols.battery_charge_percent[i],
                     cols.storage_usage_mb[i],
                     cols.signal_strength_dbm[i],
                 )
-                alerts.extend(tracker.observe(s, t[j].as_py(), why, vals, changes))
+                why = combos[int(code_list[j])]
+                alerts.extend(tracker.observe(sids[i], int(t_list[j]), why, vals, changes))
     return ColumnMapped(telemetry, alerts, rejected, changes, alerts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _state_code(reasons: tuple[str, ...], names: tuple[str, ...]) -> int:
+    """The bit set of an alert state, or -1 when the tuple is not in the canonical rule
+    order (then the first point of that satellite is visited and ``observe`` decides)."""
+    code = sum(1 << names.index(r) for r in reasons if r in names)
+    return code if _combination_tuples(names)[code] == reasons else -1
+
+
+def _state_changes(
+    sid: Any, code: Any, active: dict[str, tuple[str, ...]], names: tuple[str, ...]
+) -> list[int]:
+    """Positions (in order) of the points whose reasons differ from the previous state of
+    their satellite: the previous point of the same satellite in this batch, else its
+    open alerts. :meth:`~orbitstream.detect.alerts.AlertTracker.observe` returns nothing
+    and changes nothing for every other point, so visiting only these is the same."""
+    if not active and not code.any():
+        return []
+    encoded = pc.dictionary_encode(sid)
+    idx = encoded.indices.to_numpy()
+    start = np.array(
+        [_state_code(active.get(u, ()), names) for u in encoded.dictionary.to_pylist()],
+        dtype=np.int64,
+    )
+    order = np.argsort(idx, kind="stable")
+    by_sid = idx[order]
+    sorted_code = code[order].astype(np.int64)
+    previous = np.empty_like(sorted_code)
+    previous[1:] = sorted_code[:-1]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = by_sid[1:] != by_sid[:-1]
+    previous[first] = start[by_sid[first]]
+    changed: list[int] = np.sort(order[sorted_code != previous]).tolist()
+    return changed
 
 
 def commit_columns(mapper: SatelliteMapper, mapped: ColumnMapped) -> None:

@@ -160,14 +160,14 @@ class ArrowCopyEncoder:
         """The whole ``COPY ... (FORMAT BINARY)`` stream for one record batch (or a
         sequence of them): header, rows, trailer.
 
-        :raises EncodeError: the first bad row (see :meth:`bad_rows` for all of them).
+        :raises EncodeError: the first bad row, in row order (see :meth:`bad_rows` for all).
         """
         parts = data if isinstance(data, list | tuple) else [data]
         encoder = self._new()
         out = [encoder.write_header()]
         offset = 0
         for part in parts:
-            bad = self._problems(part, first_only=True)
+            bad = self._problems(part)
             if bad:
                 index, column, message = bad[0]
                 raise EncodeError(
@@ -185,32 +185,24 @@ class ArrowCopyEncoder:
 
     def bad_rows(self, data: Any) -> tuple[int, ...]:
         """Indices of every row :meth:`encode` refuses."""
-        return tuple(sorted({i for i, _, _ in self._problems(data, first_only=False)}))
+        return tuple(sorted({i for i, _, _ in self._problems(data)}))
 
-    def _problems(self, data: Any, *, first_only: bool) -> list[tuple[int, str, str]]:
+    def _problems(self, data: Any) -> list[tuple[int, str, str]]:
+        """Every (row, column, reason) PostgreSQL would refuse, in row order."""
         found: list[tuple[int, str, str]] = []
         for i, col in enumerate(self.table.columns):
             array = data.column(i)
-            rows: Sequence[int] = ()
-            message = ""
+            checks: list[tuple[Sequence[int], str]] = []
             if array.null_count and not col.nullable:
-                rows = pc.indices_nonzero(pc.is_null(array)).to_pylist()
-                message = "NULL in a NOT NULL column"
-            elif col.type is ColType.UINT64:
-                over = pc.fill_null(pc.greater(array, 2**63 - 1), False)
-                rows = pc.indices_nonzero(over).to_pylist()
-                message = "above 2**63 - 1, the largest bigint"
-            if rows:
-                found.extend((r, col.name, message) for r in rows)
-                if first_only:
-                    break
+                nulls = pc.indices_nonzero(pc.is_null(array)).to_pylist()
+                checks.append((nulls, "NULL in a NOT NULL column"))
+            if col.type is ColType.UINT64:
+                over = pc.greater(array, pa.scalar(2**63 - 1, pa.uint64()))
+                rows = pc.indices_nonzero(pc.fill_null(over, False)).to_pylist()
+                checks.append((rows, "above 2**63 - 1, the largest bigint"))
             if col.type in _TEXTS:
-                nul = _nul_rows(array, col.type)
-                if nul:
-                    found.extend(
-                        (r, col.name, "NUL character (PostgreSQL refuses it)") for r in nul
-                    )
-                    if first_only:
-                        break
+                checks.append((_nul_rows(array, col.type), "NUL character (PostgreSQL refuses it)"))
+            for rows, message in checks:
+                found.extend((r, col.name, message) for r in rows)
         found.sort()
         return found
