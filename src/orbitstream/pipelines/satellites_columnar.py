@@ -76,6 +76,7 @@ _LO_US = -(2**63) // 1000 + 1  # the microseconds whose nanoseconds fit int64
 _HI_US = (2**63 - 1) // 1000
 _NP_OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
 _NONE = type(None)
+_SORT_ABOVE = 64  # watched points beyond which only the state changes are visited
 
 SatelliteIdLoose = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 TimestampLoose = Annotated[str, msgspec.Meta(max_length=64)] | EpochNs | None
@@ -172,28 +173,67 @@ def _exact(value: object) -> int | None:
 
 
 def _from_us(us: Any) -> _Times:
-    ints = us.cast(pa.int64())
-    out_of_range = pc.or_(pc.less(ints, _LO_US), pc.greater(ints, _HI_US))
+    typed = us.cast(pa.int64())
+    absent = None
+    if typed.null_count:
+        absent = typed.is_null().to_numpy(zero_copy_only=False)
+        typed = pc.fill_null(typed, 0)
+    ints = typed.to_numpy()
     overflow: tuple[int, ...] = ()
-    if pc.any(out_of_range).as_py():
-        overflow = tuple(pc.indices_nonzero(out_of_range).to_pylist())
-        ints = pc.if_else(out_of_range, pa.scalar(None, pa.int64()), ints)
-    return _Times(pc.multiply(ints, 1000), overflow)
+    if len(ints) and (ints.min() < _LO_US or ints.max() > _HI_US):
+        out_of_range = (ints < _LO_US) | (ints > _HI_US)
+        overflow = tuple(np.flatnonzero(out_of_range).tolist())
+        ints = np.where(out_of_range, 0, ints)
+        absent = out_of_range if absent is None else absent | out_of_range
+    return _Times(pa.array(ints * 1000, mask=absent), overflow)
+
+
+_PLAIN_MATCH = re.compile(_RFC3339_PLAIN).match
+_DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
+
+
+def _one_plain_form(strings: Any) -> bool:
+    """Every string has the plain RFC 3339 form of the first one, digit for digit: same
+    length, the same characters where the first has no digit, digits where it has one,
+    and a year other than 0000. The ranges of the fields (month, day, hour...) are left to
+    Arrow's parser, which refuses every out-of-range field msgspec refuses."""
+    if strings.null_count or not len(strings):
+        return False
+    first = strings[0].as_py()
+    if _PLAIN_MATCH(first) is None:
+        return False
+    width = len(first)
+    offsets = np.frombuffer(
+        strings.buffers()[1], dtype=np.int32, count=len(strings) + 1, offset=4 * strings.offset
+    )
+    if len(first.encode()) != width or not (np.diff(offsets) == width).all():
+        return False
+    start = int(offsets[0])
+    data = np.frombuffer(
+        strings.buffers()[2], dtype=np.uint8, count=len(strings) * width, offset=start
+    ).reshape(len(strings), width)
+    template = np.frombuffer(first.encode(), dtype=np.uint8)
+    digit = np.isin(template, _DIGITS)
+    is_digit = (data - 48) < 10  # uint8 arithmetic wraps below "0"
+    if not (is_digit[:, digit].all() and (data[:, ~digit] == template[~digit]).all()):
+        return False
+    return not (data[:, :4] == 48).all(axis=1).any()  # year 0000
 
 
 def _times(raw: list[object]) -> _Times | None:
     """Resolve a column of sent timestamps; ``None`` if a string is not RFC 3339."""
-    n = len(raw)
-    if raw.count(None) == n:
-        return _ALL_ABSENT
     kinds = set(map(type, raw))
     kinds.discard(_NONE)
+    if not kinds:
+        return _ALL_ABSENT
     if kinds == {int}:
         return _Times(pa.array(raw, type=pa.int64()), ())
     if kinds == {str}:
         strings = pa.array(raw, type=pa.string())
-        plain = pc.match_substring_regex(strings, _RFC3339_PLAIN)
-        if pc.all(plain).as_py():  # nulls are skipped
+        if (
+            _one_plain_form(strings)
+            or pc.all(pc.match_substring_regex(strings, _RFC3339_PLAIN)).as_py()
+        ):  # nulls are skipped
             try:
                 return _from_us(strings.cast(_US))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -310,23 +350,37 @@ def map_columns(
     )
     alerts: list[Row] = []
     changes: dict[str, tuple[str, ...]] = {}
-    if m:
-        candidates = _state_changes(sid, code, mapper.alerts.active, names)
-        if candidates:
-            combos = _combination_tuples(names)
-            code_list = code
-            t_list = t
-            sids = cols.satellite_id
-            tracker = mapper.alerts
-            for j in candidates:
-                i = kept[j] if kept is not None else j
+    active = mapper.alerts.active
+    anomalous = np.flatnonzero(code)
+    if m and (active or len(anomalous)):
+        sids = cols.satellite_id
+        # Only a point of a satellite with an open alert, or with an anomaly in this
+        # batch, can change the state (the tuple path's condition).
+        watched = set(active)
+        watched.update(sids[kept[j] if kept is not None else j] for j in anomalous.tolist())
+        subset = np.flatnonzero(
+            pc.is_in(sid, value_set=pa.array(list(watched), type=pa.string())).to_numpy(
+                zero_copy_only=False
+            )
+        )
+        if len(subset) > _SORT_ABOVE:  # many watched points: only the state changes
+            picked = _state_changes(sid.take(pa.array(subset)), code[subset], active, names)
+            candidates = subset[picked].tolist()
+        else:
+            candidates = subset.tolist()
+        combos = _combination_tuples(names)
+        tracker = mapper.alerts
+        for j in candidates:
+            i = kept[j] if kept is not None else j
+            s = sids[i]
+            why = combos[int(code[j])]
+            if why or (active and s in active) or (changes and s in changes):
                 vals = (
                     cols.battery_charge_percent[i],
                     cols.storage_usage_mb[i],
                     cols.signal_strength_dbm[i],
                 )
-                why = combos[int(code_list[j])]
-                alerts.extend(tracker.observe(sids[i], int(t_list[j]), why, vals, changes))
+                alerts.extend(tracker.observe(s, int(t[j]), why, vals, changes))
     return ColumnMapped(telemetry, alerts, rejected, changes, alerts)
 
 
