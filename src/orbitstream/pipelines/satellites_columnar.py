@@ -189,7 +189,20 @@ def _from_us(us: Any) -> _Times:
 
 
 _PLAIN_MATCH = re.compile(_RFC3339_PLAIN).match
-_DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
+
+
+_ZEROS = str.maketrans("123456789", "000000000")
+
+
+@functools.lru_cache(maxsize=64)
+def _form(text: str) -> tuple[Any, Any]:
+    """Per byte of ``text`` (digits written as 0): the lowest allowed byte and the span
+    above it (digits: "0" and 9; any other character: itself and 0)."""
+    template = np.frombuffer(text.encode(), dtype=np.uint8)
+    digit = (template >= 48) & (template <= 57)
+    low = np.where(digit, 48, template).astype(np.uint8)
+    span = np.where(digit, 9, 0).astype(np.uint8)
+    return low, span
 
 
 def _one_plain_form(strings: Any) -> bool:
@@ -212,10 +225,9 @@ def _one_plain_form(strings: Any) -> bool:
     data = np.frombuffer(
         strings.buffers()[2], dtype=np.uint8, count=len(strings) * width, offset=start
     ).reshape(len(strings), width)
-    template = np.frombuffer(first.encode(), dtype=np.uint8)
-    digit = np.isin(template, _DIGITS)
-    is_digit = (data - 48) < 10  # uint8 arithmetic wraps below "0"
-    if not (is_digit[:, digit].all() and (data[:, ~digit] == template[~digit]).all()):
+    low, span = _form(first.translate(_ZEROS))
+    # per position: a digit where the first has one, else its character (uint8 wraps)
+    if not ((data - low) <= span).all():
         return False
     return not (data[:, :4] == 48).all(axis=1).any()  # year 0000
 
