@@ -16,8 +16,12 @@ from orbitstream.core.batch import Row
 from orbitstream.core.columns import record_batch
 from orbitstream.core.tables import ColType, Column, Table
 from orbitstream.pipelines.satellites import TELEMETRY_TABLE
-from orbitstream.sinks.postgres.arrow_copy import ArrowCopyEncoder, json_maps
-from orbitstream.sinks.postgres.encoding import CopyEncoder, EncodeError
+from orbitstream.sinks.postgres.arrow_copy import (
+    ArrowCopyEncoder,
+    aggregate_rollup_columns,
+    json_maps,
+)
+from orbitstream.sinks.postgres.encoding import CopyEncoder, EncodeError, aggregate_rollup
 
 SCALARS = Table(
     "scalars",
@@ -43,6 +47,7 @@ MAPS = Table(
     time_column="time",
     order_by=("time",),
 )
+NOW_NS = 1_767_225_600_000_000_000
 texts = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=8)
 
 
@@ -183,3 +188,44 @@ def test_error_row_index_counts_across_batches() -> None:
 def test_good_rows_have_no_bad_rows() -> None:
     data = record_batch(SCALARS, [_scalar_row(), _scalar_row(tags=())])
     assert ArrowCopyEncoder(SCALARS).bad_rows(data) == ()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-(10**12), 10**12) | st.integers(NOW_NS - 10**12, NOW_NS + 10**12),
+            st.sampled_from(["SAT-1", "SAT-2", "é"]),
+            st.floats(-1e6, 1e6),
+            st.booleans(),
+        ),
+        max_size=40,
+    )
+)
+def test_rollup_aggregation_matches_the_tuple_path(
+    values: list[tuple[int, str, float, bool]],
+) -> None:
+    rows: list[Row] = [(t, s, v, 1.0, -1.0, f, (), t) for t, s, v, f in values]
+    rollup = TELEMETRY_TABLE.rollups[0]
+    want = aggregate_rollup(TELEMETRY_TABLE, rollup, rows)
+    got = aggregate_rollup_columns(TELEMETRY_TABLE, rollup, record_batch(TELEMETRY_TABLE, rows))
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert len(g) == len(w)
+        for a, b in zip(g, w, strict=True):
+            if isinstance(b, float):
+                assert a == pytest.approx(b, rel=1e-12, abs=1e-6)
+            else:
+                assert a == b
+
+
+def test_sliced_batches_are_checked_and_encoded_by_their_own_rows() -> None:
+    rows: list[Row] = [(i, {f"k{i}": 1.0}, {"v": "x\x00" if i == 1 else "ok"}) for i in range(6)]
+    data = record_batch(MAPS, rows)
+    enc = ArrowCopyEncoder(MAPS)
+    assert enc.bad_rows(data) == (1,)
+    assert enc.bad_rows(data.slice(2)) == ()
+    assert enc.bad_rows(data.slice(1, 2)) == (0,)
+    tail = data.slice(3)
+    assert json_maps(tail.column(1)).to_pylist() == ['{"k3":1}', '{"k4":1}', '{"k5":1}']
+    assert enc.encode(tail) == enc.encode(record_batch(MAPS, rows[3:]))

@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orbitstream.core.columns import ARROW_TYPES
-from orbitstream.core.tables import ColType, Table
+from orbitstream.core.tables import ColType, Rollup, Table
 from orbitstream.sinks.postgres.encoding import EncodeError
 
-__all__ = ["ArrowCopyEncoder", "json_maps"]
+__all__ = ["ArrowCopyEncoder", "aggregate_rollup_columns", "json_maps"]
 
 _US = pa.timestamp("us", tz="UTC")
 _MAPS = (ColType.MAP_STR_FLOAT, ColType.MAP_STR_STR)
@@ -52,18 +52,31 @@ def _quoted(strings: Any) -> Any:
     return literal.take(encoded.indices)
 
 
+def _children(nested: Any, *names: str) -> tuple[Any, list[Any]]:
+    """Rebased offsets and the child arrays (``keys``, ``items``, ``values``) of a list or
+    map array, cut to the entries of its rows: a sliced array's children are its parent's
+    whole children."""
+    offsets = nested.offsets
+    start = offsets[0].as_py()
+    stop = offsets[-1].as_py()
+    children = [getattr(nested, n).slice(start, stop - start) for n in names]
+    if start:
+        offsets = pc.subtract(offsets, start)
+    return offsets, children
+
+
 def json_maps(maps: Any) -> Any:
     """A ``map<string, float64 | string>`` array -> one JSON object text per row (null
     rows stay null), vectorized."""
-    keys = _quoted(maps.keys)
-    items = maps.items
+    offsets, (raw_keys, items) = _children(maps, "keys", "items")
+    keys = _quoted(raw_keys)
     if pa.types.is_floating(items.type):
         finite = pc.is_finite(items)
         text = pc.if_else(pc.fill_null(finite, False), pc.cast(items, pa.string()), "null")
     else:
         text = pc.if_else(pc.is_valid(items), _quoted(pc.fill_null(items, "")), "null")
     entries = pc.binary_join_element_wise(keys, text, ":")
-    joined = pc.binary_join(pa.ListArray.from_arrays(maps.offsets, entries), ",")
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, entries), ",")
     out = pc.binary_join_element_wise("{", joined, "}", "")
     if maps.null_count:
         out = pc.if_else(pc.is_valid(maps), out, pa.scalar(None, pa.string()))
@@ -86,17 +99,19 @@ def _nul_rows(array: Any, typ: ColType) -> list[int]:
     if typ is ColType.STRING:
         hit = pc.fill_null(pc.match_substring(array, "\x00"), False)
         return pc.indices_nonzero(hit).to_pylist()  # type: ignore[no-any-return]
-    parts: list[Any] = []
     if typ is ColType.STRING_LIST:
-        parts = [array.values]
+        rebased, parts = _children(array, "values")
+    elif typ is ColType.MAP_STR_STR:
+        rebased, parts = _children(array, "keys", "items")
     else:
-        parts = [array.keys]
-        if typ is ColType.MAP_STR_STR:
-            parts.append(array.items)
-    offsets = array.offsets.to_pylist()
+        rebased, parts = _children(array, "keys")
     rows: set[int] = set()
+    offsets: list[int] = []
     for values in parts:
         hit = pc.fill_null(pc.match_substring(values, "\x00"), False)
+        if not pc.any(hit).as_py():
+            continue
+        offsets = offsets or rebased.to_pylist()
         for entry in pc.indices_nonzero(hit).to_pylist():
             row = bisect.bisect_right(offsets, entry) - 1
             if 0 <= row < len(array) and offsets[row] <= entry < offsets[row + 1]:
@@ -206,3 +221,46 @@ class ArrowCopyEncoder:
                 found.extend((r, col.name, message) for r in rows)
         found.sort()
         return found
+
+
+def aggregate_rollup_columns(table: Table, rollup: Rollup, data: Any) -> list[list[Any]]:
+    """:func:`~orbitstream.sinks.postgres.encoding.aggregate_rollup` of a record batch
+    (Arrow's hash aggregation instead of a dict of row lists): the same groups, order,
+    counts, minima and maxima; sums agree to rounding (Arrow adds pairwise, the tuple
+    path left to right).
+
+    :returns: the column arrays of
+        :func:`~orbitstream.sinks.postgres.ddl.rollup_upsert_sql`.
+    """
+    width = rollup.bucket_secs * 1_000_000_000
+    ns = data.column(table.index(table.time_column)).cast(pa.int64())
+    bucket = pc.divide(ns, width)  # truncates toward zero: floor it for negative times
+    if ns.null_count == 0 and len(ns) and pc.min(ns).as_py() < 0:
+        behind = pc.and_(pc.less(ns, 0), pc.not_equal(pc.multiply(bucket, width), ns))
+        bucket = pc.subtract(bucket, pc.cast(behind, pa.int64()))
+    columns: dict[str, Any] = {"__bucket": bucket}
+    for key in rollup.group_by:
+        columns[key] = data.column(table.index(key))
+    aggs: list[tuple[Any, str]] = []
+    for i, (col, _) in enumerate(rollup.measures):
+        columns[f"__m{i}"] = data.column(table.index(col)).cast(pa.float64())
+        aggs += [(f"__m{i}", "sum"), (f"__m{i}", "min"), (f"__m{i}", "max")]
+    aggs.append(([], "count_all"))
+    for i, (_, col) in enumerate(rollup.flag_counts):
+        flag = pc.fill_null(data.column(table.index(col)), False)
+        columns[f"__f{i}"] = pc.cast(flag, pa.int64())
+        aggs.append((f"__f{i}", "sum"))
+    grouped = (
+        pa.table(columns)
+        .group_by(["__bucket", *rollup.group_by], use_threads=False)
+        .aggregate(aggs)
+        .sort_by([("__bucket", "ascending"), *((k, "ascending") for k in rollup.group_by)])
+    )
+    out: list[list[Any]] = [pc.multiply(grouped["__bucket"], rollup.bucket_secs).to_pylist()]
+    out += [grouped[k].to_pylist() for k in rollup.group_by]
+    for i in range(len(rollup.measures)):
+        out += [grouped[f"__m{i}_{fn}"].to_pylist() for fn in ("sum", "min", "max")]
+    out.append(grouped["count_all"].to_pylist())
+    for i in range(len(rollup.flag_counts)):
+        out.append(pc.fill_null(grouped[f"__f{i}_sum"], 0).to_pylist())
+    return out
