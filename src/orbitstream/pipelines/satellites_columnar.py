@@ -351,7 +351,7 @@ def map_columns(
     m = len(t)
     telemetry = pa.RecordBatch.from_arrays(
         [
-            pa.array(t).cast(_NS),
+            pa.Array.from_buffers(_NS, m, [None, pa.py_buffer(np.ascontiguousarray(t))]),
             sid,
             *(pa.array(v) for v in values),
             pa.array(code != 0),
@@ -382,17 +382,19 @@ def map_columns(
             candidates = subset.tolist()
         combos = _combination_tuples(names)
         tracker = mapper.alerts
-        for j in candidates:
+        code_at = code[candidates].tolist()
+        t_at = t[candidates].tolist()
+        for j, c, t_ns in zip(candidates, code_at, t_at, strict=True):
             i = kept[j] if kept is not None else j
             s = sids[i]
-            why = combos[int(code[j])]
+            why = combos[c]
             if why or (active and s in active) or (changes and s in changes):
                 vals = (
                     cols.battery_charge_percent[i],
                     cols.storage_usage_mb[i],
                     cols.signal_strength_dbm[i],
                 )
-                alerts.extend(tracker.observe(s, int(t[j]), why, vals, changes))
+                alerts.extend(tracker.observe(s, t_ns, why, vals, changes))
     return ColumnMapped(telemetry, alerts, rejected, changes, alerts)
 
 
