@@ -1,0 +1,231 @@
+"""pgpq encoding (ArrowCopyEncoder) against our CopyEncoder, on bytes; the error behaviour
+(bad values named by row); map columns as JSON text equal to the dicts."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orbitstream.core.batch import Row
+from orbitstream.core.columns import record_batch
+from orbitstream.core.tables import ColType, Column, Table
+from orbitstream.pipelines.satellites import TELEMETRY_TABLE
+from orbitstream.sinks.postgres.arrow_copy import (
+    ArrowCopyEncoder,
+    aggregate_rollup_columns,
+    json_maps,
+)
+from orbitstream.sinks.postgres.encoding import CopyEncoder, EncodeError, aggregate_rollup
+
+SCALARS = Table(
+    "scalars",
+    (
+        Column("time", ColType.TIMESTAMP),
+        Column("name", ColType.STRING),
+        Column("value", ColType.FLOAT64),
+        Column("count", ColType.INT64),
+        Column("big", ColType.UINT64),
+        Column("flag", ColType.BOOL),
+        Column("tags", ColType.STRING_LIST),
+    ),
+    time_column="time",
+    order_by=("time",),
+)
+MAPS = Table(
+    "maps",
+    (
+        Column("time", ColType.TIMESTAMP),
+        Column("metrics", ColType.MAP_STR_FLOAT),
+        Column("info", ColType.MAP_STR_STR),
+    ),
+    time_column="time",
+    order_by=("time",),
+)
+NOW_NS = 1_767_225_600_000_000_000
+texts = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-(2**63) + 1, 2**63 - 1),
+            texts,
+            st.floats(),
+            st.integers(-(2**63), 2**63 - 1),
+            st.integers(0, 2**63 - 1),
+            st.booleans(),
+            st.lists(texts, min_size=1, max_size=3).map(tuple),
+        ),
+        max_size=20,
+    )
+)
+def test_same_bytes_as_ours_when_no_list_is_empty(rows: list[Row]) -> None:
+    """Timestamps floored to µs (negative ones too), floats, ints, text, text[]: byte for
+    byte. (An empty text[] differs: ours sends ndim 0, pgpq ndim 1 with size 0; PostgreSQL
+    stores both as '{}', checked in the integration test.)"""
+    ours = CopyEncoder(SCALARS).encode(rows)
+    theirs = ArrowCopyEncoder(SCALARS).encode(record_batch(SCALARS, rows))
+    assert theirs == ours
+
+
+def test_satellite_rows_with_reasons_are_byte_equal() -> None:
+    rows: list[Row] = [
+        (
+            1_767_225_600_000_000_123,
+            f"SAT-{i}",
+            5.0,
+            96000.0,
+            -120.0,
+            True,
+            ("battery_low", "storage_high", "signal_weak")[: i % 3 + 1],
+            1_767_225_600_000_000_999,
+        )
+        for i in range(10)
+    ]
+    data = record_batch(TELEMETRY_TABLE, rows)
+    assert ArrowCopyEncoder(TELEMETRY_TABLE).encode(data) == CopyEncoder(TELEMETRY_TABLE).encode(
+        rows
+    )
+    # several record batches make one stream
+    two = ArrowCopyEncoder(TELEMETRY_TABLE).encode([data.slice(0, 4), data.slice(4)])
+    assert two == CopyEncoder(TELEMETRY_TABLE).encode(rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(st.text(max_size=6), st.floats(), max_size=5),
+            st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=5),
+        ),
+        max_size=10,
+    )
+)
+def test_maps_become_the_json_of_the_dicts(
+    maps: list[tuple[dict[str, float], dict[str, str]]],
+) -> None:
+    rows = [(0, m, i) for m, i in maps]
+    data = record_batch(MAPS, rows)
+    metrics = json_maps(data.column(1)).to_pylist()
+    info = json_maps(data.column(2)).to_pylist()
+    for (m, i), m_text, i_text in zip(maps, metrics, info, strict=True):
+        assert json.loads(i_text) == i
+        assert json.loads(m_text) == {k: (v if math.isfinite(v) else None) for k, v in m.items()}
+
+
+def test_sliced_and_null_maps() -> None:
+    arr = pa.array(
+        [[("a", 1.0)], None, [("b", 2.5), ("c", 1e20)], []], pa.map_(pa.string(), pa.float64())
+    )
+    assert json_maps(arr).to_pylist() == ['{"a":1}', None, '{"b":2.5,"c":1e+20}', "{}"]
+    assert json_maps(arr.slice(2)).to_pylist() == ['{"b":2.5,"c":1e+20}', "{}"]
+
+
+def _bad(table: Table, rows: list[Row]) -> tuple[EncodeError, tuple[int, ...]]:
+    enc = ArrowCopyEncoder(table)
+    data = record_batch(table, rows)
+    with pytest.raises(EncodeError) as info:
+        enc.encode(data)
+    return info.value, enc.bad_rows(data)
+
+
+def _scalar_row(**change: Any) -> Row:
+    row: dict[str, Any] = {
+        "time": 0,
+        "name": "a",
+        "value": 1.0,
+        "count": 1,
+        "big": 1,
+        "flag": True,
+        "tags": ("x",),
+    }
+    row.update(change)
+    return tuple(row.values())
+
+
+def test_a_null_in_a_not_null_column_names_its_row() -> None:
+    exc, bad = _bad(SCALARS, [_scalar_row(), _scalar_row(name=None), _scalar_row(value=None)])
+    assert (exc.column, exc.row_index) == ("name", 1)
+    assert bad == (1, 2)
+
+
+def test_uint64_above_bigint_names_its_row() -> None:
+    exc, bad = _bad(SCALARS, [_scalar_row(), _scalar_row(), _scalar_row(big=2**63)])
+    assert (exc.column, exc.row_index) == ("big", 2)
+    assert bad == (2,)
+    # ours refuses the same row
+    assert CopyEncoder(SCALARS).bad_rows(
+        [_scalar_row(), _scalar_row(), _scalar_row(big=2**63)]
+    ) == (2,)
+
+
+def test_nul_characters_name_their_rows() -> None:
+    exc, bad = _bad(
+        SCALARS, [_scalar_row(), _scalar_row(tags=("ok", "n\x00l")), _scalar_row(name="a\x00")]
+    )
+    assert (exc.column, exc.row_index) == ("tags", 1)  # the first in row order
+    assert bad == (1, 2)
+    exc, bad = _bad(MAPS, [(0, {}, {}), (0, {"k\x00": 1.0}, {}), (0, {}, {"k": "v\x00"})])
+    assert (exc.column, exc.row_index) == ("metrics", 1)
+    assert bad == (1, 2)
+
+
+def test_error_row_index_counts_across_batches() -> None:
+    rows = [_scalar_row(), _scalar_row(), _scalar_row(name=None)]
+    data = record_batch(SCALARS, rows)
+    with pytest.raises(EncodeError) as info:
+        ArrowCopyEncoder(SCALARS).encode([data.slice(0, 2), data.slice(2)])
+    assert info.value.row_index == 2
+
+
+def test_good_rows_have_no_bad_rows() -> None:
+    data = record_batch(SCALARS, [_scalar_row(), _scalar_row(tags=())])
+    assert ArrowCopyEncoder(SCALARS).bad_rows(data) == ()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-(10**12), 10**12) | st.integers(NOW_NS - 10**12, NOW_NS + 10**12),
+            st.sampled_from(["SAT-1", "SAT-2", "é"]),
+            st.floats(-1e6, 1e6),
+            st.booleans(),
+        ),
+        max_size=40,
+    )
+)
+def test_rollup_aggregation_matches_the_tuple_path(
+    values: list[tuple[int, str, float, bool]],
+) -> None:
+    rows: list[Row] = [(t, s, v, 1.0, -1.0, f, (), t) for t, s, v, f in values]
+    rollup = TELEMETRY_TABLE.rollups[0]
+    want = aggregate_rollup(TELEMETRY_TABLE, rollup, rows)
+    got = aggregate_rollup_columns(TELEMETRY_TABLE, rollup, record_batch(TELEMETRY_TABLE, rows))
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert len(g) == len(w)
+        for a, b in zip(g, w, strict=True):
+            if isinstance(b, float):
+                assert a == pytest.approx(b, rel=1e-12, abs=1e-6)
+            else:
+                assert a == b
+
+
+def test_sliced_batches_are_checked_and_encoded_by_their_own_rows() -> None:
+    rows: list[Row] = [(i, {f"k{i}": 1.0}, {"v": "x\x00" if i == 1 else "ok"}) for i in range(6)]
+    data = record_batch(MAPS, rows)
+    enc = ArrowCopyEncoder(MAPS)
+    assert enc.bad_rows(data) == (1,)
+    assert enc.bad_rows(data.slice(2)) == ()
+    assert enc.bad_rows(data.slice(1, 2)) == (0,)
+    tail = data.slice(3)
+    assert json_maps(tail.column(1)).to_pylist() == ['{"k3":1}', '{"k4":1}', '{"k5":1}']
+    assert enc.encode(tail) == enc.encode(record_batch(MAPS, rows[3:]))
