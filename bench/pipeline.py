@@ -50,8 +50,6 @@ import pyarrow.compute as pc
 
 from orbitstream.core.batch import Batch, Row
 from orbitstream.core.columns import (
-    ColumnAccumulator,
-    ColumnBatch,
     MapColumnBuilder,
     arrow_schema,
     ipc_stream,
@@ -536,7 +534,7 @@ async def bench_satellites(
 
     # batch: today's Batcher vs the columnar accumulator
     batcher = Batcher(cast(Any, fake_lane(batch)), TELEMETRY_TABLE)
-    acc = ColumnAccumulator(TELEMETRY_TABLE, batch, "satellites:telemetry:bench:0")
+    cbatcher = Batcher(cast(Any, fake_lane(batch)), TELEMETRY_TABLE)
     tel_rows = [m.rows["telemetry"] for m in mapped]
     tel_cols = [m.telemetry for m in cmapped]
 
@@ -546,19 +544,18 @@ async def bench_satellites(
         return drain(batcher)
 
     def batch_columns() -> object:
-        out = []
         for data in tel_cols:
-            out.extend(acc.add(data)[0])
-        return out
+            cbatcher.add(data, None)
+        return drain(cbatcher)
 
     run(
         batch_tuples,
         batch_columns,
         f"batch (to {batch:,})",
-        "Batcher.add vs ColumnAccumulator.add (+ concat)",
+        "Batcher.add of tuples vs of record batches (+ concat)",
     )
     tb = cast(list[Batch], batch_tuples())[0]
-    cb = cast(list[ColumnBatch], batch_columns())[0]
+    cb = cast(list[Batch], batch_columns())[0]
     assert tb.rows == cb.rows, "columnar rows differ from tuple rows"
     copy_ours = CopyEncoder(TELEMETRY_TABLE)
     copy_pgpq = ArrowCopyEncoder(TELEMETRY_TABLE)
@@ -657,7 +654,7 @@ async def bench_starlink(batch: int, rounds: int, reps: int) -> list[Stage]:
     trows = tup.map(rows_ok, columns, now_ns)
     crb = starlink_map_columns(crow, cts, columns, now_ns)
     batcher = Batcher(cast(Any, fake_lane(batch)), STARLINK_TABLE)
-    acc = ColumnAccumulator(STARLINK_TABLE, batch, "starlink:telemetry:bench:0")
+    cbatcher = Batcher(cast(Any, fake_lane(batch)), STARLINK_TABLE)
     per = 1000
     tparts = [trows[i : i + per] for i in range(0, n, per)]
     cparts = [crb.slice(i, per) for i in range(0, n, per)]
@@ -668,14 +665,13 @@ async def bench_starlink(batch: int, rounds: int, reps: int) -> list[Stage]:
         return drain(batcher)
 
     def batch_columns() -> object:
-        out = []
         for data in cparts:
-            out.extend(acc.add(data)[0])
-        return out
+            cbatcher.add(data, None)
+        return drain(cbatcher)
 
     run(batch_tuples, batch_columns, f"batch (1000-row pieces to {batch:,})", "")
     tbs = cast(list[Batch], batch_tuples())
-    cbs = cast(list[ColumnBatch], batch_columns())
+    cbs = cast(list[Batch], batch_columns())
     assert [r[:3] for r in tbs[0].rows] == [r[:3] for r in cbs[0].rows]
     assert tbs[0].rows[0][3] == cbs[0].rows[0][3] and tbs[0].rows[0][4] == cbs[0].rows[0][4]
     dict_rows = [b.rows for b in tbs]
@@ -737,7 +733,7 @@ def check_pg(url: str) -> list[str]:
     )
     with psycopg.connect(url, autocommit=True) as conn:
         for table, data in ((TELEMETRY_TABLE, sat), (STARLINK_TABLE, sl)):
-            rows = ColumnBatch(table, data, "x").rows
+            rows = Batch(table, data, "x").rows
             defs = ", ".join(f'"{c.name}" {column_type(c)} NOT NULL' for c in table.columns)
             stored = []
             for name, payload in (
@@ -783,7 +779,7 @@ async def bench_sinks(url: str, rounds: int, inserts: int) -> list[str]:
     rec = time.time_ns()
     cols = decode_columns(satellite_body(1000, 5, time.time()))
     data = map_columns(SatelliteMapper(threshold_rules()), cast(Any, cols), rec).telemetry
-    cb = ColumnBatch(TELEMETRY_TABLE, data, "x")
+    cb = Batch(TELEMETRY_TABLE, data, "x")
     rows = cb.rows
     seq = iter(range(10**9))
 

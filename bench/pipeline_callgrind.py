@@ -39,7 +39,7 @@ def child(path: str, iterations: int, form: str, sink: str) -> None:
 
     import msgspec
 
-    from orbitstream.core.columns import ColumnAccumulator, ipc_stream
+    from orbitstream.core.columns import ipc_stream
     from orbitstream.core.pipeline import Batcher
     from orbitstream.pipelines.satellites import (
         TELEMETRY_TABLE,
@@ -79,13 +79,14 @@ def child(path: str, iterations: int, form: str, sink: str) -> None:
                             to_ipc_stream(batch)
         else:
             commit_columns(mapper, map_columns(mapper, cast(Any, decode_columns(warm)), received))
-            acc = ColumnAccumulator(TELEMETRY_TABLE, POINTS, "bench")
+            cbatcher = Batcher(cast(Any, fake_lane(POINTS)), TELEMETRY_TABLE)
             pgpq = ArrowCopyEncoder(TELEMETRY_TABLE)
             for _ in range(iterations):
                 for body in bodies:
                     cols = decode_columns(body)
                     assert cols is not None
-                    for cb in acc.add(map_columns(mapper, cols, received).telemetry)[0]:
+                    cbatcher.add(map_columns(mapper, cols, received).telemetry, None)
+                    for cb in drain(cbatcher):
                         if sink == "pg":
                             pgpq.encode(cb.data)
                         else:

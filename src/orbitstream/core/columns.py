@@ -27,24 +27,18 @@ arrays), :func:`map_array` and :class:`MapColumnBuilder` (Starlink's ``metrics``
 
 from __future__ import annotations
 
-import bisect
 import functools
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orbitstream.core.batch import Ack, Batch, Row
-from orbitstream.core.tables import ColType, Table
+from orbitstream.core.tables import ColType, Row, Table
 
 __all__ = [
     "ARROW_TYPES",
-    "ColumnAccumulator",
-    "ColumnBatch",
     "MapColumnBuilder",
     "arrow_schema",
     "concat",
@@ -97,11 +91,11 @@ def record_batch(table: Table, rows: Sequence[Row]) -> Any:
     schema = arrow_schema(table)
     if not rows:
         return pa.RecordBatch.from_pylist([], schema=schema)
-    arrays = []
-    for values, col in zip(zip(*rows, strict=True), table.columns, strict=True):
-        if col.type in _MAPS:
-            values = tuple(list(v.items()) if isinstance(v, dict) else v for v in values)
-        arrays.append(pa.array(values, type=ARROW_TYPES[col.type]))
+    # map columns: pyarrow converts the dicts itself (faster than lists of item pairs)
+    arrays = [
+        pa.array(values, type=ARROW_TYPES[col.type])
+        for values, col in zip(zip(*rows, strict=True), table.columns, strict=True)
+    ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -314,181 +308,3 @@ class MapColumnBuilder:
         out = map_array(self._offsets, keys, self._values, self.value_type)
         self._keys, self._values, self._offsets = [], [], [0]
         return out
-
-
-# -- the batch ---------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class ColumnBatch:
-    """Rows for one table bound for one sink, as one Arrow ``RecordBatch``.
-
-    :param data: a ``RecordBatch`` with :func:`arrow_schema` of ``table``.
-    :param batch_id: deterministic id (see :class:`~orbitstream.core.batch.Batch`).
-    :param acks: the acks whose rows are in the batch; ``ack_ends[i]`` is the end
-        (exclusive row index) of ``acks[i]``'s rows.
-    """
-
-    table: Table
-    data: Any
-    batch_id: str
-    acks: list[Ack] = field(default_factory=list)
-    created_at: float = field(default_factory=time.monotonic)
-    attempts: int = 0
-    ack_ends: list[int] = field(default_factory=list)
-
-    @classmethod
-    def from_batch(cls, batch: Batch) -> ColumnBatch:
-        """The columnar form of a tuple batch (same id and acks)."""
-        return cls(
-            batch.table,
-            record_batch(batch.table, batch.rows),
-            batch.batch_id,
-            list(batch.acks),
-            batch.created_at,
-            batch.attempts,
-            list(batch.ack_ends),
-        )
-
-    @property
-    def size(self) -> int:
-        return int(self.data.num_rows)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.data.nbytes)
-
-    @property
-    def rows(self) -> list[Row]:
-        """The rows as tuples (for the tuple encoders and dead letters)."""
-        return rows_of(self.table, self.data)
-
-    def to_batch(self) -> Batch:
-        """The tuple form (same id and acks)."""
-        return Batch(
-            self.table,
-            self.rows,
-            self.batch_id,
-            list(self.acks),
-            self.created_at,
-            self.attempts,
-            list(self.ack_ends),
-        )
-
-    def merge(self, other: ColumnBatch) -> ColumnBatch:
-        """One batch with both batches' rows and acks (same table)."""
-        first = self.batch_id.split("+", 1)[0]
-        last = other.batch_id.split("+")[-1]
-        offset = self.size
-        return ColumnBatch(
-            self.table,
-            concat(self.table, [self.data, other.data]),
-            f"{first}+{last}",
-            self.acks + other.acks,
-            self.created_at,
-            ack_ends=self.ack_ends + [offset + end for end in other.ack_ends],
-        )
-
-    def _spans(self, start: int, stop: int) -> tuple[list[Ack], list[int]]:
-        acks: list[Ack] = []
-        ends: list[int] = []
-        begin = 0
-        for ack, end in zip(self.acks, self.ack_ends, strict=False):
-            if end > start and begin < stop:
-                acks.append(ack)
-                ends.append(min(end, stop) - start)
-            begin = end
-        return acks, ends
-
-    def slice(self, start: int, stop: int, suffix: str) -> ColumnBatch:
-        """Rows ``[start, stop)`` as a batch of their own (zero-copy), with their acks."""
-        acks, ends = self._spans(start, stop)
-        stop = min(stop, self.size)
-        start = min(start, stop)
-        return ColumnBatch(
-            self.table,
-            self.data.slice(start, stop - start),
-            f"{self.batch_id}{suffix}",
-            acks,
-            ack_ends=ends,
-        )
-
-    def split(self) -> tuple[ColumnBatch, ColumnBatch]:
-        """Two halves with derived ids (used to isolate a rejected row)."""
-        mid = self.size // 2
-        return self.slice(0, mid, ".0"), self.slice(mid, self.size, ".1")
-
-    def take(self, indices: Sequence[int]) -> Any:
-        """Rows ``indices`` (in that order) as a ``RecordBatch``."""
-        return self.data.take(pa.array(indices, type=pa.int64()))
-
-    def row_dicts(self, indices: Sequence[int] | None = None) -> list[dict[str, object]]:
-        """Rows ``indices`` (all when ``None``) as dicts, for dead letters."""
-        return row_dicts(self.table, self.data, indices)
-
-    def acks_of(self, indices: Sequence[int]) -> dict[int, int]:
-        """``{position in acks: rows among indices}`` for the given row indices."""
-        out: dict[int, int] = {}
-        for index in indices:
-            pos = bisect.bisect_right(self.ack_ends, index)
-            if pos < len(self.acks):
-                out[pos] = out.get(pos, 0) + 1
-        return out
-
-
-class ColumnAccumulator:
-    """Collects record batches for one (sink, table) and cuts :class:`ColumnBatch` es of
-    exactly ``batch_size`` rows (the last one of a :meth:`cut` may be shorter): the
-    columnar :class:`~orbitstream.core.pipeline.Batcher` without the timer and queue.
-
-    :param id_prefix: batch ids are ``{id_prefix}:{sequence}``.
-    """
-
-    def __init__(self, table: Table, batch_size: int, id_prefix: str) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        self.table = table
-        self.batch_size = batch_size
-        self.id_prefix = id_prefix
-        self.parts: list[Any] = []
-        self.rows = 0
-        self.acks: list[Ack] = []
-        self.ack_ends: list[int] = []
-        self._seq = 0
-
-    def add(self, data: Any, ack: Ack | None = None) -> tuple[list[ColumnBatch], int]:
-        """Append a record batch; returns the batches now full and how many batches the
-        ack (if any) waits for."""
-        out: list[ColumnBatch] = []
-        parts = 0
-        start = 0
-        total = int(data.num_rows)
-        while start < total:
-            room = self.batch_size - self.rows
-            take = min(room, total - start)
-            self.parts.append(data if take == total else data.slice(start, take))
-            self.rows += take
-            start += take
-            if ack is not None:
-                self.acks.append(ack)
-                self.ack_ends.append(self.rows)
-                parts += 1
-            if self.rows >= self.batch_size:
-                out.append(self._cut())
-        return out, parts
-
-    def cut(self) -> ColumnBatch | None:
-        """The open batch, if it has rows."""
-        return self._cut() if self.rows else None
-
-    def _cut(self) -> ColumnBatch:
-        self._seq += 1
-        batch = ColumnBatch(
-            self.table,
-            concat(self.table, self.parts),
-            f"{self.id_prefix}:{self._seq}",
-            self.acks,
-            ack_ends=self.ack_ends,
-        )
-        self.parts, self.rows, self.acks, self.ack_ends = [], 0, [], []
-        return batch

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from orbitstream.core.batch import Ack, DeadLetter, Row
+from orbitstream.core.batch import Ack, DeadLetter, Row, RowData
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.pipeline import Pipeline
 from orbitstream.core.protocols import DeadLetterStore, Store
@@ -71,7 +71,7 @@ class PipelineContext:
 
     def submit(
         self,
-        rows: Mapping[str, Sequence[Row]],
+        rows: Mapping[str, RowData],
         ack: Ack | None = None,
         *,
         key: str | None = None,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from orbitstream.core.batch import Ack, Batch, DeadLetter, Row
+from orbitstream.core.batch import Ack, Batch, DeadLetter, Row, RowData, is_columnar, join_parts
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.protocols import DeadLetterStore, Sink
 from orbitstream.core.retry import RetryPolicy
@@ -84,12 +84,19 @@ async def close_sink(sink: Sink) -> None:
 
 
 class Batcher:
-    """Collects rows for one (sink, table) and hands full or aged batches to its writer."""
+    """Collects rows for one (sink, table) and hands full or aged batches to its writer.
+
+    Tuple rows are appended to :attr:`rows`; a record batch (the columnar path) is kept
+    as a part of its own, sliced where a batch boundary falls (no copy). A cut batch
+    holds one form: see :func:`~orbitstream.core.batch.join_parts`.
+    """
 
     def __init__(self, lane: SinkLane, table: Table) -> None:
         self.lane = lane
         self.table = table
-        self.rows: list[Row] = []
+        self.rows: list[Row] = []  # the open run of tuple rows
+        self.parts: list[RowData] = []  # earlier parts of the open batch
+        self.held = 0  # rows in ``parts``
         self.acks: list[Ack] = []
         self.ack_ends: list[int] = []
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue()
@@ -97,8 +104,17 @@ class Batcher:
         self._seq = itertools.count(1)
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, rows: Sequence[Row], ack: Ack | None) -> int:
-        """Append rows, cutting a batch each time ``batch_size`` is reached.
+    @property
+    def size(self) -> int:
+        """Rows in the open batch."""
+        return self.held + len(self.rows)
+
+    def _arm(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.lane.limits.linger_secs, self.cut)
+
+    def add(self, rows: RowData, ack: Ack | None) -> int:
+        """Append rows (tuples or a record batch), cutting a batch each time
+        ``batch_size`` is reached.
 
         Returns how many batches the ack (if any) now waits for.
         """
@@ -107,37 +123,42 @@ class Batcher:
         start = 0
         total = len(rows)
         while start < total:
-            if not self.rows:
-                self._timer = asyncio.get_running_loop().call_later(
-                    self.lane.limits.linger_secs, self.cut
-                )
-            room = size - len(self.rows)
-            if start == 0 and total <= room:
+            filled = self.size
+            if not filled:
+                self._arm()
+            room = size - filled
+            take = min(room, total - start)
+            if is_columnar(rows):
+                if self.rows:
+                    self.parts.append(self.rows)
+                    self.held += len(self.rows)
+                    self.rows = []
+                self.parts.append(rows if take == total else rows.slice(start, take))
+                self.held += take
+            elif start == 0 and take == total:
                 self.rows.extend(rows)
-                start = total
             else:
-                self.rows.extend(rows[start : start + room])
-                start += room
+                self.rows.extend(rows[start : start + take])
+            start += take
             if ack is not None:
                 self.acks.append(ack)
-                self.ack_ends.append(len(self.rows))
+                self.ack_ends.append(filled + take)
                 parts += 1
-            if len(self.rows) >= size:
+            if filled + take >= size:
                 self.cut()
         return parts
 
     def add_one(self, row: Row, ack: Ack | None) -> None:
         """:meth:`add` for one row (one part for the ack)."""
         rows = self.rows
-        if not rows:
-            self._timer = asyncio.get_running_loop().call_later(
-                self.lane.limits.linger_secs, self.cut
-            )
+        if not rows and not self.held:
+            self._arm()
         rows.append(row)
+        filled = self.held + len(rows)
         if ack is not None:
             self.acks.append(ack)
-            self.ack_ends.append(len(rows))
-        if len(rows) >= self.lane.limits.batch_size:
+            self.ack_ends.append(filled)
+        if filled >= self.lane.limits.batch_size:
             self.cut()
 
     def cut(self) -> None:
@@ -145,17 +166,25 @@ class Batcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self.rows:
+        if not self.rows and not self.held:
             return
+        if self.held:
+            if self.rows:
+                self.parts.append(self.rows)
+            data = join_parts(self.table, self.parts)
+        else:
+            data = self.rows
         batch = Batch(
             self.table,
-            self.rows,
+            data,
             f"{self.lane.pipeline}:{self.table.name}:{self.lane.sink.name}:"
             f"{self.lane.epoch}:{next(self._seq)}",
             self.acks,
             ack_ends=self.ack_ends,
         )
         self.rows = []
+        self.parts = []
+        self.held = 0
         self.acks = []
         self.ack_ends = []
         self.queue.put_nowait(batch)
@@ -416,7 +445,7 @@ class SinkLane:
         here (the sink shows as down): dead letters are data too."""
         if not indices:
             return
-        rows = [batch.rows[i] for i in indices]
+        rows = batch.rows_at(indices)
         letters = [
             DeadLetter(self.pipeline, batch.table.name, batch.batch_id, row, error)
             for row in batch.table.row_dicts(rows)
@@ -609,7 +638,7 @@ class Pipeline:
     def accepting(self) -> bool:
         return self._started and not self._closed
 
-    def submit(self, rows: Mapping[str, Sequence[Row]], ack: Ack | None = None) -> None:
+    def submit(self, rows: Mapping[str, RowData], ack: Ack | None = None) -> None:
         """Route rows (by table name) to every sink; all or nothing.
 
         :raises BackpressureError: a sink's buffer would overflow; nothing was added.
@@ -656,9 +685,7 @@ class Pipeline:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), 1.0)
 
-    def submit_keyed(
-        self, rows: Mapping[str, Sequence[Row]], key: str, ack: Ack | None = None
-    ) -> None:
+    def submit_keyed(self, rows: Mapping[str, RowData], key: str, ack: Ack | None = None) -> None:
         """Each table's rows as one batch of their own, with the id
         ``<pipeline>:<table>:<key>``: the same input submitted again (a replay after a
         crash) gets the same ids, and the stores drop it (dedup token / ledger). Keyed
@@ -692,7 +719,7 @@ class Pipeline:
                 if table_rows:
                     batch = Batch(
                         self.tables[table_name],
-                        list(table_rows),
+                        table_rows if is_columnar(table_rows) else list(table_rows),
                         f"{self.name}:{table_name}:{key}",
                         [ack] if ack is not None else [],
                         ack_ends=[len(table_rows)] if ack is not None else [],

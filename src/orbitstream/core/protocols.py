@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from orbitstream.core.batch import Ack, Batch, DeadLetter, Row
+from orbitstream.core.batch import Ack, Batch, DeadLetter, Row, RowData
 from orbitstream.core.tables import Table
 from orbitstream.core.times import INT64_NS_RANGE
 
@@ -136,7 +136,7 @@ class SourceContext(Protocol):
         """The service's HTTP routes (sources that take HTTP add theirs)."""
 
     def submit(
-        self, rows: Mapping[str, Sequence[Row]], ack: Ack | None = None, *, key: str | None = None
+        self, rows: Mapping[str, RowData], ack: Ack | None = None, *, key: str | None = None
     ) -> None:
         """Route rows to every sink, all or nothing.
 

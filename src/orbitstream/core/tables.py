@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["ColType", "Column", "Replacing", "Rollup", "Table"]
+__all__ = ["ColType", "Column", "Replacing", "Rollup", "Row", "Table"]
+
+Row = tuple[object, ...]
+"""One row of a table: its values in column order (see :class:`ColType` for the kinds)."""
 
 
 class ColType(enum.Enum):

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orbitstream.core.batch import Row
+from orbitstream.core.batch import Row, RowData
 from orbitstream.core.columns import arrow_schema, reason_lists_by_code
 from orbitstream.pipelines.satellites import (
     TELEMETRY_TABLE,
@@ -287,6 +287,14 @@ class ColumnMapped:
     @property
     def accepted(self) -> int:
         return int(self.telemetry.num_rows)
+
+    @property
+    def rows(self) -> dict[str, RowData]:
+        """Rows per table, as the pipeline takes them (``telemetry`` columnar)."""
+        out: dict[str, RowData] = {"telemetry": self.telemetry}
+        if self.alerts:
+            out["alerts"] = self.alerts
+        return out
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,4 +1,9 @@
-"""Arrow encoding of batches (columnar, shared by the chDB, ClickHouse and Parquet sinks)."""
+"""Arrow encoding of batches (columnar, shared by the chDB, ClickHouse and Parquet sinks).
+
+A columnar batch is already a record batch; a batch of tuple rows is converted once
+(:attr:`orbitstream.core.batch.Batch.data`). When that conversion fails, :func:`bad_rows`
+finds the rows that cannot be encoded, so only they become dead letters.
+"""
 
 from __future__ import annotations
 
@@ -7,81 +12,47 @@ from typing import Any
 import pyarrow as pa
 
 from orbitstream.core.batch import Batch
-from orbitstream.core.tables import ColType, Table
+from orbitstream.core.columns import ARROW_TYPES, arrow_schema, ipc_stream
 
 __all__ = ["arrow_schema", "bad_rows", "to_arrow", "to_ipc_stream"]
 
-_TYPES: dict[ColType, Any] = {
-    ColType.TIMESTAMP: pa.timestamp("ns", tz="UTC"),
-    ColType.STRING: pa.string(),
-    ColType.FLOAT64: pa.float64(),
-    ColType.INT64: pa.int64(),
-    ColType.UINT64: pa.uint64(),
-    ColType.BOOL: pa.bool_(),
-    ColType.STRING_LIST: pa.list_(pa.string()),
-    ColType.MAP_STR_FLOAT: pa.map_(pa.string(), pa.float64()),
-    ColType.MAP_STR_STR: pa.map_(pa.string(), pa.string()),
-}
-
-_SCHEMAS: dict[str, Any] = {}
-
-
-def arrow_schema(table: Table) -> Any:
-    """The Arrow schema of a table (cached by table name and columns)."""
-    key = f"{table.name}:{table.column_names}"
-    schema = _SCHEMAS.get(key)
-    if schema is None:
-        schema = pa.schema(
-            [pa.field(c.name, _TYPES[c.type], nullable=c.nullable) for c in table.columns]
-        )
-        _SCHEMAS[key] = schema
-    return schema
-
-
-def _column(values: list[Any], typ: ColType) -> Any:
-    # Map columns: pyarrow converts dicts itself (twice as fast as lists of item pairs).
-    return pa.array(values, type=_TYPES[typ])
-
 
 def to_arrow(batch: Batch) -> Any:
-    """The batch as a ``pyarrow.Table``."""
-    schema = arrow_schema(batch.table)
-    cols = batch.columns()
-    arrays = [_column(v, c.type) for v, c in zip(cols, batch.table.columns, strict=True)]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    """The batch as a ``pyarrow.Table`` (one chunk, no copy of a columnar batch)."""
+    return pa.Table.from_batches([batch.data])
 
 
 def to_ipc_stream(batch: Batch) -> bytes:
     """The batch as Arrow IPC stream bytes (ClickHouse ``FORMAT ArrowStream``)."""
-    table = to_arrow(batch)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    data: bytes = sink.getvalue().to_pybytes()
-    return data
+    return ipc_stream(batch.data)
 
 
 def bad_rows(batch: Batch) -> tuple[int, ...]:
     """Indices of the rows whose values Arrow cannot encode for their columns (a wrong
     type, an integer out of range...): found column by column, value by value. Used
-    only after :func:`to_arrow` failed, so the refused rows alone become dead letters."""
+    only after :attr:`Batch.data` failed, so the refused rows alone become dead letters.
+    A columnar batch is encoded already: none."""
+    if batch.columnar:
+        return ()
     table = batch.table
+    rows = batch.rows
     bad: set[int] = set()
     width = len(table.columns)
-    for index, row in enumerate(batch.rows):
+    for index, row in enumerate(rows):
         if len(row) != width:
             bad.add(index)
-    good = [i for i in range(len(batch.rows)) if i not in bad]
+    good = [i for i in range(len(rows)) if i not in bad]
     for c, col in enumerate(table.columns):
-        values = [batch.rows[i][c] for i in good]
+        typ = ARROW_TYPES[col.type]
+        values = [rows[i][c] for i in good]
         try:
-            _column(values, col.type)
+            pa.array(values, type=typ)
             continue
         except Exception:
             pass
         for i, value in zip(good, values, strict=True):
             try:
-                _column([value], col.type)
+                pa.array([value], type=typ)
             except Exception:
                 bad.add(i)
     return tuple(sorted(bad))

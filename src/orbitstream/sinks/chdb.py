@@ -235,7 +235,7 @@ class ChdbSink(SinkBase):
             ) from exc
 
     async def write(self, batch: Batch) -> None:
-        if not batch.rows:
+        if not batch.size:
             return
         await self._writer.run(lambda: self.write_sync(batch))
 

@@ -569,7 +569,7 @@ class KafkaSink:
 
     async def write(self, batch: Batch) -> None:
         """Produce every row of ``batch`` and wait for all delivery reports."""
-        if not batch.rows or batch.batch_id in self._delivered:
+        if not batch.size or batch.batch_id in self._delivered:
             return
         table = batch.table
         topic = self.topic(table.name)

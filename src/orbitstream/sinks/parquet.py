@@ -581,7 +581,7 @@ class ParquetSink(SinkBase):
 
         :raises SinkRejectedError: the first row's time is not a usable timestamp.
         """
-        time_ns = batch.rows[0][batch.table.index(batch.table.time_column)]
+        time_ns = batch.rows_at([0])[0][batch.table.index(batch.table.time_column)]
         try:
             return object_key(self.prefix, batch.table.name, batch.batch_id, time_ns)  # type: ignore[arg-type]
         except ValueError as exc:
@@ -591,7 +591,7 @@ class ParquetSink(SinkBase):
 
     def write_sync(self, batch: Batch) -> str | None:
         """Encode and store one batch (blocks); returns its key, ``None`` when empty."""
-        if not batch.rows:
+        if not batch.size:
             return None
         started = time.perf_counter()
         key = self.key_for(batch)
@@ -636,7 +636,7 @@ class ParquetSink(SinkBase):
         :raises SinkRejectedError: a row cannot be encoded.
         :raises SinkRetryableError: the store failed or refused the request.
         """
-        if not batch.rows:
+        if not batch.size:
             return
         await self._run(self.write_sync, batch)
 

@@ -13,10 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orbitstream.core.batch import Ack, Batch, Row
+from orbitstream.core.batch import Ack, Batch, Row, join_parts
 from orbitstream.core.columns import (
-    ColumnAccumulator,
-    ColumnBatch,
     MapColumnBuilder,
     arrow_schema,
     concat,
@@ -80,7 +78,7 @@ def test_rows_round_trip_and_ipc_bytes_match_the_tuple_path(rows: list[Row]) -> 
     assert rows_of(ALL, data) == rows
     if rows:
         assert ipc_stream(data) == sink_arrow.to_ipc_stream(Batch(ALL, rows, "b"))
-        assert ColumnBatch(ALL, data, "b").row_dicts() == ALL.row_dicts(rows)
+        assert ALL.row_dicts(Batch(ALL, data, "b").rows) == ALL.row_dicts(rows)
 
 
 def test_empty_rows() -> None:
@@ -157,26 +155,41 @@ def _sat_rows(n: int) -> list[Row]:
     ]
 
 
-async def test_slicing_merging_and_acks_follow_batch() -> None:
+async def test_slicing_merging_and_acks_are_the_same_in_both_forms() -> None:
     rows = _sat_rows(10)
     acks = [Ack(), Ack(), Ack()]
     batch = Batch(TELEMETRY_TABLE, rows, "id", acks, ack_ends=[3, 7, 10])
-    cb = ColumnBatch.from_batch(batch)
+    cb = Batch(
+        TELEMETRY_TABLE, record_batch(TELEMETRY_TABLE, rows), "id", acks, ack_ends=[3, 7, 10]
+    )
+    assert cb.columnar and not batch.columnar
     assert cb.rows == rows
-    assert cb.to_batch().rows == rows
+    assert rows_of(TELEMETRY_TABLE, batch.data) == rows
     for start, stop in ((0, 10), (2, 8), (3, 3), (9, 10), (0, 1)):
         a, b = batch.slice(start, stop, ".s"), cb.slice(start, stop, ".s")
+        assert b.columnar
         assert (b.rows, b.batch_id, b.acks, b.ack_ends) == (a.rows, a.batch_id, a.acks, a.ack_ends)
     for half_t, half_c in zip(batch.split(), cb.split(), strict=True):
         assert half_c.rows == half_t.rows and half_c.ack_ends == half_t.ack_ends
     merged_t = batch.merge(batch.slice(0, 4, ".x"))
     merged_c = cb.merge(cb.slice(0, 4, ".x"))
-    assert merged_c.rows == merged_t.rows
+    mixed = batch.merge(cb.slice(0, 4, ".x"))
+    assert merged_c.columnar and mixed.columnar and not merged_t.columnar
+    assert merged_c.rows == merged_t.rows == mixed.rows
     assert (merged_c.batch_id, merged_c.ack_ends) == (merged_t.batch_id, merged_t.ack_ends)
     assert cb.acks_of([0, 4, 5, 9]) == batch.acks_of([0, 4, 5, 9])
-    assert cb.row_dicts([5, 1]) == TELEMETRY_TABLE.row_dicts([rows[5], rows[1]])
-    assert rows_of(TELEMETRY_TABLE, cb.take([4, 0])) == [rows[4], rows[0]]
-    assert cb.size == 10 and cb.nbytes > 0
+    assert cb.rows_at([5, 1]) == batch.rows_at([5, 1]) == [rows[5], rows[1]]
+    assert cb.size == batch.size == 10 and cb.nbytes == batch.nbytes > 0
+
+
+def test_a_mix_with_a_row_arrow_cannot_encode_stays_tuples() -> None:
+    rows = _sat_rows(4)
+    bad: Row = (0, "SAT-x", "not a float", 1.0, 1.0, False, (), 0)
+    parts = [record_batch(TELEMETRY_TABLE, rows[:2]), [bad], rows[2:]]
+    joined = join_parts(TELEMETRY_TABLE, parts)
+    assert isinstance(joined, list) and joined == [*rows[:2], bad, *rows[2:]]
+    good = join_parts(TELEMETRY_TABLE, [record_batch(TELEMETRY_TABLE, rows[:2]), rows[2:]])
+    assert isinstance(good, pa.RecordBatch) and rows_of(TELEMETRY_TABLE, good) == rows
 
 
 def test_concat_keeps_order() -> None:
@@ -187,13 +200,22 @@ def test_concat_keeps_order() -> None:
     assert rows_of(TELEMETRY_TABLE, pa.Table.from_batches(parts)) == rows
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 7), st.lists(st.integers(0, 12), max_size=8))
-def test_accumulator_cuts_like_the_batcher(size: int, pieces: list[int]) -> None:
+pieces_strategy = st.lists(
+    st.tuples(st.integers(0, 12), st.sampled_from(["rows", "arrow", "one"])), max_size=8
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 7), pieces_strategy)
+def test_the_batcher_cuts_the_same_batches_from_either_form(
+    size: int, pieces: list[tuple[int, str]]
+) -> None:
+    """Tuples, record batches and single rows in any mix: the same batches (ids, rows,
+    ack spans) as the same rows added as tuples."""
     asyncio.run(_accumulate(size, pieces))
 
 
-async def _accumulate(size: int, pieces: list[int]) -> None:
+def _batcher(size: int) -> Batcher:
     lane = SimpleNamespace(
         limits=PipelineLimits(batch_size=size, linger_secs=3600.0),
         pipeline="p",
@@ -201,36 +223,40 @@ async def _accumulate(size: int, pieces: list[int]) -> None:
         epoch="e",
         concurrency=1,
     )
-    batcher = Batcher(cast(Any, lane), TELEMETRY_TABLE)
-    acc = ColumnAccumulator(TELEMETRY_TABLE, size, "p:telemetry:s:e")
-    rows = _sat_rows(sum(pieces))
-    got: list[ColumnBatch] = []
-    start = 0
-    for n in pieces:
-        ack = Ack()
-        part = rows[start : start + n]
-        parts_t = batcher.add(part, ack)
-        full, parts_c = acc.add(record_batch(TELEMETRY_TABLE, part), ack)
-        assert parts_c == parts_t
-        got.extend(full)
-        start += n
+    return Batcher(cast(Any, lane), TELEMETRY_TABLE)
+
+
+def _drain(batcher: Batcher) -> list[Batch]:
     batcher.cut()
-    last = acc.cut()
-    if last is not None:
-        got.append(last)
-    want: list[Batch] = []
+    out: list[Batch] = []
     while not batcher.queue.empty():
         item = batcher.queue.get_nowait()
         assert item is not None
-        want.append(item)
-    assert [(b.batch_id, b.rows, b.ack_ends, b.acks) for b in got] == [
-        (b.batch_id, b.rows, b.ack_ends, b.acks) for b in want
+        out.append(item)
+    return out
+
+
+async def _accumulate(size: int, pieces: list[tuple[int, str]]) -> None:
+    mixed, reference = _batcher(size), _batcher(size)
+    rows = _sat_rows(sum(n for n, _ in pieces))
+    start = 0
+    for n, form in pieces:
+        part = rows[start : start + n]
+        start += n
+        ack_m, ack_r = Ack(), Ack()
+        if form == "one":
+            for row in part:
+                mixed.add_one(row, ack_m)
+                reference.add_one(row, ack_r)
+            continue
+        data = record_batch(TELEMETRY_TABLE, part) if form == "arrow" else part
+        assert mixed.add(data, ack_m) == reference.add(part, ack_r)
+    got, want = _drain(mixed), _drain(reference)
+    assert [(b.batch_id, b.rows, b.ack_ends, len(b.acks)) for b in got] == [
+        (b.batch_id, b.rows, b.ack_ends, len(b.acks)) for b in want
     ]
-
-
-def test_accumulator_refuses_a_zero_size() -> None:
-    with pytest.raises(ValueError, match="batch_size"):
-        ColumnAccumulator(TELEMETRY_TABLE, 0, "x")
+    for b in got:  # one form per batch: columnar when a record batch went in
+        assert b.size == len(b.rows)
 
 
 def test_nan_survives_the_round_trip() -> None:

@@ -184,7 +184,7 @@ class ClickHouseSink(SinkBase):
 
     # -- writes ----------------------------------------------------------------------
     async def write(self, batch: Batch) -> None:
-        if not batch.rows:
+        if not batch.size:
             return
         await self._transport.run(lambda: self.write_sync(batch))
 

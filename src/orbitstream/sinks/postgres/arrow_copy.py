@@ -23,7 +23,7 @@ then refuses the whole batch).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -197,6 +197,29 @@ class ArrowCopyEncoder:
             offset += part.num_rows
         out.append(encoder.finish())
         return b"".join(out)
+
+    def iter_encode(self, data: Any, chunk_rows: int) -> Iterator[bytes]:
+        """:meth:`encode` of one record batch in pieces of ``chunk_rows`` rows (header with
+        the first, trailer after the last), so the server inserts one piece while the
+        next is encoded. Every row is checked before the first piece.
+
+        :raises EncodeError: as :meth:`encode`.
+        """
+        bad = self._problems(data)
+        if bad:
+            index, column, message = bad[0]
+            raise EncodeError(
+                f"column {column} of row {index}: {message}", column=column, row_index=index
+            )
+        encoder = self._new()
+        yield encoder.write_header()
+        total = int(data.num_rows)
+        for start in range(0, total, max(1, chunk_rows)):
+            try:
+                yield encoder.write_batch(self.prepare(data.slice(start, chunk_rows)))
+            except (pa.ArrowException, ValueError) as exc:  # not foreseen above
+                raise EncodeError(str(exc), column="", row_index=start) from exc
+        yield encoder.finish()
 
     def bad_rows(self, data: Any) -> tuple[int, ...]:
         """Indices of every row :meth:`encode` refuses."""

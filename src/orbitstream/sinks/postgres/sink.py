@@ -24,13 +24,13 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 
-from orbitstream.core.batch import Batch, DeadLetter, Row
+from orbitstream.core.batch import Batch, DeadLetter
 from orbitstream.core.protocols import Dialect, SinkBase
 from orbitstream.core.tables import Rollup, Table
 from orbitstream.errors import ConfigError, SinkError, SinkRejectedError, SinkRetryableError
@@ -56,12 +56,19 @@ try:
     import psycopg
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
+
+    from orbitstream.sinks.postgres.arrow_copy import ArrowCopyEncoder, aggregate_rollup_columns
 except ImportError as _exc:  # pragma: no cover - depends on the install
     raise ConfigError(
         "DATABASE_URL selects PostgreSQL, which needs the postgres extra: "
         "pip install 'orbitstream[postgres]'",
         setting="DATABASE_URL",
     ) from _exc
+
+from orbitstream.sinks.postgres.arrow_copy import (
+    ArrowCopyEncoder,
+    aggregate_rollup_columns,
+)
 
 __all__ = [
     "REJECTED_CLASSES",
@@ -180,9 +187,34 @@ def _message(exc: BaseException) -> str:
 @dataclass(frozen=True, slots=True)
 class _TablePlan:
     table: Table
-    encoder: CopyEncoder
+    encoder: CopyEncoder  # tuple rows
+    arrow_encoder: ArrowCopyEncoder  # columnar batches (pgpq)
     copy_sql: str
     rollups: tuple[tuple[Rollup, str], ...]
+
+    def pieces(self, batch: Batch) -> Iterator[bytes]:
+        """The batch's binary COPY stream in pieces, encoded from the form it has."""
+        if batch.columnar:
+            return self.arrow_encoder.iter_encode(batch.data, _CHUNK_ROWS)
+        return self.encoder.iter_encode(batch.rows, _CHUNK_ROWS)
+
+    def bad_rows(self, batch: Batch) -> tuple[int, ...]:
+        if batch.columnar:
+            return self.arrow_encoder.bad_rows(batch.data)
+        return self.encoder.bad_rows(batch.rows)
+
+    def rollup_updates(self, batch: Batch) -> list[tuple[str, Any]] | Exception:
+        """The rollup upserts of the batch; an exception when its rows cannot be
+        aggregated (PostgreSQL will most likely refuse them too)."""
+        try:
+            if batch.columnar:
+                return [
+                    (sql, aggregate_rollup_columns(self.table, r, batch.data))
+                    for r, sql in self.rollups
+                ]
+            return [(sql, aggregate_rollup(self.table, r, batch.rows)) for r, sql in self.rollups]
+        except Exception as exc:
+            return exc
 
 
 class PostgresSink(SinkBase):
@@ -273,7 +305,9 @@ class PostgresSink(SinkBase):
         rollups: tuple[tuple[Rollup, str], ...] = ()
         if self.layout == "plain":
             rollups = tuple((r, ddl.rollup_upsert_sql(table, r)) for r in table.rollups)
-        return _TablePlan(table, encoder_for(table), ddl.copy_sql(table), rollups)
+        return _TablePlan(
+            table, encoder_for(table), ArrowCopyEncoder(table), ddl.copy_sql(table), rollups
+        )
 
     async def maintain(self, now: dt.datetime | None = None) -> MaintenanceReport | None:
         """Partition and retention upkeep (the service calls it hourly). Never raises: a
@@ -315,7 +349,7 @@ class PostgresSink(SinkBase):
 
     async def write(self, batch: Batch) -> None:
         """Commit ``batch`` once: rows, rollups and ledger entry in one transaction."""
-        if not batch.rows:
+        if not batch.size:
             return
         table = batch.table
         plan = self._plans.get(table.qualified_name)
@@ -327,22 +361,20 @@ class PostgresSink(SinkBase):
         nbytes = 0
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                cur = await conn.execute(
-                    _LEDGER_INSERT, (batch.batch_id, table.name, len(batch.rows))
-                )
+                cur = await conn.execute(_LEDGER_INSERT, (batch.batch_id, table.name, batch.size))
                 if await cur.fetchone() is None:
                     duplicate = True
                 else:
                     async with conn.cursor() as copy_cur, copy_cur.copy(plan.copy_sql) as copy:
                         # Encoded piece by piece: the server inserts one while the next is
                         # encoded.
-                        for piece in plan.encoder.iter_encode(batch.rows, _CHUNK_ROWS):
+                        for piece in plan.pieces(batch):
                             nbytes += len(piece)
                             await copy.write(piece)
                         # PostgreSQL is still inserting the tail of the stream: aggregate
                         # the rollups meanwhile (a failure here waits for the COPY's
                         # verdict, which names the bad value better).
-                        updates = _rollup_updates(plan, batch.rows)
+                        updates = plan.rollup_updates(batch)
                     if isinstance(updates, Exception):
                         raise PostgresRejectedError(
                             f"rollup aggregation failed: {updates}",
@@ -355,7 +387,7 @@ class PostgresSink(SinkBase):
         except EncodeError as exc:
             raise PostgresRejectedError(
                 str(exc),
-                bad_rows=plan.encoder.bad_rows(batch.rows),
+                bad_rows=plan.bad_rows(batch),
                 sink=self.name,
                 table=table.name,
                 batch_id=batch.batch_id,
@@ -370,7 +402,7 @@ class PostgresSink(SinkBase):
                 "component": self.name,
                 "table": table.name,
                 "batch_id": batch.batch_id,
-                "records": len(batch.rows),
+                "records": batch.size,
                 "bytes": nbytes,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             },
@@ -547,13 +579,6 @@ class PostgresSink(SinkBase):
         except (psycopg.Error, OSError) as exc:
             raise QueryError(f"PostgreSQL not reachable: {_message(exc)}") from exc
         self._reader_dsn, self._reader_problem = access.dsn, access.problem
-
-
-def _rollup_updates(plan: _TablePlan, rows: Sequence[Row]) -> list[tuple[str, Any]] | Exception:
-    try:
-        return [(sql, aggregate_rollup(plan.table, r, rows)) for r, sql in plan.rollups]
-    except Exception as exc:  # bad rows: PostgreSQL will most likely refuse them too
-        return exc
 
 
 def _dumps(value: object) -> str:
