@@ -229,6 +229,7 @@ class Runtime:
             linger_secs=engine.batch_timeout,
             max_buffer_rows=engine.max_buffer_rows,
             max_buffer_bytes=engine.max_buffer_bytes,
+            max_merge_rows=engine.max_merge_rows,
             deployment_retry_secs=engine.deployment_error_retry_secs,
         )
         retry = RetryPolicy(max_secs=engine.retry_max_backoff_secs)

@@ -161,6 +161,14 @@ class EngineSettings(Section):
     deployment_error_retry_secs: float = Field(
         300.0, gt=0, validation_alias=env("ORBITSTREAM_DEPLOYMENT_ERROR_RETRY")
     )
+    max_merge_rows: int = Field(
+        50_000,
+        ge=1,
+        validation_alias=env("ORBITSTREAM_MAX_MERGE_ROWS"),
+        description="Batches queued for a store that falls behind are written as one insert "
+        "of up to this many rows (never below BATCH_SIZE; BATCH_SIZE writes every batch "
+        "as it was cut).",
+    )
     start_timeout_secs: float = Field(60.0, gt=0, validation_alias=env("ORBITSTREAM_START_TIMEOUT"))
     shutdown_timeout_secs: float = Field(
         30.0, gt=0, validation_alias=env("ORBITSTREAM_SHUTDOWN_TIMEOUT")
@@ -312,10 +320,19 @@ class PostgresSection(Section):
     maintenance_lock_timeout_secs: float = Field(
         5.0, gt=0, validation_alias=env("ORBITSTREAM_POSTGRES_LOCK_TIMEOUT")
     )
+    rollup_fold_secs: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        validation_alias=env("ORBITSTREAM_POSTGRES_ROLLUP_FOLD"),
+        description="Plain layout: how often the batches' partial rollup aggregates are "
+        "folded into the rollup table (the rollup view is exact either way).",
+    )
 
     @field_validator(
         "connect_timeout_secs",
         "maintenance_lock_timeout_secs",
+        "rollup_fold_secs",
         "ledger_retention_days",
         mode="before",
     )

@@ -4,6 +4,7 @@ effectively-once, rollups, maintenance, dead letters, error classes, read-only q
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import math
 import random
@@ -14,6 +15,7 @@ import psycopg
 import pytest
 
 from orbitstream.core.batch import Batch, Row
+from orbitstream.core.columns import record_batch
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.pipeline import Pipeline, PipelineLimits
 from orbitstream.core.retry import RetryPolicy
@@ -269,10 +271,116 @@ async def test_rollup_view_equals_group_by_over_raw_rows(
     )
     assert len(view) == len(raw) > 25
     assert sum(r[11] for r in view) == 4_000
+    assert_same_stats(view, raw)
+
+
+RAW_STATS = (
+    "SELECT date_bin('5 minutes', time, TIMESTAMPTZ '1970-01-01 00:00:00+00'), satellite_id, "
+    "avg(battery_charge_percent), min(battery_charge_percent), max(battery_charge_percent), "
+    "avg(storage_usage_mb), min(storage_usage_mb), max(storage_usage_mb), "
+    "avg(signal_strength_dbm), min(signal_strength_dbm), max(signal_strength_dbm), "
+    "count(*), count(*) FILTER (WHERE is_anomaly) FROM telemetry GROUP BY 1, 2 ORDER BY 1, 2"
+)
+
+
+def assert_same_stats(view: list[tuple[Any, ...]], raw: list[tuple[Any, ...]]) -> None:
+    assert len(view) == len(raw)
     for v, r in zip(view, raw, strict=True):
         assert v[:2] == r[:2]
         assert v[2:11] == pytest.approx(r[2:11], rel=1e-9)
         assert v[11:] == r[11:]
+
+
+async def test_rollup_deltas_fold_exactly_once_and_the_view_is_exact_throughout(
+    pg_settings: PostgresSettings,
+) -> None:
+    """Each batch appends its partial aggregates; folds (two workers at once, repeated)
+    move each delta row into the state table once; the view equals a GROUP BY over the
+    raw rows before, between and after folds, for tuple and columnar batches alike."""
+    dsn = pg_settings.dsn
+    quiet = dataclasses.replace(pg_settings, rollup_fold_secs=3600.0)
+    a, b = PostgresSink(quiet), PostgresSink(quiet)
+    await a.start(tables())
+    await b.start(tables())
+    try:
+        start = now_ns() - 20 * 60 * 10**9
+        step = 7 * 10**9 // 10
+        await a.write(Batch(TEL, sat_rows(1_500, start, seed=1, step_ns=step), "f-1"))
+        await b.write(
+            Batch(TEL, record_batch(TEL, sat_rows(900, start, seed=2, step_ns=step)), "f-2")
+        )
+        deltas = await count(dsn, "satellite_stats_delta")
+        assert deltas > 0 and await count(dsn, "satellite_stats_agg") == 0
+        assert_same_stats(
+            await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2"),
+            await fetch(dsn, RAW_STATS),
+        )
+        folded = await asyncio.gather(a.fold_rollups(), b.fold_rollups())
+        assert await count(dsn, "satellite_stats_delta") == 0
+        assert await count(dsn, "satellite_stats_agg") > 0
+        # the two folds together moved every delta row once (one may have found none)
+        assert sum(folded) >= 1
+        assert_same_stats(
+            await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2"),
+            await fetch(dsn, RAW_STATS),
+        )
+        # more batches into buckets that are already folded, then a replay, then folds
+        await a.write(
+            Batch(TEL, record_batch(TEL, sat_rows(800, start, seed=3, step_ns=step)), "f-3")
+        )
+        await a.write(Batch(TEL, sat_rows(1_500, start, seed=1, step_ns=step), "f-1"))  # replay
+        assert_same_stats(
+            await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2"),
+            await fetch(dsn, RAW_STATS),
+        )
+        await asyncio.gather(*(s.fold_rollups() for s in (a, b, a, b)))
+        view = await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2")
+        assert sum(r[11] for r in view) == 1_500 + 900 + 800
+        assert_same_stats(view, await fetch(dsn, RAW_STATS))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_old_rollup_view_is_upgraded_and_keeps_its_state(
+    pg_settings: PostgresSettings,
+) -> None:
+    """A database set up before the deltas (state table and a view over it only): the
+    next start adds the delta table and replaces the view; the old state still counts."""
+    dsn = pg_settings.dsn
+    sink = PostgresSink(pg_settings)
+    await sink.start(tables())
+    start = now_ns() - 10 * 60 * 10**9
+    await sink.write(Batch(TEL, sat_rows(600, start, seed=5, step_ns=10**9), "u-1"))
+    await sink.close()  # folds: the state is in satellite_stats_agg
+    assert await count(dsn, "satellite_stats_delta") == 0
+    measures = ("battery", "storage", "signal")
+    old_view = ", ".join(
+        f'"s_sum_{m}" / NULLIF("s_data_points", 0) AS "avg_{m}", "s_min_{m}" AS "min_{m}", '
+        f'"s_max_{m}" AS "max_{m}"'
+        for m in measures
+    )
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("DROP VIEW satellite_stats")
+        await conn.execute("DROP TABLE satellite_stats_delta")
+        await conn.execute(
+            f'CREATE VIEW satellite_stats AS SELECT "bucket", "satellite_id", {old_view}, '
+            '"s_data_points" AS "data_points", "s_anomaly_points" AS "anomaly_points" '
+            "FROM satellite_stats_agg"
+        )
+        await conn.execute(
+            "DELETE FROM schema_migrations WHERE version = 'rollup/satellite_stats/delta'"
+        )
+    again = PostgresSink(pg_settings)
+    await again.start(tables())
+    try:
+        assert "rollup/satellite_stats/delta" in again.applied
+        await again.write(Batch(TEL, sat_rows(400, start, seed=6, step_ns=10**9), "u-2"))
+        view = await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2")
+        assert sum(r[11] for r in view) == 1_000
+        assert_same_stats(view, await fetch(dsn, RAW_STATS))
+    finally:
+        await again.close()
 
 
 async def test_concurrent_writes_of_different_tables(

@@ -36,7 +36,13 @@ from orbitstream.core.columns import ARROW_TYPES
 from orbitstream.core.tables import ColType, Rollup, Table
 from orbitstream.sinks.postgres.encoding import EncodeError
 
-__all__ = ["ArrowCopyEncoder", "aggregate_rollup_columns", "json_maps"]
+__all__ = [
+    "ArrowCopyEncoder",
+    "RollupDeltaEncoder",
+    "aggregate_rollup_columns",
+    "json_maps",
+    "rollup_arrays",
+]
 
 _US = pa.timestamp("us", tz="UTC")
 _MAPS = (ColType.MAP_STR_FLOAT, ColType.MAP_STR_STR)
@@ -246,14 +252,14 @@ class ArrowCopyEncoder:
         return found
 
 
-def aggregate_rollup_columns(table: Table, rollup: Rollup, data: Any) -> list[list[Any]]:
+def rollup_arrays(table: Table, rollup: Rollup, data: Any) -> list[Any]:
     """:func:`~orbitstream.sinks.postgres.encoding.aggregate_rollup` of a record batch
     (Arrow's hash aggregation instead of a dict of row lists): the same groups, order,
     counts, minima and maxima; sums agree to rounding (Arrow adds pairwise, the tuple
     path left to right).
 
     :returns: the column arrays of
-        :func:`~orbitstream.sinks.postgres.ddl.rollup_upsert_sql`.
+        :class:`~orbitstream.sinks.postgres.arrow_copy.RollupDeltaEncoder`.
     """
     width = rollup.bucket_secs * 1_000_000_000
     ns = data.column(table.index(table.time_column)).cast(pa.int64())
@@ -279,11 +285,67 @@ def aggregate_rollup_columns(table: Table, rollup: Rollup, data: Any) -> list[li
         .aggregate(aggs)
         .sort_by([("__bucket", "ascending"), *((k, "ascending") for k in rollup.group_by)])
     )
-    out: list[list[Any]] = [pc.multiply(grouped["__bucket"], rollup.bucket_secs).to_pylist()]
-    out += [grouped[k].to_pylist() for k in rollup.group_by]
+    out: list[Any] = [pc.multiply(grouped["__bucket"], rollup.bucket_secs)]
+    out += [grouped[k] for k in rollup.group_by]
     for i in range(len(rollup.measures)):
-        out += [grouped[f"__m{i}_{fn}"].to_pylist() for fn in ("sum", "min", "max")]
-    out.append(grouped["count_all"].to_pylist())
+        out += [grouped[f"__m{i}_{fn}"] for fn in ("sum", "min", "max")]
+    out.append(grouped["count_all"])
     for i in range(len(rollup.flag_counts)):
-        out.append(pc.fill_null(grouped[f"__f{i}_sum"], 0).to_pylist())
-    return out
+        out.append(pc.fill_null(grouped[f"__f{i}_sum"], 0))
+    return [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in out]
+
+
+def aggregate_rollup_columns(table: Table, rollup: Rollup, data: Any) -> list[list[Any]]:
+    """:func:`rollup_arrays` as Python lists (the tuple path's form, for comparisons)."""
+    return [a.to_pylist() for a in rollup_arrays(table, rollup, data)]
+
+
+class RollupDeltaEncoder:
+    """One batch's partial aggregates of a rollup -> binary ``COPY`` bytes for
+    ``<rollup>_delta`` (see :func:`~orbitstream.sinks.postgres.ddl.rollup_delta_copy_sql`),
+    from a record batch (:func:`rollup_arrays`) or from the tuple path's lists
+    (:func:`~orbitstream.sinks.postgres.encoding.aggregate_rollup`)."""
+
+    def __init__(self, table: Table, rollup: Rollup) -> None:
+        self.table = table
+        self.rollup = rollup
+        fields = [pa.field(rollup.bucket_name, _US, nullable=False)]
+        fields += [
+            pa.field(k, _pg_type(table.column(k).type), nullable=False) for k in rollup.group_by
+        ]
+        for _, short in rollup.measures:
+            fields += [pa.field(f"s_{fn}_{short}", pa.float64()) for fn in ("sum", "min", "max")]
+        fields.append(pa.field("s_" + rollup.count_name, pa.int64(), nullable=False))
+        fields += [
+            pa.field("s_" + out, pa.int64(), nullable=False) for out, _ in rollup.flag_counts
+        ]
+        self.schema = pa.schema(fields)
+
+    def _arrays(self, columns: Sequence[Any]) -> list[Any]:
+        out = []
+        for i, (values, f) in enumerate(zip(columns, self.schema, strict=True)):
+            array = (
+                values
+                if isinstance(values, pa.Array)
+                else pa.array(values, pa.int64() if i == 0 else f.type)
+            )
+            if i == 0:  # bucket start: epoch seconds -> timestamp[us]
+                array = pc.multiply(array.cast(pa.int64()), 1_000_000).cast(_US)
+            elif array.type != f.type:
+                array = array.cast(f.type)
+            out.append(array)
+        return out
+
+    def encode(self, columns: Sequence[Any]) -> bytes:
+        """The whole ``COPY`` stream of the aggregates (bucket in epoch seconds first)."""
+        data = pa.RecordBatch.from_arrays(self._arrays(columns), schema=self.schema)
+        encoder = pgpq.ArrowToPostgresBinaryEncoder(self.schema)
+        return b"".join((encoder.write_header(), encoder.write_batch(data), encoder.finish()))
+
+
+def _pg_type(typ: ColType) -> Any:
+    if typ is ColType.TIMESTAMP:
+        return _US
+    if typ is ColType.UINT64:
+        return pa.int64()
+    return ARROW_TYPES[typ]

@@ -9,8 +9,9 @@ Two layouts share table and column names, so dashboards work on both:
   ``<table>_pYYYYMMDD`` (created ahead and dropped past retention by
   :func:`~orbitstream.sinks.postgres.migrations.maintain`) plus a DEFAULT partition,
   so an out-of-range timestamp never fails a batch; per rollup a table
-  ``<rollup>_agg`` updated in the same transaction as each batch and a view named after
-  the rollup with ClickHouse's output columns.
+  ``<rollup>_delta`` that each batch's transaction appends its partial aggregates to (one
+  binary ``COPY``), folded every second into ``<rollup>_agg`` by one statement, and a view
+  named after the rollup, over both, with ClickHouse's output columns.
 
 Both have the batch ledger ``orbitstream_batches`` and ``dead_letters``.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "partition_bounds",
     "partition_name",
     "plain_partition_statement",
+    "plain_rollup_delta_statements",
     "plain_rollup_statements",
     "plain_table_statements",
     "qname",
@@ -44,8 +46,10 @@ __all__ = [
     "regclass",
     "rel",
     "relkey",
+    "rollup_delta_copy_sql",
+    "rollup_delta_table",
+    "rollup_fold_sql",
     "rollup_table",
-    "rollup_upsert_sql",
     "schema_statement",
     "timescale_extension_statements",
     "timescale_retention_statements",
@@ -271,8 +275,22 @@ def _state(name: str) -> str:
     return quote_ident("s_" + name)
 
 
+def rollup_delta_table(rollup: Rollup) -> str:
+    return f"{rollup.name}_delta"
+
+
+def _rollup_columns(rollup: Rollup) -> list[str]:
+    """The state columns of ``<rollup>_agg`` / ``_delta``, in order."""
+    names = [rollup.bucket_name, *rollup.group_by]
+    for _, short in rollup.measures:
+        names += ["s_sum_" + short, "s_min_" + short, "s_max_" + short]
+    names.append("s_" + rollup.count_name)
+    names += ["s_" + out for out, _ in rollup.flag_counts]
+    return names
+
+
 def plain_rollup_statements(table: Table, rollup: Rollup) -> list[str]:
-    """``<rollup>_agg`` (one row per bucket and entity, kept by upserts) and the view."""
+    """``<rollup>_agg``: one row per bucket and entity, the folded running state."""
     target = rel(table.namespace, rollup_table(rollup))
     bucket = quote_ident(rollup.bucket_name)
     keys = [quote_ident(k) for k in rollup.group_by]
@@ -280,75 +298,97 @@ def plain_rollup_statements(table: Table, rollup: Rollup) -> list[str]:
     cols += [
         f"    {quote_ident(k)} {column_type(table.column(k))} NOT NULL" for k in rollup.group_by
     ]
-    view = [bucket, *keys]
     for _, short in rollup.measures:
         cols += [
             f"    {_state('sum_' + short)} double precision",
             f"    {_state('min_' + short)} double precision",
             f"    {_state('max_' + short)} double precision",
         ]
-        view += [
-            f"{_state('sum_' + short)} / NULLIF({_state(rollup.count_name)}, 0)"
-            f" AS {quote_ident('avg_' + short)}",
-            f"{_state('min_' + short)} AS {quote_ident('min_' + short)}",
-            f"{_state('max_' + short)} AS {quote_ident('max_' + short)}",
-        ]
     cols.append(f"    {_state(rollup.count_name)} bigint NOT NULL")
-    view.append(f"{_state(rollup.count_name)} AS {quote_ident(rollup.count_name)}")
     for out, _ in rollup.flag_counts:
         cols.append(f"    {_state(out)} bigint NOT NULL")
-        view.append(f"{_state(out)} AS {quote_ident(out)}")
     cols.append(f"    PRIMARY KEY ({', '.join([bucket, *keys])})")
     return [
         f"CREATE TABLE IF NOT EXISTS {target} (\n" + ",\n".join(cols) + "\n)",
-        f"CREATE OR REPLACE VIEW {rel(table.namespace, rollup.name)} AS\n"
-        f"SELECT {', '.join(view)}\n"
-        f"FROM {target}",
         f"COMMENT ON TABLE {target} IS "
         + quote_literal(
             f"Running sums, minima and maxima per {rollup.bucket_secs} s bucket of "
-            f"{table.name}, updated in each batch's transaction; read the view "
+            f"{table.name}, folded from {rollup_delta_table(rollup)}; read the view "
             f"{rollup.name}."
         ),
     ]
 
 
-def rollup_upsert_sql(table: Table, rollup: Rollup) -> str:
-    """Merge per-bucket aggregates of one batch into ``<rollup>_agg``.
+def plain_rollup_delta_statements(table: Table, rollup: Rollup) -> list[str]:
+    """``<rollup>_delta`` (each batch's partial aggregates, appended by ``COPY`` in the
+    batch's transaction, folded into ``<rollup>_agg`` by :func:`rollup_fold_sql`) and the
+    view over both: exact at any moment, folded or not."""
+    agg = rel(table.namespace, rollup_table(rollup))
+    delta = rel(table.namespace, rollup_delta_table(rollup))
+    bucket = quote_ident(rollup.bucket_name)
+    keys = [quote_ident(k) for k in rollup.group_by]
+    count = f"sum({_state(rollup.count_name)})"
+    view = [bucket, *keys]
+    for _, short in rollup.measures:
+        view += [
+            f"sum({_state('sum_' + short)}) / NULLIF({count}, 0)::double precision"
+            f" AS {quote_ident('avg_' + short)}",
+            f"min({_state('min_' + short)}) AS {quote_ident('min_' + short)}",
+            f"max({_state('max_' + short)}) AS {quote_ident('max_' + short)}",
+        ]
+    view.append(f"{count}::bigint AS {quote_ident(rollup.count_name)}")
+    for out, _ in rollup.flag_counts:
+        view.append(f"sum({_state(out)})::bigint AS {quote_ident(out)}")
+    cols = _q(_rollup_columns(rollup))
+    return [
+        f"CREATE TABLE IF NOT EXISTS {delta} (LIKE {agg})",
+        f"COMMENT ON TABLE {delta} IS "
+        + quote_literal(
+            f"Partial aggregates of {table.name} batches not yet folded into "
+            f"{rollup_table(rollup)}; read the view {rollup.name}."
+        ),
+        f"CREATE OR REPLACE VIEW {rel(table.namespace, rollup.name)} AS\n"
+        f"SELECT {', '.join(view)}\n"
+        f"FROM (SELECT {cols} FROM {agg} UNION ALL SELECT {cols} FROM {delta}) AS parts\n"
+        f"GROUP BY {', '.join([bucket, *keys])}",
+    ]
 
-    Parameters, one array each, in this order: bucket (epoch seconds), the group-by
-    columns, per measure sum/min/max, the row count, per flag its count. Rows are
-    inserted sorted by key so concurrent writers lock them in the same order.
-    """
-    target = rel(table.namespace, rollup_table(rollup))
-    names = [rollup.bucket_name, *rollup.group_by]
-    casts = ["bigint[]"] + [f"{column_type(table.column(k))}[]" for k in rollup.group_by]
+
+def rollup_delta_copy_sql(table: Table, rollup: Rollup) -> str:
+    """``COPY <rollup>_delta (...) FROM STDIN (FORMAT BINARY)``."""
+    delta = rel(table.namespace, rollup_delta_table(rollup))
+    return f"COPY {delta} ({_q(_rollup_columns(rollup))}) FROM STDIN (FORMAT BINARY)"
+
+
+def rollup_fold_sql(table: Table, rollup: Rollup) -> str:
+    """Move every ``<rollup>_delta`` row into ``<rollup>_agg`` in one statement, so each is
+    folded exactly once whoever else folds: delete them, aggregate them per bucket and
+    entity, merge the result (sums and counts add up, minima and maxima compare). Rows
+    are merged sorted by key so concurrent folds lock them in the same order."""
+    agg = rel(table.namespace, rollup_table(rollup))
+    delta = rel(table.namespace, rollup_delta_table(rollup))
+    keys = [rollup.bucket_name, *rollup.group_by]
+    select = [quote_ident(k) for k in keys]
     merge: list[str] = []
     for _, short in rollup.measures:
-        for fn, sql_fn in (("sum", ""), ("min", "LEAST"), ("max", "GREATEST")):
-            col = "s_" + fn + "_" + short
-            names.append(col)
-            casts.append("double precision[]")
-            q = quote_ident(col)
-            if sql_fn:
-                merge.append(f"{q} = {sql_fn}(a.{q}, EXCLUDED.{q})")
-            else:
-                merge.append(f"{q} = a.{q} + EXCLUDED.{q}")
+        for fn, combine in (("sum", ""), ("min", "LEAST"), ("max", "GREATEST")):
+            q = quote_ident(f"s_{fn}_{short}")
+            select.append(f"{fn}({q})")
+            merge.append(
+                f"{q} = {combine}(a.{q}, EXCLUDED.{q})"
+                if combine
+                else f"{q} = a.{q} + EXCLUDED.{q}"
+            )
     for col in ["s_" + rollup.count_name] + ["s_" + out for out, _ in rollup.flag_counts]:
-        names.append(col)
-        casts.append("bigint[]")
         q = quote_ident(col)
+        select.append(f"sum({q})")
         merge.append(f"{q} = a.{q} + EXCLUDED.{q}")
-    aliases = [f"c{i}" for i in range(len(names))]
-    select = ["to_timestamp(u.c0)"] + [f"u.{a}" for a in aliases[1:]]
-    params = ", ".join(f"%s::{c}" for c in casts)
-    conflict = _q([rollup.bucket_name, *rollup.group_by])
-    order = ", ".join(str(i + 1) for i in range(1 + len(rollup.group_by)))
+    order = ", ".join(str(i + 1) for i in range(len(keys)))
     return (
-        f"INSERT INTO {target} AS a ({_q(names)})\n"
-        f"SELECT {', '.join(select)}\nFROM unnest({params}) AS u({', '.join(aliases)})\n"
-        f"ORDER BY {order}\n"
-        f"ON CONFLICT ({conflict}) DO UPDATE SET\n    " + ",\n    ".join(merge)
+        f"WITH moved AS (DELETE FROM {delta} RETURNING *)\n"
+        f"INSERT INTO {agg} AS a ({_q(_rollup_columns(rollup))})\n"
+        f"SELECT {', '.join(select)}\nFROM moved\nGROUP BY {order}\nORDER BY {order}\n"
+        f"ON CONFLICT ({_q(keys)}) DO UPDATE SET\n    " + ",\n    ".join(merge)
     )
 
 

@@ -412,7 +412,7 @@ def encode_batch(batch: Batch) -> bytes:
 
 def aggregate_rollup(table: Table, rollup: Rollup, rows: Sequence[Row]) -> list[list[Any]]:
     """One batch's contribution to a rollup, as the column arrays of
-    :func:`~orbitstream.sinks.postgres.ddl.rollup_upsert_sql`.
+    :class:`~orbitstream.sinks.postgres.arrow_copy.RollupDeltaEncoder`.
 
     Per (bucket, group-by values), sorted: bucket start in epoch seconds, the group-by
     values, per measure sum/min/max (``None`` when every value is NULL), the row count

@@ -14,7 +14,9 @@ version                            what
 ``table/<t>/create``               the table, its partitioning or hypertable, indexes
 ``table/<t>/column/<c>``           a column declared after the table was created
                                    (added as nullable: old rows have no value)
-``rollup/<r>/create``              the rollup (table + view, or continuous aggregate)
+``rollup/<r>/create``              the rollup (state table, or continuous aggregate)
+``rollup/<r>/delta``               plain layout: the batches' partial aggregates table
+                                   and the view over it and the state table
 ``retention/<rel>/<n>d``           TimescaleDB retention policy (re-applied on change)
 =================================  =====================================================
 
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
 __all__ = [
+    "FOLD_LOCK_KEY",
     "MAINTENANCE_LOCK_KEY",
     "MIGRATION_LOCK_KEY",
     "SCHEMA_MIGRATIONS_DDL",
@@ -68,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = 0x6F72_6269_7473_0001  # "orbits" + 1, a fixed int64
 MAINTENANCE_LOCK_KEY = 0x6F72_6269_7473_0002
+FOLD_LOCK_KEY = 0x6F72_6269_7473_0003  # + a hash of the rollup: one fold at a time each
 LAYOUT_VERSIONS: dict[Layout, str] = {
     "plain": "0002_layout_plain",
     "timescale": "0002_layout_timescale",
@@ -238,8 +242,13 @@ def plan_migrations(
             else:
                 add(
                     f"rollup/{rkey}/create",
-                    f"rollup table {ddl.rollup_table(rollup)} and view {rkey}",
+                    f"rollup table {ddl.rollup_table(rollup)}",
                     ddl.plain_rollup_statements(table, rollup),
+                )
+                add(
+                    f"rollup/{rkey}/delta",
+                    f"rollup deltas {ddl.rollup_delta_table(rollup)} and view {rkey} over both",
+                    ddl.plain_rollup_delta_statements(table, rollup),
                 )
     return out
 
@@ -547,13 +556,10 @@ async def _maintain_plain(
     rollup_cutoff = now - dt.timedelta(days=settings.rollup_retention_days)
     for table in tables:
         for rollup in table.rollups:
-            report.rollup_rows_deleted += await _delete_older(
-                conn,
-                ddl.rel(table.namespace, ddl.rollup_table(rollup)),
-                rollup.bucket_name,
-                rollup_cutoff,
-                report,
-            )
+            for name in (ddl.rollup_table(rollup), ddl.rollup_delta_table(rollup)):
+                report.rollup_rows_deleted += await _delete_older(
+                    conn, ddl.rel(table.namespace, name), rollup.bucket_name, rollup_cutoff, report
+                )
 
 
 async def maintain(
@@ -657,6 +663,7 @@ def readable_relations(tables: Sequence[Table], layout: Layout) -> list[str]:
             names.append(ddl.rel(table.namespace, rollup.name))
             if layout == "plain":
                 names.append(ddl.rel(table.namespace, ddl.rollup_table(rollup)))
+                names.append(ddl.rel(table.namespace, ddl.rollup_delta_table(rollup)))
     names.append(ddl.quote_ident(ddl.DEAD_LETTERS))
     return list(dict.fromkeys(names))
 

@@ -21,9 +21,11 @@ pipeline bisects the batch and dead-letters the offending rows). ``42501``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +45,7 @@ from orbitstream.sinks.postgres.encoding import (
     encoder_for,
 )
 from orbitstream.sinks.postgres.migrations import (
+    FOLD_LOCK_KEY,
     MaintenanceReport,
     ensure_reader,
     maintain,
@@ -57,18 +60,17 @@ try:
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
-    from orbitstream.sinks.postgres.arrow_copy import ArrowCopyEncoder, aggregate_rollup_columns
+    from orbitstream.sinks.postgres.arrow_copy import (
+        ArrowCopyEncoder,
+        RollupDeltaEncoder,
+        rollup_arrays,
+    )
 except ImportError as _exc:  # pragma: no cover - depends on the install
     raise ConfigError(
         "DATABASE_URL selects PostgreSQL, which needs the postgres extra: "
         "pip install 'orbitstream[postgres]'",
         setting="DATABASE_URL",
     ) from _exc
-
-from orbitstream.sinks.postgres.arrow_copy import (
-    ArrowCopyEncoder,
-    aggregate_rollup_columns,
-)
 
 __all__ = [
     "REJECTED_CLASSES",
@@ -190,7 +192,7 @@ class _TablePlan:
     encoder: CopyEncoder  # tuple rows
     arrow_encoder: ArrowCopyEncoder  # columnar batches (pgpq)
     copy_sql: str
-    rollups: tuple[tuple[Rollup, str], ...]
+    rollups: tuple[tuple[Rollup, str, RollupDeltaEncoder], ...]
 
     def pieces(self, batch: Batch) -> Iterator[bytes]:
         """The batch's binary COPY stream in pieces, encoded from the form it has."""
@@ -203,16 +205,20 @@ class _TablePlan:
             return self.arrow_encoder.bad_rows(batch.data)
         return self.encoder.bad_rows(batch.rows)
 
-    def rollup_updates(self, batch: Batch) -> list[tuple[str, Any]] | Exception:
-        """The rollup upserts of the batch; an exception when its rows cannot be
-        aggregated (PostgreSQL will most likely refuse them too)."""
+    def rollup_deltas(self, batch: Batch) -> list[tuple[str, bytes]] | Exception:
+        """Per rollup its ``COPY`` into ``<rollup>_delta`` and the batch's partial
+        aggregates; an exception when the rows cannot be aggregated (PostgreSQL will most
+        likely refuse them too)."""
         try:
             if batch.columnar:
                 return [
-                    (sql, aggregate_rollup_columns(self.table, r, batch.data))
-                    for r, sql in self.rollups
+                    (sql, enc.encode(rollup_arrays(self.table, r, batch.data)))
+                    for r, sql, enc in self.rollups
                 ]
-            return [(sql, aggregate_rollup(self.table, r, batch.rows)) for r, sql in self.rollups]
+            return [
+                (sql, enc.encode(aggregate_rollup(self.table, r, batch.rows)))
+                for r, sql, enc in self.rollups
+            ]
         except Exception as exc:
             return exc
 
@@ -239,6 +245,8 @@ class PostgresSink(SinkBase):
         self._pool: AsyncConnectionPool[Any] | None = None
         self._plans: dict[str, _TablePlan] = {}
         self._tables: tuple[Table, ...] = ()
+        self._folds: list[tuple[str, str]] = []  # (rollup, fold statement)
+        self._folder: asyncio.Task[None] | None = None
         self._read_pool: AsyncConnectionPool[Any] | None = None
         self._reader_dsn: str | None = None
         self._reader_problem: str | None = None
@@ -288,7 +296,15 @@ class PostgresSink(SinkBase):
         access = await ensure_reader(self.pool, tables, s, result.layout)
         self._reader_dsn, self._reader_problem = access.dsn, access.problem
         self._plans = {t.qualified_name: self._plan(t) for t in tables}
+        self._folds = [
+            (ddl.relkey(t.namespace, r.name), ddl.rollup_fold_sql(t, r))
+            for t in tables
+            for r in t.rollups
+            if self.layout == "plain"
+        ]
         await self.maintain()
+        if self._folds and self._folder is None:
+            self._folder = asyncio.create_task(self._fold_loop(), name="postgres:rollup-fold")
         logger.info(
             "PostgreSQL sink started.",
             extra={
@@ -302,9 +318,12 @@ class PostgresSink(SinkBase):
         )
 
     def _plan(self, table: Table) -> _TablePlan:
-        rollups: tuple[tuple[Rollup, str], ...] = ()
+        rollups: tuple[tuple[Rollup, str, RollupDeltaEncoder], ...] = ()
         if self.layout == "plain":
-            rollups = tuple((r, ddl.rollup_upsert_sql(table, r)) for r in table.rollups)
+            rollups = tuple(
+                (r, ddl.rollup_delta_copy_sql(table, r), RollupDeltaEncoder(table, r))
+                for r in table.rollups
+            )
         return _TablePlan(
             table, encoder_for(table), ArrowCopyEncoder(table), ddl.copy_sql(table), rollups
         )
@@ -321,7 +340,44 @@ class PostgresSink(SinkBase):
             )
             return None
 
+    async def fold_rollups(self) -> int:
+        """Fold every rollup's partial aggregates into its state table now (one statement
+        per rollup, skipped when another worker is folding it); returns the delta rows
+        folded. Never raises: a failure is logged and the rows wait for the next fold
+        (the rollup view counts them meanwhile)."""
+        folded = 0
+        for key, sql in self._folds:
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    cur = await conn.execute(
+                        "SELECT pg_try_advisory_xact_lock(%s)",
+                        (FOLD_LOCK_KEY + zlib.crc32(key.encode()),),
+                    )
+                    row = await cur.fetchone()
+                    if row is None or not row[0]:
+                        continue
+                    cur = await conn.execute(sql)
+                    folded += max(0, cur.rowcount)
+            except (psycopg.Error, OSError, SinkRetryableError) as exc:
+                logger.warning(
+                    "Rollup fold failed; retrying later.",
+                    extra={"component": self.name, "rollup": key, "error": _message(exc)},
+                )
+        return folded
+
+    async def _fold_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rollup_fold_secs)
+            await self.fold_rollups()
+
     async def close(self) -> None:
+        if self._folder is not None:
+            folder, self._folder = self._folder, None
+            folder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await folder
+            if self._pool is not None:
+                await self.fold_rollups()
         if self._read_pool is not None:
             readers, self._read_pool = self._read_pool, None
             await readers.close()
@@ -374,16 +430,18 @@ class PostgresSink(SinkBase):
                         # PostgreSQL is still inserting the tail of the stream: aggregate
                         # the rollups meanwhile (a failure here waits for the COPY's
                         # verdict, which names the bad value better).
-                        updates = plan.rollup_updates(batch)
-                    if isinstance(updates, Exception):
+                        deltas = plan.rollup_deltas(batch)
+                    if isinstance(deltas, Exception):
                         raise PostgresRejectedError(
-                            f"rollup aggregation failed: {updates}",
+                            f"rollup aggregation failed: {deltas}",
                             sink=self.name,
                             table=table.name,
                             batch_id=batch.batch_id,
-                        ) from updates
-                    for sql, params in updates:
-                        await conn.execute(sql, params)
+                        ) from deltas
+                    # appended, not merged: no row lock, no conflict; folded later
+                    for sql, payload in deltas:
+                        async with conn.cursor() as delta_cur, delta_cur.copy(sql) as copy:
+                            await copy.write(payload)
         except EncodeError as exc:
             raise PostgresRejectedError(
                 str(exc),
