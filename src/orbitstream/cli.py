@@ -398,9 +398,9 @@ def demo(
 
 
 def _register_simulate() -> None:
-    from orbitstream.simulate.cli import simulate
+    from orbitstream.simulate.cli import simulate_app
 
-    app.command("simulate")(simulate)
+    app.add_typer(simulate_app, name="simulate")
 
 
 _register_simulate()

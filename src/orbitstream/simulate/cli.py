@@ -1,4 +1,10 @@
-"""``orbitstream simulate``: stream a simulated satellite fleet to the ingest API."""
+"""``orbitstream simulate``: simulated input for the pipelines.
+
+``orbitstream simulate [OPTIONS]`` (the seed's interface) and ``orbitstream simulate
+satellites [OPTIONS]`` stream a satellite fleet to the ingest API; other pipelines add
+their own sub-commands to :data:`simulate_app` (``simulate starlink``, ``simulate network``,
+``simulate sessions``).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from orbitstream.simulate.driver import (
     run_simulation_blocking,
 )
 
-__all__ = ["render_summary", "simulate"]
+__all__ = ["render_summary", "simulate", "simulate_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +66,59 @@ def render_summary(summary: Summary) -> Table:
     return table
 
 
+simulate_app = typer.Typer(
+    help="Simulated input: a satellite fleet (the default), or another pipeline's source.",
+    no_args_is_help=False,
+)
+
+
+@simulate_app.callback(invoke_without_command=True)
+def _default(
+    ctx: typer.Context,
+    satellites: Annotated[
+        int, typer.Option("--satellites", "-s", min=1, help="Number of satellites.")
+    ] = 100,
+    rate: Annotated[
+        float,
+        typer.Option(
+            "--rate", "-r", callback=_positive_rate, help="Points per second per satellite."
+        ),
+    ] = 100.0,
+    api_url: Annotated[
+        str, typer.Option("--api-url", callback=_http_url, help="Base URL of the ingest API.")
+    ] = "http://localhost:8080",
+    duration: Annotated[
+        float,
+        typer.Option("--duration", "-d", min=0.0, help="Seconds to run (0 = until stopped)."),
+    ] = 60.0,
+    anomaly_rate: Annotated[
+        float,
+        typer.Option(
+            "--anomaly-rate",
+            min=0.0,
+            max=1.0,
+            help="Probability per point that a fault episode starts.",
+        ),
+    ] = 0.01,
+    batch: Annotated[
+        int,
+        typer.Option("--batch", min=0, help="Points per request to /telemetry/batch (0 = single)."),
+    ] = 0,
+    connections: Annotated[
+        int, typer.Option("--connections", min=1, help="Kept-alive HTTP connections.")
+    ] = 64,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Random seed for a reproducible fleet.")
+    ] = None,
+) -> None:
+    """Simulate a satellite fleet and stream its telemetry to the ingest API (without a
+    sub-command), or run another pipeline's simulator (``simulate NAME --help``)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    simulate(satellites, rate, api_url, duration, anomaly_rate, batch, connections, seed)
+
+
+@simulate_app.command("satellites")
 def simulate(
     satellites: Annotated[
         int, typer.Option("--satellites", "-s", min=1, help="Number of satellites.")

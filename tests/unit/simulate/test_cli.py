@@ -6,13 +6,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from orbitstream.simulate.cli import simulate
+from orbitstream.simulate.cli import simulate_app
 from tests.unit.simulate.fake_ingest import FakeIngest
 
 
 def make_app() -> typer.Typer:
     app = typer.Typer()
-    app.command("simulate")(simulate)
+    app.add_typer(simulate_app, name="simulate")  # as orbitstream.cli does
 
     @app.command("noop")
     def noop() -> None:  # a second command keeps "simulate" a sub-command, as in the real app
@@ -21,9 +21,16 @@ def make_app() -> typer.Typer:
     return app
 
 
-def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(make_app(), ["simulate", *args])
+def invoke(*args: str, sub: tuple[str, ...] = ()) -> tuple[int, str]:
+    result = CliRunner().invoke(make_app(), ["simulate", *sub, *args])
     return result.exit_code, result.output
+
+
+@pytest.fixture(params=[(), ("satellites",)], ids=["simulate", "simulate-satellites"])
+def sub(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """``orbitstream simulate ...`` (the seed's form) and ``simulate satellites ...``."""
+    value: tuple[str, ...] = request.param
+    return value
 
 
 @pytest.mark.parametrize(
@@ -43,8 +50,10 @@ def invoke(*args: str) -> tuple[int, str]:
         (["--seed", "abc"], "--seed"),
     ],
 )
-def test_invalid_flags_are_refused_naming_the_flag(args: list[str], flag: str) -> None:
-    code, output = invoke(*args)
+def test_invalid_flags_are_refused_naming_the_flag(
+    args: list[str], flag: str, sub: tuple[str, ...]
+) -> None:
+    code, output = invoke(*args, sub=sub)
     assert code == 2
     assert flag in output
     assert "Invalid value" in output
