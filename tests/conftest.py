@@ -205,3 +205,12 @@ def moto_endpoint() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plug-in (examples/orbitstream-weather) pip-installed into a directory of
+    its own, for ``PYTHONPATH`` (tests/support/runner.py)."""
+    from tests.support.runner import install_example
+
+    return install_example(tmp_path_factory.mktemp("plugin"))

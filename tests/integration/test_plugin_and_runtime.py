@@ -5,72 +5,20 @@ embedded store (each in its namespace), with per-pipeline metrics and health."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, http, post_json
+from tests.conftest import http, post_json
+from tests.support.runner import Running, plugin_env
+from tests.support.runner import cli as _cli
+from tests.support.runner import wait_until as _wait
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "orbitstream-weather"
 GOOD = {"battery_charge_percent": 50.0, "storage_usage_mb": 1.0, "signal_strength_dbm": -40.0}
-
-
-@pytest.fixture(scope="module")
-def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example installed (pip, as a user would) into a directory of its own, put on
-    PYTHONPATH for the processes below: the project's environment stays untouched."""
-    target = tmp_path_factory.mktemp("plugin")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(EXAMPLE),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert any(target.glob("orbitstream_example_weather-*.dist-info"))
-    return target
-
-
-def _env(plugin: Path, data_dir: Path, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(plugin),
-        "ORBITSTREAM_DATA_DIR": str(data_dir),
-        "ORBITSTREAM_HOST": "127.0.0.1",
-        "ORBITSTREAM_LOG_LEVEL": "warning",
-        **extra,
-    }
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orbitstream", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+_env = plugin_env
 
 
 def test_the_plugin_is_listed(plugin_path: Path, tmp_path: Path) -> None:
@@ -80,40 +28,6 @@ def test_the_plugin_is_listed(plugin_path: Path, tmp_path: Path) -> None:
     assert "readings" in out.stdout and "satellites" in out.stdout
     bare = _cli({**_env(plugin_path, tmp_path / "d"), "PYTHONPATH": ""}, "pipelines")
     assert "weather" not in bare.stdout  # it is the installed package that adds it
-
-
-class Running:
-    def __init__(self, env: dict[str, str], *pipelines: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(env["ORBITSTREAM_DATA_DIR"]).parent / f"run-{self.port}.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orbitstream", "run", *pipelines],
-                env={**env, "PORT": str(self.port)},
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if http("GET", self.url + "/health", timeout=2)[0] in (200, 503):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("did not start")
-
-    def query(self, sql: str, pipeline: str) -> list[list[Any]]:
-        status, doc = post_json(self.url + "/api/query", {"sql": sql, "pipeline": pipeline})
-        assert status == 200, doc
-        rows: list[list[Any]] = doc["rows"]
-        return rows
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
 
 
 @pytest.fixture
@@ -127,16 +41,7 @@ def both(plugin_path: Path, tmp_path: Path) -> Iterator[Running]:
     )
     run = Running(env, "satellites", "weather")
     yield run
-    if run.proc.poll() is None:
-        run.proc.kill()
-        run.proc.wait()
-
-
-def _wait(cond: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.1)
+    run.kill()
 
 
 def test_two_pipelines_share_one_store_in_their_namespaces(both: Running) -> None:

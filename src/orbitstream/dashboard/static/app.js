@@ -1,13 +1,16 @@
 /* OrbitStream live dashboard.
  *
  * Plain ES2020, no framework, no network access beyond our own service:
- *   GET api/dashboard/summary
+ *   GET api/pipelines                      (every running pipeline; the thresholds)
+ *   GET api/dashboard/summary              (the satellites view; 404 when not running)
  *   GET api/dashboard/series?satellite_id=…&minutes=…
  * (relative URLs, so the page also works when mounted under a path prefix).
  *
- * Test hooks: KPI elements and table cells carry data-raw with the exact JSON value
- * (strings as-is, everything else JSON-encoded); #status has data-state; chart
- * containers have data-points; body.dataset.refreshes counts successful refreshes.
+ * Test hooks: KPI elements, table cells and pipeline fields carry data-raw with the exact
+ * JSON value (strings as-is, everything else JSON-encoded); #status has data-state; chart
+ * containers have data-points and data-threshold; body.dataset.refreshes counts successful
+ * refreshes, body.dataset.thresholds holds the rules read from the service and
+ * body.dataset.satellites is "on" or "off".
  */
 (() => {
   "use strict";
@@ -16,7 +19,25 @@
   const REQUEST_TIMEOUT_MS = 4500;
   const SUMMARY_URL = "api/dashboard/summary";
   const SERIES_URL = "api/dashboard/series";
-  const THRESHOLDS = { battery: 10, storage: 95000, signal: -100 };
+  const PIPELINES_URL = "api/pipelines";
+  // The satellites pipeline's rules as the service reports them (api/pipelines `info`):
+  // { op, threshold } per chart, null until known. Nothing is assumed here.
+  const RULES = { battery: null, storage: null, signal: null };
+  const RULE_FIELDS = {
+    battery_charge_percent: "battery",
+    storage_usage_mb: "storage",
+    signal_strength_dbm: "signal",
+  };
+  const COMPARE = {
+    "<": (v, t) => v < t,
+    "<=": (v, t) => v <= t,
+    ">": (v, t) => v > t,
+    ">=": (v, t) => v >= t,
+  };
+  const breaches = (key, v) => {
+    const r = RULES[key];
+    return r !== null && v !== null && COMPARE[r.op] !== undefined && COMPARE[r.op](v, r.threshold);
+  };
   const STATUS_RANK = { anomaly: 0, stale: 1, ok: 2 };
   // Above this many rows, rows scrolled out of view skip rendering (CSS content-visibility).
   const LARGE_FLEET = 150;
@@ -108,6 +129,7 @@
     series: { t: [], anomalies: [], bucket: null },
     seriesSeq: 0,
     inflight: false,
+    pipes: new Map(), // name -> { card, cells }
   };
 
   const dom = {};
@@ -124,7 +146,9 @@
       });
       if (!res.ok) {
         const reason = res.statusText ? ` ${res.statusText}` : "";
-        throw new Error(`HTTP ${res.status}${reason}`);
+        const err = new Error(`HTTP ${res.status}${reason}`);
+        err.status = res.status;
+        throw err;
       }
       return await res.json();
     } catch (err) {
@@ -253,11 +277,11 @@
     const storage = toNum(sat.storage);
     const signal = toNum(sat.signal);
     setRaw(c.battery, sat.battery, fmt1(battery));
-    c.battery.classList.toggle("breach", battery !== null && battery < THRESHOLDS.battery);
+    c.battery.classList.toggle("breach", breaches("battery", battery));
     setRaw(c.storage, sat.storage, fmt1(storage));
-    c.storage.classList.toggle("breach", storage !== null && storage > THRESHOLDS.storage);
+    c.storage.classList.toggle("breach", breaches("storage", storage));
     setRaw(c.signal, sat.signal, fmt1(signal));
-    c.signal.classList.toggle("breach", signal !== null && signal < THRESHOLDS.signal);
+    c.signal.classList.toggle("breach", breaches("signal", signal));
     row.data = sat;
     row.search = `${sat.satellite_id} ${status}`.toLowerCase();
   }
@@ -446,22 +470,25 @@
 
   // ---------------------------------------------------------------- charts
   const charts = {};
+  const threshold = (key) => (RULES[key] === null ? null : RULES[key].threshold);
   const CHART_DEFS = [
-    { key: "battery", label: "Battery", unit: "%", color: "#3ddc97", fill: "rgba(61,220,151,0.10)", threshold: THRESHOLDS.battery, fixed: [0, 100] },
-    { key: "storage", label: "Storage", unit: "MB", color: "#7aa2ff", fill: "rgba(122,162,255,0.10)", threshold: THRESHOLDS.storage },
-    { key: "signal", label: "Signal", unit: "dBm", color: "#ffb547", fill: "rgba(255,181,71,0.08)", threshold: THRESHOLDS.signal },
+    { key: "battery", label: "Battery", unit: "%", color: "#3ddc97", fill: "rgba(61,220,151,0.10)", fixed: [0, 100] },
+    { key: "storage", label: "Storage", unit: "MB", color: "#7aa2ff", fill: "rgba(122,162,255,0.10)" },
+    { key: "signal", label: "Signal", unit: "dBm", color: "#ffb547", fill: "rgba(255,181,71,0.08)" },
   ];
   const CHART_HEIGHT = 170;
   const AXIS_FONT = "11px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
 
-  function rangeWithThreshold(threshold) {
+  function rangeWithThreshold(def) {
     return (u, min, max) => {
+      const limit = threshold(def.key);
       if (min === null || max === null || !Number.isFinite(min) || !Number.isFinite(max)) {
-        const pad = Math.abs(threshold) * 0.1 || 1;
-        return [threshold - pad, threshold + pad];
+        if (limit === null) return [0, 1];
+        const pad = Math.abs(limit) * 0.1 || 1;
+        return [limit - pad, limit + pad];
       }
-      let lo = Math.min(min, threshold);
-      let hi = Math.max(max, threshold);
+      let lo = limit === null ? min : Math.min(min, limit);
+      let hi = limit === null ? max : Math.max(max, limit);
       const pad = (hi - lo) * 0.08 || Math.abs(hi) * 0.05 || 1;
       lo -= pad;
       hi += pad;
@@ -509,8 +536,10 @@
         // Anomaly threshold: dashed horizontal line with a small label.
         draw: [
           (u) => {
+            const limit = threshold(def.key);
+            if (limit === null) return;
             const { top, height, left, width } = u.bbox;
-            const y = Math.round(u.valToPos(def.threshold, "y", true)) + 0.5;
+            const y = Math.round(u.valToPos(limit, "y", true)) + 0.5;
             if (!(y >= top && y <= top + height)) return;
             const ctx = u.ctx;
             const dpr = devicePixelRatio;
@@ -526,7 +555,7 @@
             ctx.font = `${10 * dpr}px system-ui, sans-serif`;
             ctx.textAlign = "right";
             ctx.textBaseline = "middle";
-            const label = `limit ${nfInt.format(def.threshold)} ${def.unit}`;
+            const label = `limit ${nfInt.format(limit)} ${def.unit}`;
             const tw = ctx.measureText(label).width;
             const th = 14 * dpr;
             // Label sits just above the line, or just below it when the line hugs the top.
@@ -577,7 +606,7 @@
       padding: [8, 30, 0, 0],
       scales: {
         x: { time: true },
-        y: def.fixed ? { range: def.fixed } : { range: rangeWithThreshold(def.threshold) },
+        y: def.fixed ? { range: def.fixed } : { range: rangeWithThreshold(def) },
       },
       axes: [
         { stroke: "#8a97ab", font: AXIS_FONT, grid, ticks, space: 70, values: timeAxisValues },
@@ -678,9 +707,7 @@
         }
       }
       setText(dom.latest[def.key], latest === null ? "—" : `${fmt1(latest)} ${def.unit}`);
-      const breach =
-        latest !== null && (def.key === "storage" ? latest > def.threshold : latest < def.threshold);
-      dom.latest[def.key].classList.toggle("breach", breach);
+      dom.latest[def.key].classList.toggle("breach", breaches(def.key, latest));
     }
   }
 
@@ -703,17 +730,135 @@
     setSeries(data || {});
   }
 
+  // ---------------------------------------------------------------- thresholds
+  // The satellites pipeline's rules, from api/pipelines: what the service was configured
+  // with (ANOMALY_THRESHOLD_* / [pipelines.satellites]), never a copy kept here.
+  function applyRules(pipelines) {
+    const sat = pipelines.find((p) => p && p.name === "satellites");
+    const rules = sat && sat.info && Array.isArray(sat.info.thresholds) ? sat.info.thresholds : [];
+    const next = { battery: null, storage: null, signal: null };
+    for (const r of rules) {
+      const key = RULE_FIELDS[r.field];
+      const t = toNum(r.threshold);
+      if (key && t !== null && COMPARE[r.op]) next[key] = { op: r.op, threshold: t, rule: r.rule };
+    }
+    const raw = JSON.stringify(next);
+    if (document.body.dataset.thresholds === raw) return;
+    document.body.dataset.thresholds = raw;
+    Object.assign(RULES, next);
+    for (const def of CHART_DEFS) {
+      const box = dom.charts[def.key];
+      box.dataset.threshold = next[def.key] === null ? "" : String(next[def.key].threshold);
+      const u = charts[def.key];
+      if (u) {
+        u.setData(u.data); // re-run the range with the new limit
+        u.redraw();
+      }
+    }
+    for (const row of state.rows.values()) if (row.data) updateRow(row, row.data);
+  }
+
+  // ---------------------------------------------------------------- pipelines
+  const PIPE_FIELDS = [
+    ["rows_per_s", "rows/s", (v) => fmt1(v)],
+    ["errors_per_s", "errors/s", (v) => fmt1(v)],
+    ["lag", "lag", (v) => (v === null || v === undefined ? "—" : fmtInt(v))],
+    ["buffered_rows", "buffered", (v) => fmtInt(v)],
+    ["rows_total", "committed", (v) => fmtInt(v)],
+  ];
+
+  function createPipe(name) {
+    const card = el("article", "pipe");
+    card.dataset.pipeline = name;
+    const head = el("div", "pipe-head");
+    const title = el("span", "pipe-name", name);
+    const badge = el("span", "badge");
+    badge.dataset.field = "status";
+    const meta = el("span", "pipe-meta");
+    meta.dataset.field = "source";
+    head.append(title, badge, meta);
+    const body = el("dl", "pipe-figures");
+    const cells = { status: badge, source: meta };
+    for (const [field, label] of PIPE_FIELDS) {
+      const item = el("div", "pipe-figure");
+      const dd = el("dd", "", "—");
+      dd.dataset.field = field;
+      item.append(el("dt", "", label), dd);
+      body.append(item);
+      cells[field] = dd;
+    }
+    card.append(head, body);
+    return { card, cells };
+  }
+
+  function renderPipelines(pipelines) {
+    const seen = new Set();
+    for (const p of pipelines) {
+      if (!p || typeof p.name !== "string") continue;
+      seen.add(p.name);
+      let row = state.pipes.get(p.name);
+      if (!row) {
+        row = createPipe(p.name);
+        state.pipes.set(p.name, row);
+        dom.pipelines.append(row.card);
+      }
+      const c = row.cells;
+      const status = p.status === "healthy" ? "ok" : p.status === "unhealthy" ? "anomaly" : "unknown";
+      c.status.className = statusClass(status);
+      setRaw(c.status, p.status, typeof p.status === "string" ? p.status : "unknown");
+      const where = p.namespace ? ` → ${p.namespace}` : "";
+      setRaw(c.source, p.source, `${p.source ?? "?"}${where}`);
+      for (const [field, , fmt] of PIPE_FIELDS) setRaw(c[field], p[field], fmt(p[field]));
+      row.card.classList.toggle("is-failing", toNum(p.errors_per_s) > 0 || p.status === "unhealthy");
+      row.card.title = p.description ?? "";
+    }
+    for (const [name, row] of state.pipes) {
+      if (!seen.has(name)) {
+        row.card.remove();
+        state.pipes.delete(name);
+      }
+    }
+    setText(dom.pipelinesCount, fmtInt(state.pipes.size));
+    dom.pipelines.dataset.count = String(state.pipes.size);
+  }
+
+  // The satellites view shows while that pipeline runs (its summary answers).
+  function showSatellites(on) {
+    const value = on ? "on" : "off";
+    if (document.body.dataset.satellites === value) return;
+    document.body.dataset.satellites = value;
+    for (const node of document.querySelectorAll("[data-view='satellites']")) node.hidden = !on;
+    if (on) for (const u of Object.values(charts)) if (u) u.setSize({ width: Math.max(200, u.root.parentNode.clientWidth), height: CHART_HEIGHT });
+  }
+
   // ---------------------------------------------------------------- refresh loop
   async function refresh() {
     if (state.inflight) return;
     state.inflight = true;
     try {
       const hadSelection = state.selected;
-      const summaryP = getJSON(SUMMARY_URL);
+      const pipesP = getJSON(PIPELINES_URL);
+      const summaryP = getJSON(SUMMARY_URL).catch((err) => {
+        if (err && err.status === 404) return null; // the satellites pipeline is not running
+        throw err;
+      });
       // Fetch the series in parallel when we already know which satellite is shown.
       const seriesP = hadSelection !== null ? loadSeries() : null;
       if (seriesP) seriesP.catch(() => {}); // awaited below; avoid an unhandled rejection
+      const pipes = await pipesP;
+      const list = pipes && Array.isArray(pipes.pipelines) ? pipes.pipelines : [];
+      applyRules(list);
+      renderPipelines(list);
       const s = await summaryP;
+      showSatellites(s !== null);
+      if (s === null) {
+        if (seriesP) await seriesP.catch(() => {});
+        const now = new Date().toISOString();
+        setRaw(dom.lastUpdated, now, fmtClockUTC(Date.now()));
+        dom.lastUpdated.setAttribute("datetime", now);
+        finishRefresh();
+        return;
+      }
       if (!s || typeof s !== "object") throw new Error("bad summary payload");
       const gen = parseTime(s.generated_at);
       state.serverNow = Number.isFinite(gen) ? gen : Date.now();
@@ -724,11 +869,7 @@
       renderSelect(sats);
       if (seriesP) await seriesP;
       if (state.selected !== hadSelection && state.selected !== null) await loadSeries();
-      state.refreshes += 1;
-      state.failures = 0;
-      state.lastOk = Date.now();
-      document.body.dataset.refreshes = String(state.refreshes);
-      setStatus(true, "Live");
+      finishRefresh();
     } catch (err) {
       state.failures += 1;
       const why = err && err.message ? err.message : String(err);
@@ -737,6 +878,14 @@
     } finally {
       state.inflight = false;
     }
+  }
+
+  function finishRefresh() {
+    state.refreshes += 1;
+    state.failures = 0;
+    state.lastOk = Date.now();
+    document.body.dataset.refreshes = String(state.refreshes);
+    setStatus(true, "Live");
   }
 
   function loop() {
@@ -773,6 +922,8 @@
     dom.selectedStatus = $("#selected-status");
     dom.charts = { battery: $("#chart-battery"), storage: $("#chart-storage"), signal: $("#chart-signal") };
     dom.latest = { battery: $("#latest-battery"), storage: $("#latest-storage"), signal: $("#latest-signal") };
+    dom.pipelines = $("#pipelines");
+    dom.pipelinesCount = $("#pipelines-count");
 
     document.body.dataset.refreshes = "0";
     state.minutes = Number(dom.range.value) || 60;
