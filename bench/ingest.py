@@ -65,6 +65,12 @@ TARGET_SINGLE = 15_000.0
 TARGET_VS_FASTAPI = 3.0
 TARGET_BATCH = 150_000.0
 TARGET_VISIBLE_P99_MS = 250.0
+TARGET_VS_CEILING = 0.60  # single points vs the bare server
+TARGET_VS_CHDB = 0.80  # 1000-point batches committed vs chDB's own 1000-row Arrow inserts
+TARGET_VS_COPY = 0.70  # 1000-point batches committed vs pre-encoded binary COPY
+PG_ADMIN_DSN = os.environ.get(
+    "ORBITSTREAM_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 SKIPPED = "skipped (--only)"
 CONTAMINATED = 0.3  # cores used by other processes during a measurement: measure again
 BASELINE_DROP = 0.05  # --baseline: ours may be at most this much slower
@@ -226,7 +232,7 @@ def store_count(server: Server) -> int:
     return int(doc["rows"][0][0])
 
 
-QUERY_COUNT = "SELECT count() FROM telemetry"
+QUERY_COUNT = "SELECT count(*) FROM telemetry"  # ClickHouse and PostgreSQL alike
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
@@ -615,6 +621,56 @@ def scenario_batch(procs: Processes, cfg: Config, result: Result, env: dict[str,
         "(rows / (run + drain))"
     )
     result.committed_per_s = committed
+
+
+def scenario_store(cfg: Config, result: Result, store: str, args: Sequence[str]) -> None:
+    """The store's own insert rate for the wrk batch rows (bench/store_ceiling.py)."""
+    cmd = [PYTHON, str(BENCH / "store_ceiling.py"), store, "--seconds", f"{cfg.duration:g}", *args]
+    t0, busy0 = time.monotonic(), _proc_stat_busy()
+    own0 = _own_cpu()
+    log(f"{result.key}: {store} inserts {cfg.duration:g} s ...")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=cfg.duration * 4 + 120)
+    wall = max(1e-9, time.monotonic() - t0)
+    if out.returncode != 0:
+        raise BenchError(f"{result.key}: store_ceiling.py failed: {out.stderr[-1500:]}")
+    line = next((x for x in out.stdout.splitlines() if x.startswith("STORE_RESULT ")), None)
+    if line is None:
+        raise BenchError(f"{result.key}: no STORE_RESULT line in {out.stdout[-500:]!r}")
+    doc = json.loads(line.removeprefix("STORE_RESULT "))
+    busy = (_proc_stat_busy() - busy0) / wall
+    result.cpu = CpuUse(busy - (_own_cpu() - own0) / wall, 0.0, 0.0)
+    result.points_per_s = float(doc["rows_per_s"])
+    result.committed_per_s = result.points_per_s
+    result.notes.append(
+        f"command: {shlex.join(os.path.relpath(c, REPO) if c.startswith(str(REPO)) else c for c in cmd)}"
+    )
+    result.notes.append(
+        "result: "
+        + ", ".join(f"{k}={v:,.0f}" if isinstance(v, float) else f"{k}={v}" for k, v in doc.items())
+    )
+    result.notes.append(
+        f"machine busy during the run: {busy:.2f} cores (the insert loop and the store)"
+    )
+
+
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """A new database on the bench's PostgreSQL (``ORBITSTREAM_BENCH_PG``); dropped after."""
+    import psycopg
+
+    name = f"{prefix}_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def scenario_batch_pg(procs: Processes, cfg: Config, result: Result, env: dict[str, str]) -> None:
+    with fresh_pg_database("bench_ingest") as dsn:
+        scenario_batch(procs, cfg, result, {**env, "DATABASE_URL": dsn})
 
 
 def scenario_plain(
@@ -1143,6 +1199,30 @@ def run(cfg: Config, only: set[str] | None) -> int:
             {"BATCH_SIZE": "10000", "BATCH_TIMEOUT": "1s"},
         )
         step(
+            "chdb-insert",
+            "chDB's own Arrow insert, 1000 rows per insert (pre-encoded)",
+            lambda r: scenario_store(cfg, r, "chdb", []),
+        )
+        ours(
+            "batch-chdb",
+            "orbitstream 1000-point batches, BATCH_SIZE=1000, every insert 1000 rows (202s)",
+            scenario_batch,
+            {"BATCH_SIZE": "1000", "BATCH_TIMEOUT": "1s", "ORBITSTREAM_MAX_MERGE_ROWS": "1000"},
+        )
+        step(
+            "pg-copy",
+            "PostgreSQL: pre-encoded binary COPY, 1000 rows per transaction, 4 connections",
+            lambda r: scenario_store(
+                cfg, r, "postgres", ["--connections", "4", "--dsn", PG_ADMIN_DSN]
+            ),
+        )
+        ours(
+            "batch-pg",
+            "orbitstream 1000-point batches into PostgreSQL, BATCH_SIZE=1000, every COPY 1000 rows (202s)",
+            scenario_batch_pg,
+            {"BATCH_SIZE": "1000", "BATCH_TIMEOUT": "1s", "ORBITSTREAM_MAX_MERGE_ROWS": "1000"},
+        )
+        step(
             "fastapi-batch",
             "FastAPI + pydantic, 1000-point batches",
             lambda r: _ignore(
@@ -1175,10 +1255,19 @@ def run(cfg: Config, only: set[str] | None) -> int:
             parts.append(f"{vs_ceiling:.0%} of ceiling")
         parts.append(f"target ≥ {TARGET_SINGLE:,.0f}/s")
         r.ratio = "; ".join(parts)
-        ok = r.points_per_s >= TARGET_SINGLE and (
-            vs_fastapi is not None and vs_fastapi >= TARGET_VS_FASTAPI
+        ok = (
+            r.points_per_s >= TARGET_SINGLE
+            and (vs_fastapi is not None and vs_fastapi >= TARGET_VS_FASTAPI)
+            and (
+                key != "single-1000" or (vs_ceiling is not None and vs_ceiling >= TARGET_VS_CEILING)
+            )
         )
+        if key == "single-1000":
+            parts.insert(2, f"target ≥ {TARGET_VS_CEILING:.0%} of ceiling")
+            r.ratio = "; ".join(parts)
         missed = []
+        if key == "single-1000" and (vs_ceiling is None or vs_ceiling < TARGET_VS_CEILING):
+            missed.append("share of ceiling")
         if r.points_per_s < TARGET_SINGLE:
             missed.append("rate")
         if vs_fastapi is None:
@@ -1186,7 +1275,7 @@ def run(cfg: Config, only: set[str] | None) -> int:
         elif vs_fastapi < TARGET_VS_FASTAPI:
             missed.append("× FastAPI")
         r.verdict = "PASS" if ok else "FAIL (" + ", ".join(missed) + ")"
-    for key in ("batch", "batch-10000"):
+    for key in ("batch", "batch-10000", "batch-chdb", "batch-pg"):
         rb = results[key]
         if rb.error or rb.points_per_s is None:
             continue
@@ -1200,11 +1289,23 @@ def run(cfg: Config, only: set[str] | None) -> int:
         rb.ratio = "; ".join(parts)
         rb.verdict = "PASS" if rb.points_per_s >= TARGET_BATCH else "FAIL"
         if committed is not None:
-            rc = Result(f"{key}-committed", rb.scenario.replace("(202s)", "(committed to chDB)"))
+            store = "PostgreSQL" if key == "batch-pg" else "chDB"
+            rc = Result(
+                f"{key}-committed", rb.scenario.replace("(202s)", f"(committed to {store})")
+            )
             rc.points_per_s = committed
             rc.cpu = rb.cpu
             rc.ratio = f"target ≥ {TARGET_BATCH:,.0f}/s"
             rc.verdict = "PASS" if committed >= TARGET_BATCH else "FAIL"
+            base_key, target = {
+                "batch-chdb": ("chdb-insert", TARGET_VS_CHDB),
+                "batch-pg": ("pg-copy", TARGET_VS_COPY),
+            }.get(key, ("", 0.0))
+            base = results.get(base_key)
+            if base is not None and not base.error and base.points_per_s:
+                share = committed / base.points_per_s
+                rc.ratio = f"{share:.0%} of {base_key} (target ≥ {target:.0%})"
+                rc.verdict = "PASS" if share >= target else "FAIL"
             rc.notes.append(
                 "same run as the row above: rows committed / (wrk run + time until all were "
                 "queryable); the sustained rate, independent of how much the buffers absorb"

@@ -320,19 +320,20 @@ class PostgresSection(Section):
     maintenance_lock_timeout_secs: float = Field(
         5.0, gt=0, validation_alias=env("ORBITSTREAM_POSTGRES_LOCK_TIMEOUT")
     )
-    rollup_fold_secs: float = Field(
-        1.0,
+    rollup_refresh_secs: float = Field(
+        5.0,
         gt=0,
         le=3600,
-        validation_alias=env("ORBITSTREAM_POSTGRES_ROLLUP_FOLD"),
-        description="Plain layout: how often the batches' partial rollup aggregates are "
-        "folded into the rollup table (the rollup view is exact either way).",
+        validation_alias=env("ORBITSTREAM_POSTGRES_ROLLUP_REFRESH"),
+        description="Plain layout: how often the rollups' closed buckets are materialized "
+        "(the rollup view aggregates newer rows from the raw table when read; rows that "
+        "arrive late for a materialized bucket show after the next refresh).",
     )
 
     @field_validator(
         "connect_timeout_secs",
         "maintenance_lock_timeout_secs",
-        "rollup_fold_secs",
+        "rollup_refresh_secs",
         "ledger_retention_days",
         mode="before",
     )

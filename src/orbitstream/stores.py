@@ -83,7 +83,7 @@ def _postgres(settings: Settings, request: SinkRequest) -> Sink:
             ledger_retention_days=pg.ledger_retention_days,
             connect_timeout_secs=pg.connect_timeout_secs,
             maintenance_lock_timeout_secs=pg.maintenance_lock_timeout_secs,
-            rollup_fold_secs=pg.rollup_fold_secs,
+            rollup_refresh_secs=pg.rollup_refresh_secs,
             query_timeout_secs=settings.query.timeout_secs,
             query_role=settings.query.role,
             query_dsn=settings.query.database_url or None,

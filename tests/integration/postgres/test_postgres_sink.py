@@ -109,7 +109,12 @@ async def test_migrate_twice_applies_once(pg_settings: PostgresSettings) -> None
         )
         first = max(results, key=len)
         assert min(results, key=len) == []
-        assert first[:3] == ["0001_core", "0002_layout_plain", "table/telemetry/create"]
+        assert first[:4] == [
+            "0001_core",
+            "0002_layout_plain",
+            "0003_rollup_state",
+            "table/telemetry/create",
+        ]
         assert "rollup/satellite_stats/create" in first
         assert await migrate(a, [TEL, ALERTS], pg_settings) == []
     recorded = await fetch(dsn, "SELECT version, name, applied_at FROM schema_migrations")
@@ -258,6 +263,7 @@ async def test_rollup_view_equals_group_by_over_raw_rows(
         await pg_sink.write(b)
     await pg_sink.write(Batch(TEL, list(batches[1].rows), "r-2"))  # replayed: no double count
     await pg_sink.write(Batch(TEL, sat_rows(300, start, seed=4, step_ns=step), "r-4"))
+    await pg_sink.refresh_rollups()  # the rows are late (before the watermark)
     view = await fetch(pg_settings.dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2")
     raw = await fetch(
         pg_settings.dsn,
@@ -291,51 +297,60 @@ def assert_same_stats(view: list[tuple[Any, ...]], raw: list[tuple[Any, ...]]) -
         assert v[11:] == r[11:]
 
 
-async def test_rollup_deltas_fold_exactly_once_and_the_view_is_exact_throughout(
+async def _view(dsn: str) -> list[tuple[Any, ...]]:
+    return await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2")
+
+
+async def test_rollup_is_exact_live_and_after_refresh_for_late_rows(
     pg_settings: PostgresSettings,
 ) -> None:
-    """Each batch appends its partial aggregates; folds (two workers at once, repeated)
-    move each delta row into the state table once; the view equals a GROUP BY over the
-    raw rows before, between and after folds, for tuple and columnar batches alike."""
+    """Rows after the watermark are aggregated when read (exact at once); late rows (before
+    it) and the buckets the watermark passes are materialized by a refresh — two workers
+    refreshing at once, replays and columnar batches included — and the view stays equal
+    to a GROUP BY over the raw rows."""
     dsn = pg_settings.dsn
-    quiet = dataclasses.replace(pg_settings, rollup_fold_secs=3600.0)
-    a, b = PostgresSink(quiet), PostgresSink(quiet)
+    manual = dataclasses.replace(pg_settings, rollup_refresh_secs=3600.0)
+    a, b = PostgresSink(manual), PostgresSink(manual)
     await a.start(tables())
     await b.start(tables())
     try:
-        start = now_ns() - 20 * 60 * 10**9
+        live = now_ns() - 5 * 10**9
+        await a.write(Batch(TEL, sat_rows(800, live, seed=1, step_ns=10**6), "l-1"))
+        await b.write(Batch(TEL, record_batch(TEL, sat_rows(600, live, seed=2)), "l-2"))
+        assert_same_stats(await _view(dsn), await fetch(dsn, RAW_STATS))  # no refresh yet
+        assert await count(dsn, "satellite_stats_agg") == 0
+        # late rows, 20 minutes back: pending until a refresh
+        late = now_ns() - 20 * 60 * 10**9
         step = 7 * 10**9 // 10
-        await a.write(Batch(TEL, sat_rows(1_500, start, seed=1, step_ns=step), "f-1"))
-        await b.write(
-            Batch(TEL, record_batch(TEL, sat_rows(900, start, seed=2, step_ns=step)), "f-2")
-        )
-        deltas = await count(dsn, "satellite_stats_delta")
-        assert deltas > 0 and await count(dsn, "satellite_stats_agg") == 0
-        assert_same_stats(
-            await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2"),
-            await fetch(dsn, RAW_STATS),
-        )
-        folded = await asyncio.gather(a.fold_rollups(), b.fold_rollups())
-        assert await count(dsn, "satellite_stats_delta") == 0
+        await a.write(Batch(TEL, sat_rows(1_500, late, seed=3, step_ns=step), "late-1"))
+        columnar = record_batch(TEL, sat_rows(900, late, seed=4, step_ns=step))
+        await b.write(Batch(TEL, columnar, "late-2"))
+        assert await count(dsn, "orbitstream_rollup_pending") > 0
+        ranges = await asyncio.gather(a.refresh_rollups(), b.refresh_rollups())
+        assert sum(ranges) >= 1  # one of them did the work (the other may have skipped)
+        assert await count(dsn, "orbitstream_rollup_pending") == 0
         assert await count(dsn, "satellite_stats_agg") > 0
-        # the two folds together moved every delta row once (one may have found none)
-        assert sum(folded) >= 1
-        assert_same_stats(
-            await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2"),
-            await fetch(dsn, RAW_STATS),
-        )
-        # more batches into buckets that are already folded, then a replay, then folds
-        await a.write(
-            Batch(TEL, record_batch(TEL, sat_rows(800, start, seed=3, step_ns=step)), "f-3")
-        )
-        await a.write(Batch(TEL, sat_rows(1_500, start, seed=1, step_ns=step), "f-1"))  # replay
-        assert_same_stats(
-            await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2"),
-            await fetch(dsn, RAW_STATS),
-        )
-        await asyncio.gather(*(s.fold_rollups() for s in (a, b, a, b)))
-        view = await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2")
-        assert sum(r[11] for r in view) == 1_500 + 900 + 800
+        view = await _view(dsn)
+        assert sum(r[11] for r in view) == 800 + 600 + 1_500 + 900
+        assert_same_stats(view, await fetch(dsn, RAW_STATS))
+        # a replay changes nothing; more late rows into materialized buckets do, once
+        await a.write(Batch(TEL, sat_rows(1_500, late, seed=3, step_ns=step), "late-1"))
+        await a.write(Batch(TEL, sat_rows(400, late, seed=5, step_ns=step), "late-3"))
+        await asyncio.gather(*(s.refresh_rollups() for s in (a, b, a, b)))
+        assert_same_stats(await _view(dsn), await fetch(dsn, RAW_STATS))
+        # the watermark moves: pretend it is 40 minutes behind, as after a long stop
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(
+                "UPDATE orbitstream_rollups SET materialized_until = "
+                "materialized_until - interval '40 minutes'"
+            )
+        assert_same_stats(await _view(dsn), await fetch(dsn, RAW_STATS))  # raw after it
+        while await a.refresh_rollups():  # up to 12 buckets at a time
+            pass
+        state = await fetch(dsn, "SELECT materialized_until FROM orbitstream_rollups")
+        assert state[0][0] > dt.datetime.now(dt.UTC) - dt.timedelta(minutes=7)
+        view = await _view(dsn)
+        assert sum(r[11] for r in view) == 800 + 600 + 1_500 + 900 + 400
         assert_same_stats(view, await fetch(dsn, RAW_STATS))
     finally:
         await a.close()
@@ -345,15 +360,15 @@ async def test_rollup_deltas_fold_exactly_once_and_the_view_is_exact_throughout(
 async def test_an_old_rollup_view_is_upgraded_and_keeps_its_state(
     pg_settings: PostgresSettings,
 ) -> None:
-    """A database set up before the deltas (state table and a view over it only): the
-    next start adds the delta table and replaces the view; the old state still counts."""
+    """A database from before the watermark (the state table, kept exact by each batch,
+    and a view over it only): the next start adds the watermark at the current bucket and
+    replaces the view; the old state still counts, newer rows are read raw."""
     dsn = pg_settings.dsn
     sink = PostgresSink(pg_settings)
     await sink.start(tables())
-    start = now_ns() - 10 * 60 * 10**9
+    start = now_ns() - 30 * 60 * 10**9
     await sink.write(Batch(TEL, sat_rows(600, start, seed=5, step_ns=10**9), "u-1"))
-    await sink.close()  # folds: the state is in satellite_stats_agg
-    assert await count(dsn, "satellite_stats_delta") == 0
+    await sink.close()  # refreshes: the state of those buckets is in satellite_stats_agg
     measures = ("battery", "storage", "signal")
     old_view = ", ".join(
         f'"s_sum_{m}" / NULLIF("s_data_points", 0) AS "avg_{m}", "s_min_{m}" AS "min_{m}", '
@@ -362,21 +377,22 @@ async def test_an_old_rollup_view_is_upgraded_and_keeps_its_state(
     )
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("DROP VIEW satellite_stats")
-        await conn.execute("DROP TABLE satellite_stats_delta")
+        await conn.execute("DROP TABLE orbitstream_rollups, orbitstream_rollup_pending")
         await conn.execute(
             f'CREATE VIEW satellite_stats AS SELECT "bucket", "satellite_id", {old_view}, '
             '"s_data_points" AS "data_points", "s_anomaly_points" AS "anomaly_points" '
             "FROM satellite_stats_agg"
         )
         await conn.execute(
-            "DELETE FROM schema_migrations WHERE version = 'rollup/satellite_stats/delta'"
+            "DELETE FROM schema_migrations WHERE version IN "
+            "('0003_rollup_state', 'rollup/satellite_stats/realtime')"
         )
     again = PostgresSink(pg_settings)
     await again.start(tables())
     try:
-        assert "rollup/satellite_stats/delta" in again.applied
-        await again.write(Batch(TEL, sat_rows(400, start, seed=6, step_ns=10**9), "u-2"))
-        view = await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2")
+        assert {"0003_rollup_state", "rollup/satellite_stats/realtime"} <= set(again.applied)
+        await again.write(Batch(TEL, sat_rows(400, now_ns() - 10**9, seed=6), "u-2"))
+        view = await _view(dsn)
         assert sum(r[11] for r in view) == 1_000
         assert_same_stats(view, await fetch(dsn, RAW_STATS))
     finally:

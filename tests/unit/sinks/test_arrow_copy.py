@@ -18,10 +18,9 @@ from orbitstream.core.tables import ColType, Column, Table
 from orbitstream.pipelines.satellites import TELEMETRY_TABLE
 from orbitstream.sinks.postgres.arrow_copy import (
     ArrowCopyEncoder,
-    aggregate_rollup_columns,
     json_maps,
 )
-from orbitstream.sinks.postgres.encoding import CopyEncoder, EncodeError, aggregate_rollup
+from orbitstream.sinks.postgres.encoding import CopyEncoder, EncodeError
 
 SCALARS = Table(
     "scalars",
@@ -188,35 +187,6 @@ def test_error_row_index_counts_across_batches() -> None:
 def test_good_rows_have_no_bad_rows() -> None:
     data = record_batch(SCALARS, [_scalar_row(), _scalar_row(tags=())])
     assert ArrowCopyEncoder(SCALARS).bad_rows(data) == ()
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.integers(-(10**12), 10**12) | st.integers(NOW_NS - 10**12, NOW_NS + 10**12),
-            st.sampled_from(["SAT-1", "SAT-2", "é"]),
-            st.floats(-1e6, 1e6),
-            st.booleans(),
-        ),
-        max_size=40,
-    )
-)
-def test_rollup_aggregation_matches_the_tuple_path(
-    values: list[tuple[int, str, float, bool]],
-) -> None:
-    rows: list[Row] = [(t, s, v, 1.0, -1.0, f, (), t) for t, s, v, f in values]
-    rollup = TELEMETRY_TABLE.rollups[0]
-    want = aggregate_rollup(TELEMETRY_TABLE, rollup, rows)
-    got = aggregate_rollup_columns(TELEMETRY_TABLE, rollup, record_batch(TELEMETRY_TABLE, rows))
-    assert len(got) == len(want)
-    for g, w in zip(got, want, strict=True):
-        assert len(g) == len(w)
-        for a, b in zip(g, w, strict=True):
-            if isinstance(b, float):
-                assert a == pytest.approx(b, rel=1e-12, abs=1e-6)
-            else:
-                assert a == b
 
 
 def test_sliced_batches_are_checked_and_encoded_by_their_own_rows() -> None:

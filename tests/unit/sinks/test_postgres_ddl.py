@@ -142,27 +142,38 @@ def test_wanted_days_from_yesterday_to_ahead_within_retention() -> None:
 def test_plain_rollup_mirrors_clickhouse_layout() -> None:
     rollup = TEL.rollups[0]
     table_sql, _ = (squash(s) for s in ddl.plain_rollup_statements(TEL, rollup))
-    delta_sql, _, view_sql = (squash(s) for s in ddl.plain_rollup_delta_statements(TEL, rollup))
+    drop, state, view_sql = (squash(s) for s in ddl.plain_rollup_realtime_statements(TEL, rollup))
     assert table_sql.startswith('CREATE TABLE IF NOT EXISTS "satellite_stats_agg" (')
-    assert delta_sql == (
-        'CREATE TABLE IF NOT EXISTS "satellite_stats_delta" (LIKE "satellite_stats_agg")'
+    assert drop == 'DROP TABLE IF EXISTS "satellite_stats_delta"'
+    assert state.startswith(
+        'INSERT INTO "orbitstream_rollups" (rollup, materialized_until) VALUES '
+        "('satellite_stats', date_bin(interval '300 seconds', now(), "
     )
+    assert state.endswith("ON CONFLICT (rollup) DO NOTHING")
     for short in ("battery", "storage", "signal"):
         for fn in ("sum", "min", "max"):
             assert f'"s_{fn}_{short}" double precision' in table_sql
-        assert (
-            f'sum("s_sum_{short}") / NULLIF(sum("s_data_points"), 0)::double precision '
-            f'AS "avg_{short}"'
-        ) in view_sql
-        assert f'min("s_min_{short}") AS "min_{short}"' in view_sql
+        assert f'"s_sum_{short}" / NULLIF("s_data_points", 0) AS "avg_{short}"' in view_sql
+        assert f'"s_min_{short}" AS "min_{short}"' in view_sql
     assert '"s_data_points" bigint NOT NULL' in table_sql
     assert '"s_anomaly_points" bigint NOT NULL' in table_sql
     assert 'PRIMARY KEY ("bucket", "satellite_id")' in table_sql
     assert view_sql.startswith('CREATE OR REPLACE VIEW "satellite_stats" AS SELECT "bucket", ')
-    assert 'FROM "satellite_stats_agg" UNION ALL SELECT' in view_sql
-    assert view_sql.endswith('GROUP BY "bucket", "satellite_id"')
-    out = re.findall(r'AS "(\w+)"', view_sql)
-    assert ["bucket", "satellite_id", *out] == [
+    watermark = (
+        "(SELECT materialized_until FROM \"orbitstream_rollups\" WHERE rollup = 'satellite_stats')"
+    )
+    # materialized buckets before the watermark, the raw rows after it
+    assert f'FROM "satellite_stats_agg" WHERE "bucket" < {watermark} UNION ALL' in view_sql
+    assert f'FROM "telemetry" WHERE "time" >= {watermark} GROUP BY 1, 2' in view_sql
+    assert (
+        "date_bin(interval '300 seconds', \"time\", TIMESTAMPTZ '1970-01-01 00:00:00+00') "
+        'AS "bucket"'
+    ) in view_sql
+    assert 'count(*) FILTER (WHERE "is_anomaly") AS "anomaly_points"' in view_sql
+    first, second = view_sql.split(" UNION ALL ")
+    names = re.findall(r'AS "(\w+)"', first)
+    assert re.findall(r'AS "(\w+)"', second) == ["bucket", *names]  # same columns, same order
+    assert ["bucket", "satellite_id", *names] == [
         "bucket",
         "satellite_id",
         "avg_battery",
@@ -179,25 +190,17 @@ def test_plain_rollup_mirrors_clickhouse_layout() -> None:
     ]
 
 
-def test_rollup_fold_moves_deltas_and_merges_sums_minima_maxima_counts() -> None:
-    sql = squash(ddl.rollup_fold_sql(TEL, TEL.rollups[0]))
-    assert sql.startswith(
-        'WITH moved AS (DELETE FROM "satellite_stats_delta" RETURNING *) '
-        'INSERT INTO "satellite_stats_agg" AS a ("bucket", "satellite_id", '
+def test_rollup_materialize_replaces_a_range_of_buckets_from_raw_rows() -> None:
+    delete, insert = (squash(s) for s in ddl.rollup_materialize_sql(TEL, TEL.rollups[0]))
+    assert delete == (
+        'DELETE FROM "satellite_stats_agg" WHERE "bucket" >= %(lo)s AND "bucket" < %(hi)s'
     )
-    assert 'SELECT "bucket", "satellite_id", sum("s_sum_battery"), min("s_min_battery")' in sql
-    assert "FROM moved GROUP BY 1, 2 ORDER BY 1, 2" in sql
-    assert 'ON CONFLICT ("bucket", "satellite_id") DO UPDATE SET' in sql
-    assert '"s_sum_battery" = a."s_sum_battery" + EXCLUDED."s_sum_battery"' in sql
-    assert '"s_min_battery" = LEAST(a."s_min_battery", EXCLUDED."s_min_battery")' in sql
-    assert '"s_max_signal" = GREATEST(a."s_max_signal", EXCLUDED."s_max_signal")' in sql
-    assert '"s_data_points" = a."s_data_points" + EXCLUDED."s_data_points"' in sql
-    assert '"s_anomaly_points" = a."s_anomaly_points" + EXCLUDED."s_anomaly_points"' in sql
-    copy = ddl.rollup_delta_copy_sql(TEL, TEL.rollups[0])
-    assert copy.startswith(
-        'COPY "satellite_stats_delta" ("bucket", "satellite_id", "s_sum_battery"'
+    assert insert.startswith('INSERT INTO "satellite_stats_agg" ("bucket", "satellite_id", ')
+    assert 'sum("battery_charge_percent"), min("battery_charge_percent"), ' in insert
+    assert 'count(*), count(*) FILTER (WHERE "is_anomaly")' in insert
+    assert insert.endswith(
+        'FROM "telemetry" WHERE "time" >= %(lo)s AND "time" < %(hi)s GROUP BY 1, 2'
     )
-    assert copy.endswith('"s_data_points", "s_anomaly_points") FROM STDIN (FORMAT BINARY)')
 
 
 def test_core_tables_ledger_and_dead_letters() -> None:
@@ -307,9 +310,10 @@ def test_extension_reported_available_selects_timescale_plan() -> None:
     assert versions == [
         "0001_core",
         "0002_layout_plain",
+        "0003_rollup_state",
         "table/telemetry/create",
         "rollup/satellite_stats/create",
-        "rollup/satellite_stats/delta",
+        "rollup/satellite_stats/realtime",
     ]
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orbitstream.core.batch import Batch, Row
-from orbitstream.core.tables import ColType, Column, Rollup, Table
+from orbitstream.core.tables import ColType, Column, Table
 from orbitstream.pipelines.satellites import TELEMETRY_TABLE
 from orbitstream.sinks.postgres.encoding import (
     COPY_HEADER,
@@ -18,7 +18,6 @@ from orbitstream.sinks.postgres.encoding import (
     PG_EPOCH_US,
     CopyEncoder,
     EncodeError,
-    aggregate_rollup,
     encode_batch,
     encoder_for,
     text_array,
@@ -202,43 +201,6 @@ row_st = st.tuples(
 def test_fast_path_equals_careful_path(rows: list[Row]) -> None:
     enc = CopyEncoder(TELEMETRY_TABLE)
     assert enc.encode(rows) == enc._encode_slow(rows)
-
-
-def test_aggregate_rollup_per_bucket_and_entity() -> None:
-    rollup = TELEMETRY_TABLE.rollups[0]
-    b = 300 * 1_000_000_000
-    t0 = 1_700_000_100 * 1_000_000_000  # inside a bucket
-    rows = [
-        sat_row(0, t=t0, sid="B", battery=10.0, anomaly=True),
-        sat_row(0, t=t0 + 1, sid="A", battery=30.0),
-        sat_row(0, t=t0 + 2, sid="A", battery=20.0, anomaly=True),
-        sat_row(0, t=t0 + b, sid="A", battery=5.0),
-    ]
-    arrays = aggregate_rollup(TELEMETRY_TABLE, rollup, rows)
-    bucket0 = (t0 // b) * 300
-    assert arrays[0] == [bucket0, bucket0, bucket0 + 300]
-    assert arrays[1] == ["A", "B", "A"]
-    assert arrays[2:5] == [[50.0, 10.0, 5.0], [20.0, 10.0, 5.0], [30.0, 10.0, 5.0]]
-    assert arrays[-2] == [2, 1, 1]  # data_points
-    assert arrays[-1] == [1, 1, 0]  # anomaly_points
-    assert len(arrays) == 2 + 3 * 3 + 2
-
-
-def test_aggregate_rollup_skips_nulls_in_nullable_measures() -> None:
-    t = Table(
-        "m",
-        (
-            Column("time", ColType.TIMESTAMP),
-            Column("e", ColType.STRING),
-            Column("v", ColType.FLOAT64, nullable=True),
-        ),
-        "time",
-        ("e", "time"),
-        rollups=(Rollup("m_stats", 60, ("e",), (("v", "v"),)),),
-    )
-    arrays = aggregate_rollup(t, t.rollups[0], [(0, "x", None), (1, "x", 2.0), (2, "y", None)])
-    assert arrays[2:5] == [[2.0, None], [2.0, None], [2.0, None]]
-    assert arrays[5] == [2, 1]
 
 
 def sat_row(

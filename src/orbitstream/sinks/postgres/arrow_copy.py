@@ -27,22 +27,17 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
+import numpy as np
 import pgpq
 import pgpq._pgpq as pgpq_types
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orbitstream.core.columns import ARROW_TYPES
-from orbitstream.core.tables import ColType, Rollup, Table
+from orbitstream.core.tables import ColType, Table
 from orbitstream.sinks.postgres.encoding import EncodeError
 
-__all__ = [
-    "ArrowCopyEncoder",
-    "RollupDeltaEncoder",
-    "aggregate_rollup_columns",
-    "json_maps",
-    "rollup_arrays",
-]
+__all__ = ["ArrowCopyEncoder", "json_maps"]
 
 _US = pa.timestamp("us", tz="UTC")
 _MAPS = (ColType.MAP_STR_FLOAT, ColType.MAP_STR_STR)
@@ -91,6 +86,9 @@ def json_maps(maps: Any) -> Any:
 
 def _floor_us(ns: Any) -> Any:
     ints = ns.cast(pa.int64())
+    if not ints.null_count:  # the common case: numpy floors negative times too
+        us = ints.to_numpy() // 1000
+        return pa.array(us, type=pa.int64()).cast(_US)
     us = pc.divide(ints, 1000)  # truncates toward zero
     low = pc.min(ints).as_py()
     if low is not None and low < 0:
@@ -99,10 +97,22 @@ def _floor_us(ns: Any) -> Any:
     return us.cast(_US)
 
 
+def _no_nul(strings: Any) -> bool:
+    """Whether no value byte of a string array (its whole buffer: for a slice, also the
+    values around it) is NUL: one vectorized pass, the common answer."""
+    buffers = strings.buffers()
+    data = buffers[2] if len(buffers) > 2 else None
+    if data is None or data.size == 0:
+        return True
+    return not bool((np.frombuffer(data, dtype=np.uint8) == 0).any())
+
+
 def _nul_rows(array: Any, typ: ColType) -> list[int]:
     """Rows of ``array`` whose text (or list elements, map keys and string values) holds
     a NUL character."""
     if typ is ColType.STRING:
+        if _no_nul(array):
+            return []
         hit = pc.fill_null(pc.match_substring(array, "\x00"), False)
         return pc.indices_nonzero(hit).to_pylist()  # type: ignore[no-any-return]
     if typ is ColType.STRING_LIST:
@@ -114,6 +124,8 @@ def _nul_rows(array: Any, typ: ColType) -> list[int]:
     rows: set[int] = set()
     offsets: list[int] = []
     for values in parts:
+        if pa.types.is_string(values.type) and _no_nul(values):
+            continue
         hit = pc.fill_null(pc.match_substring(values, "\x00"), False)
         if not pc.any(hit).as_py():
             continue
@@ -250,102 +262,3 @@ class ArrowCopyEncoder:
                 found.extend((r, col.name, message) for r in rows)
         found.sort()
         return found
-
-
-def rollup_arrays(table: Table, rollup: Rollup, data: Any) -> list[Any]:
-    """:func:`~orbitstream.sinks.postgres.encoding.aggregate_rollup` of a record batch
-    (Arrow's hash aggregation instead of a dict of row lists): the same groups, order,
-    counts, minima and maxima; sums agree to rounding (Arrow adds pairwise, the tuple
-    path left to right).
-
-    :returns: the column arrays of
-        :class:`~orbitstream.sinks.postgres.arrow_copy.RollupDeltaEncoder`.
-    """
-    width = rollup.bucket_secs * 1_000_000_000
-    ns = data.column(table.index(table.time_column)).cast(pa.int64())
-    bucket = pc.divide(ns, width)  # truncates toward zero: floor it for negative times
-    if ns.null_count == 0 and len(ns) and pc.min(ns).as_py() < 0:
-        behind = pc.and_(pc.less(ns, 0), pc.not_equal(pc.multiply(bucket, width), ns))
-        bucket = pc.subtract(bucket, pc.cast(behind, pa.int64()))
-    columns: dict[str, Any] = {"__bucket": bucket}
-    for key in rollup.group_by:
-        columns[key] = data.column(table.index(key))
-    aggs: list[tuple[Any, str]] = []
-    for i, (col, _) in enumerate(rollup.measures):
-        columns[f"__m{i}"] = data.column(table.index(col)).cast(pa.float64())
-        aggs += [(f"__m{i}", "sum"), (f"__m{i}", "min"), (f"__m{i}", "max")]
-    aggs.append(([], "count_all"))
-    for i, (_, col) in enumerate(rollup.flag_counts):
-        flag = pc.fill_null(data.column(table.index(col)), False)
-        columns[f"__f{i}"] = pc.cast(flag, pa.int64())
-        aggs.append((f"__f{i}", "sum"))
-    grouped = (
-        pa.table(columns)
-        .group_by(["__bucket", *rollup.group_by], use_threads=False)
-        .aggregate(aggs)
-        .sort_by([("__bucket", "ascending"), *((k, "ascending") for k in rollup.group_by)])
-    )
-    out: list[Any] = [pc.multiply(grouped["__bucket"], rollup.bucket_secs)]
-    out += [grouped[k] for k in rollup.group_by]
-    for i in range(len(rollup.measures)):
-        out += [grouped[f"__m{i}_{fn}"] for fn in ("sum", "min", "max")]
-    out.append(grouped["count_all"])
-    for i in range(len(rollup.flag_counts)):
-        out.append(pc.fill_null(grouped[f"__f{i}_sum"], 0))
-    return [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in out]
-
-
-def aggregate_rollup_columns(table: Table, rollup: Rollup, data: Any) -> list[list[Any]]:
-    """:func:`rollup_arrays` as Python lists (the tuple path's form, for comparisons)."""
-    return [a.to_pylist() for a in rollup_arrays(table, rollup, data)]
-
-
-class RollupDeltaEncoder:
-    """One batch's partial aggregates of a rollup -> binary ``COPY`` bytes for
-    ``<rollup>_delta`` (see :func:`~orbitstream.sinks.postgres.ddl.rollup_delta_copy_sql`),
-    from a record batch (:func:`rollup_arrays`) or from the tuple path's lists
-    (:func:`~orbitstream.sinks.postgres.encoding.aggregate_rollup`)."""
-
-    def __init__(self, table: Table, rollup: Rollup) -> None:
-        self.table = table
-        self.rollup = rollup
-        fields = [pa.field(rollup.bucket_name, _US, nullable=False)]
-        fields += [
-            pa.field(k, _pg_type(table.column(k).type), nullable=False) for k in rollup.group_by
-        ]
-        for _, short in rollup.measures:
-            fields += [pa.field(f"s_{fn}_{short}", pa.float64()) for fn in ("sum", "min", "max")]
-        fields.append(pa.field("s_" + rollup.count_name, pa.int64(), nullable=False))
-        fields += [
-            pa.field("s_" + out, pa.int64(), nullable=False) for out, _ in rollup.flag_counts
-        ]
-        self.schema = pa.schema(fields)
-
-    def _arrays(self, columns: Sequence[Any]) -> list[Any]:
-        out = []
-        for i, (values, f) in enumerate(zip(columns, self.schema, strict=True)):
-            array = (
-                values
-                if isinstance(values, pa.Array)
-                else pa.array(values, pa.int64() if i == 0 else f.type)
-            )
-            if i == 0:  # bucket start: epoch seconds -> timestamp[us]
-                array = pc.multiply(array.cast(pa.int64()), 1_000_000).cast(_US)
-            elif array.type != f.type:
-                array = array.cast(f.type)
-            out.append(array)
-        return out
-
-    def encode(self, columns: Sequence[Any]) -> bytes:
-        """The whole ``COPY`` stream of the aggregates (bucket in epoch seconds first)."""
-        data = pa.RecordBatch.from_arrays(self._arrays(columns), schema=self.schema)
-        encoder = pgpq.ArrowToPostgresBinaryEncoder(self.schema)
-        return b"".join((encoder.write_header(), encoder.write_batch(data), encoder.finish()))
-
-
-def _pg_type(typ: ColType) -> Any:
-    if typ is ColType.TIMESTAMP:
-        return _US
-    if typ is ColType.UINT64:
-        return pa.int64()
-    return ARROW_TYPES[typ]

@@ -9,9 +9,12 @@ Two layouts share table and column names, so dashboards work on both:
   ``<table>_pYYYYMMDD`` (created ahead and dropped past retention by
   :func:`~orbitstream.sinks.postgres.migrations.maintain`) plus a DEFAULT partition,
   so an out-of-range timestamp never fails a batch; per rollup a table
-  ``<rollup>_delta`` that each batch's transaction appends its partial aggregates to (one
-  binary ``COPY``), folded every second into ``<rollup>_agg`` by one statement, and a view
-  named after the rollup, over both, with ClickHouse's output columns.
+  ``<rollup>_agg`` holding the buckets before a watermark (``orbitstream_rollups``),
+  materialized from the raw rows by the sink's refresh every few seconds (and again for a
+  bucket a late batch wrote to: ``orbitstream_rollup_pending``, filled in the batch's
+  transaction), and a view named after the rollup with ClickHouse's output columns that
+  aggregates the raw rows after the watermark when read — TimescaleDB's real-time
+  continuous aggregates, by hand.
 
 Both have the batch ledger ``orbitstream_batches`` and ``dead_letters``.
 """
@@ -28,6 +31,8 @@ __all__ = [
     "ANOMALY_COLUMN",
     "DEAD_LETTERS",
     "LEDGER",
+    "ROLLUP_PENDING",
+    "ROLLUP_STATE",
     "Layout",
     "column_type",
     "copy_sql",
@@ -37,7 +42,7 @@ __all__ = [
     "partition_bounds",
     "partition_name",
     "plain_partition_statement",
-    "plain_rollup_delta_statements",
+    "plain_rollup_realtime_statements",
     "plain_rollup_statements",
     "plain_table_statements",
     "qname",
@@ -46,9 +51,10 @@ __all__ = [
     "regclass",
     "rel",
     "relkey",
-    "rollup_delta_copy_sql",
     "rollup_delta_table",
-    "rollup_fold_sql",
+    "rollup_key",
+    "rollup_materialize_sql",
+    "rollup_state_statements",
     "rollup_table",
     "schema_statement",
     "timescale_extension_statements",
@@ -61,6 +67,8 @@ __all__ = [
 Layout = Literal["plain", "timescale"]
 
 LEDGER = "orbitstream_batches"
+ROLLUP_STATE = "orbitstream_rollups"
+ROLLUP_PENDING = "orbitstream_rollup_pending"
 DEAD_LETTERS = "dead_letters"
 ANOMALY_COLUMN = "is_anomaly"
 CHUNK_INTERVAL = "1 hour"
@@ -276,21 +284,24 @@ def _state(name: str) -> str:
 
 
 def rollup_delta_table(rollup: Rollup) -> str:
+    """The partial-aggregates table of an earlier layout (dropped by the ``realtime`` step)."""
     return f"{rollup.name}_delta"
 
 
-def _rollup_columns(rollup: Rollup) -> list[str]:
-    """The state columns of ``<rollup>_agg`` / ``_delta``, in order."""
-    names = [rollup.bucket_name, *rollup.group_by]
-    for _, short in rollup.measures:
-        names += ["s_sum_" + short, "s_min_" + short, "s_max_" + short]
-    names.append("s_" + rollup.count_name)
-    names += ["s_" + out for out, _ in rollup.flag_counts]
-    return names
+def _bucket_expr(rollup: Rollup, column: str) -> str:
+    return (
+        f"date_bin(interval '{int(rollup.bucket_secs)} seconds', {quote_ident(column)}, "
+        "TIMESTAMPTZ '1970-01-01 00:00:00+00')"
+    )
+
+
+def rollup_key(table: Table, rollup: Rollup) -> str:
+    """The rollup's key in ``orbitstream_rollups`` / ``_pending`` (``[schema.]name``)."""
+    return relkey(table.namespace, rollup.name)
 
 
 def plain_rollup_statements(table: Table, rollup: Rollup) -> list[str]:
-    """``<rollup>_agg``: one row per bucket and entity, the folded running state."""
+    """``<rollup>_agg``: one row per bucket and entity for the materialized buckets."""
     target = rel(table.namespace, rollup_table(rollup))
     bucket = quote_ident(rollup.bucket_name)
     keys = [quote_ident(k) for k in rollup.group_by]
@@ -312,83 +323,107 @@ def plain_rollup_statements(table: Table, rollup: Rollup) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {target} (\n" + ",\n".join(cols) + "\n)",
         f"COMMENT ON TABLE {target} IS "
         + quote_literal(
-            f"Running sums, minima and maxima per {rollup.bucket_secs} s bucket of "
-            f"{table.name}, folded from {rollup_delta_table(rollup)}; read the view "
-            f"{rollup.name}."
+            f"Sums, minima and maxima per {rollup.bucket_secs} s bucket of {table.name} for the "
+            f"buckets before the watermark in {ROLLUP_STATE}; read the view {rollup.name}."
         ),
     ]
 
 
-def plain_rollup_delta_statements(table: Table, rollup: Rollup) -> list[str]:
-    """``<rollup>_delta`` (each batch's partial aggregates, appended by ``COPY`` in the
-    batch's transaction, folded into ``<rollup>_agg`` by :func:`rollup_fold_sql`) and the
-    view over both: exact at any moment, folded or not."""
+def rollup_state_statements() -> list[str]:
+    """The plain layout's rollup bookkeeping: per rollup the watermark below which buckets
+    are materialized, and the buckets batches wrote to since the last refresh."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(ROLLUP_STATE)} (\n"
+        "    rollup text PRIMARY KEY,\n"
+        "    materialized_until timestamptz NOT NULL,\n"
+        "    refreshed_at timestamptz NOT NULL DEFAULT now()\n)",
+        f"COMMENT ON TABLE {quote_ident(ROLLUP_STATE)} IS "
+        + quote_literal(
+            "Per rollup: buckets before materialized_until are in <rollup>_agg; later ones "
+            "are aggregated from the raw rows when read (the view does both)."
+        ),
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(ROLLUP_PENDING)} (\n"
+        "    rollup text NOT NULL,\n"
+        "    bucket timestamptz NOT NULL\n)",
+        f"COMMENT ON TABLE {quote_ident(ROLLUP_PENDING)} IS "
+        + quote_literal(
+            "Buckets that committed batches wrote to, written in the batch's transaction; "
+            "the refresh re-materializes those before the watermark and deletes the rows."
+        ),
+    ]
+
+
+def plain_rollup_realtime_statements(table: Table, rollup: Rollup) -> list[str]:
+    """The watermark row (starting at the current bucket: the state table's rows before it
+    stay as they are) and the view: materialized buckets from ``<rollup>_agg``, the rest
+    aggregated from the raw rows, so it is exact for every bucket not written to by late
+    rows since the last refresh (TimescaleDB's real-time aggregates work the same way)."""
     agg = rel(table.namespace, rollup_table(rollup))
-    delta = rel(table.namespace, rollup_delta_table(rollup))
     bucket = quote_ident(rollup.bucket_name)
     keys = [quote_ident(k) for k in rollup.group_by]
-    count = f"sum({_state(rollup.count_name)})"
-    view = [bucket, *keys]
-    for _, short in rollup.measures:
-        view += [
-            f"sum({_state('sum_' + short)}) / NULLIF({count}, 0)::double precision"
-            f" AS {quote_ident('avg_' + short)}",
-            f"min({_state('min_' + short)}) AS {quote_ident('min_' + short)}",
-            f"max({_state('max_' + short)}) AS {quote_ident('max_' + short)}",
+    watermark = (
+        f"(SELECT materialized_until FROM {quote_ident(ROLLUP_STATE)} "
+        f"WHERE rollup = {quote_literal(rollup_key(table, rollup))})"
+    )
+    stored = [bucket, *keys]
+    live = [f"{_bucket_expr(rollup, table.time_column)} AS {bucket}", *keys]
+    count = _state(rollup.count_name)
+    for col, short in rollup.measures:
+        q = quote_ident(col)
+        stored += [
+            f"{_state('sum_' + short)} / NULLIF({count}, 0) AS {quote_ident('avg_' + short)}",
+            f"{_state('min_' + short)} AS {quote_ident('min_' + short)}",
+            f"{_state('max_' + short)} AS {quote_ident('max_' + short)}",
         ]
-    view.append(f"{count}::bigint AS {quote_ident(rollup.count_name)}")
-    for out, _ in rollup.flag_counts:
-        view.append(f"sum({_state(out)})::bigint AS {quote_ident(out)}")
-    cols = _q(_rollup_columns(rollup))
+        live += [
+            f"sum({q}) / NULLIF(count(*), 0) AS {quote_ident('avg_' + short)}",
+            f"min({q})::double precision AS {quote_ident('min_' + short)}",
+            f"max({q})::double precision AS {quote_ident('max_' + short)}",
+        ]
+    stored.append(f"{count} AS {quote_ident(rollup.count_name)}")
+    live.append(f"count(*) AS {quote_ident(rollup.count_name)}")
+    for out, col in rollup.flag_counts:
+        stored.append(f"{_state(out)} AS {quote_ident(out)}")
+        live.append(f"count(*) FILTER (WHERE {quote_ident(col)}) AS {quote_ident(out)}")
+    groups = ", ".join(str(i + 1) for i in range(1 + len(keys)))
     return [
-        f"CREATE TABLE IF NOT EXISTS {delta} (LIKE {agg})",
-        f"COMMENT ON TABLE {delta} IS "
-        + quote_literal(
-            f"Partial aggregates of {table.name} batches not yet folded into "
-            f"{rollup_table(rollup)}; read the view {rollup.name}."
-        ),
+        f"DROP TABLE IF EXISTS {rel(table.namespace, rollup_delta_table(rollup))}",
+        f"INSERT INTO {quote_ident(ROLLUP_STATE)} (rollup, materialized_until) VALUES "
+        f"({quote_literal(rollup_key(table, rollup))}, "
+        f"date_bin(interval '{int(rollup.bucket_secs)} seconds', now(), "
+        "TIMESTAMPTZ '1970-01-01 00:00:00+00')) ON CONFLICT (rollup) DO NOTHING",
         f"CREATE OR REPLACE VIEW {rel(table.namespace, rollup.name)} AS\n"
-        f"SELECT {', '.join(view)}\n"
-        f"FROM (SELECT {cols} FROM {agg} UNION ALL SELECT {cols} FROM {delta}) AS parts\n"
-        f"GROUP BY {', '.join([bucket, *keys])}",
+        f"SELECT {', '.join(stored)}\nFROM {agg}\nWHERE {bucket} < {watermark}\n"
+        f"UNION ALL\n"
+        f"SELECT {', '.join(live)}\nFROM {qname(table)}\n"
+        f"WHERE {quote_ident(table.time_column)} >= {watermark}\nGROUP BY {groups}",
     ]
 
 
-def rollup_delta_copy_sql(table: Table, rollup: Rollup) -> str:
-    """``COPY <rollup>_delta (...) FROM STDIN (FORMAT BINARY)``."""
-    delta = rel(table.namespace, rollup_delta_table(rollup))
-    return f"COPY {delta} ({_q(_rollup_columns(rollup))}) FROM STDIN (FORMAT BINARY)"
-
-
-def rollup_fold_sql(table: Table, rollup: Rollup) -> str:
-    """Move every ``<rollup>_delta`` row into ``<rollup>_agg`` in one statement, so each is
-    folded exactly once whoever else folds: delete them, aggregate them per bucket and
-    entity, merge the result (sums and counts add up, minima and maxima compare). Rows
-    are merged sorted by key so concurrent folds lock them in the same order."""
+def rollup_materialize_sql(table: Table, rollup: Rollup) -> tuple[str, str]:
+    """Replace the buckets in ``[%(lo)s, %(hi)s)`` of ``<rollup>_agg`` by the aggregates
+    of the raw rows there: (delete, insert)."""
     agg = rel(table.namespace, rollup_table(rollup))
-    delta = rel(table.namespace, rollup_delta_table(rollup))
-    keys = [rollup.bucket_name, *rollup.group_by]
-    select = [quote_ident(k) for k in keys]
-    merge: list[str] = []
-    for _, short in rollup.measures:
-        for fn, combine in (("sum", ""), ("min", "LEAST"), ("max", "GREATEST")):
-            q = quote_ident(f"s_{fn}_{short}")
-            select.append(f"{fn}({q})")
-            merge.append(
-                f"{q} = {combine}(a.{q}, EXCLUDED.{q})"
-                if combine
-                else f"{q} = a.{q} + EXCLUDED.{q}"
-            )
-    for col in ["s_" + rollup.count_name] + ["s_" + out for out, _ in rollup.flag_counts]:
+    bucket = quote_ident(rollup.bucket_name)
+    keys = [quote_ident(k) for k in rollup.group_by]
+    time_col = quote_ident(table.time_column)
+    select = [_bucket_expr(rollup, table.time_column), *keys]
+    for col, _ in rollup.measures:
         q = quote_ident(col)
-        select.append(f"sum({q})")
-        merge.append(f"{q} = a.{q} + EXCLUDED.{q}")
-    order = ", ".join(str(i + 1) for i in range(len(keys)))
+        select += [f"sum({q})", f"min({q})", f"max({q})"]
+    select.append("count(*)")
+    select += [f"count(*) FILTER (WHERE {quote_ident(col)})" for _, col in rollup.flag_counts]
+    groups = ", ".join(str(i + 1) for i in range(1 + len(keys)))
+    names = [rollup.bucket_name, *rollup.group_by]
+    for _, short in rollup.measures:
+        names += ["s_sum_" + short, "s_min_" + short, "s_max_" + short]
+    names.append("s_" + rollup.count_name)
+    names += ["s_" + out for out, _ in rollup.flag_counts]
     return (
-        f"WITH moved AS (DELETE FROM {delta} RETURNING *)\n"
-        f"INSERT INTO {agg} AS a ({_q(_rollup_columns(rollup))})\n"
-        f"SELECT {', '.join(select)}\nFROM moved\nGROUP BY {order}\nORDER BY {order}\n"
-        f"ON CONFLICT ({_q(keys)}) DO UPDATE SET\n    " + ",\n    ".join(merge)
+        f"DELETE FROM {agg} WHERE {bucket} >= %(lo)s AND {bucket} < %(hi)s",
+        f"INSERT INTO {agg} ({_q(names)})\n"
+        f"SELECT {', '.join(select)}\nFROM {qname(table)}\n"
+        f"WHERE {time_col} >= %(lo)s AND {time_col} < %(hi)s\nGROUP BY {groups}",
     )
 
 

@@ -38,17 +38,15 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
-from operator import itemgetter
 from typing import Any
 
 import msgspec
 
 from orbitstream.core.batch import Batch, Row
-from orbitstream.core.tables import ColType, Column, Rollup, Table
+from orbitstream.core.tables import ColType, Column, Table
 from orbitstream.errors import RecordRejected
 
 __all__ = [
@@ -57,7 +55,6 @@ __all__ = [
     "PG_EPOCH_US",
     "CopyEncoder",
     "EncodeError",
-    "aggregate_rollup",
     "encode_batch",
     "encoder_for",
     "text_array",
@@ -408,47 +405,3 @@ def encoder_for(table: Table) -> CopyEncoder:
 def encode_batch(batch: Batch) -> bytes:
     """Binary ``COPY`` bytes for ``batch`` (columns in ``batch.table.columns`` order)."""
     return encoder_for(batch.table).encode(batch.rows)
-
-
-def aggregate_rollup(table: Table, rollup: Rollup, rows: Sequence[Row]) -> list[list[Any]]:
-    """One batch's contribution to a rollup, as the column arrays of
-    :class:`~orbitstream.sinks.postgres.arrow_copy.RollupDeltaEncoder`.
-
-    Per (bucket, group-by values), sorted: bucket start in epoch seconds, the group-by
-    values, per measure sum/min/max (``None`` when every value is NULL), the row count
-    and per flag the number of true values.
-    """
-    width = rollup.bucket_secs * 1_000_000_000
-    key_idx = [table.index(k) for k in rollup.group_by]
-    single = len(key_idx) == 1
-    entity: Callable[[Row], Any] = itemgetter(*key_idx) if key_idx else _no_key
-    buckets = [t // width for t in map(itemgetter(table.index(table.time_column)), rows)]
-    groups: defaultdict[tuple[Any, Any], list[Row]] = defaultdict(list)
-    for key, row in zip(zip(buckets, map(entity, rows), strict=True), rows, strict=True):
-        groups[key].append(row)
-    measures = [(itemgetter(table.index(c)), table.column(c).nullable) for c, _ in rollup.measures]
-    flags = [itemgetter(table.index(c)) for _, c in rollup.flag_counts]
-    arrays: list[list[Any]] = [
-        [] for _ in range(1 + len(key_idx) + 3 * len(measures) + 1 + len(flags))
-    ]
-    for key in sorted(groups):
-        group = groups[key]
-        out: list[Any] = [key[0] * rollup.bucket_secs]
-        out += [key[1]] if single else key[1]
-        for get, nullable in measures:
-            values = list(map(get, group))
-            if nullable:
-                values = [v for v in values if v is not None]
-            if values:
-                out += [float(sum(values)), float(min(values)), float(max(values))]
-            else:
-                out += [None, None, None]
-        out.append(len(group))
-        out += [sum(map(bool, map(get, group))) for get in flags]
-        for array, value in zip(arrays, out, strict=True):
-            array.append(value)
-    return arrays
-
-
-def _no_key(row: Row) -> tuple[()]:
-    return ()

@@ -15,8 +15,10 @@ version                            what
 ``table/<t>/column/<c>``           a column declared after the table was created
                                    (added as nullable: old rows have no value)
 ``rollup/<r>/create``              the rollup (state table, or continuous aggregate)
-``rollup/<r>/delta``               plain layout: the batches' partial aggregates table
-                                   and the view over it and the state table
+``0003_rollup_state``              plain layout: ``orbitstream_rollups`` (watermarks)
+                                   and ``orbitstream_rollup_pending``
+``rollup/<r>/realtime``            plain layout: the rollup's watermark and its view
+                                   (materialized buckets + raw rows after the watermark)
 ``retention/<rel>/<n>d``           TimescaleDB retention policy (re-applied on change)
 =================================  =====================================================
 
@@ -49,9 +51,9 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
 __all__ = [
-    "FOLD_LOCK_KEY",
     "MAINTENANCE_LOCK_KEY",
     "MIGRATION_LOCK_KEY",
+    "REFRESH_LOCK_KEY",
     "SCHEMA_MIGRATIONS_DDL",
     "MaintenanceReport",
     "Migration",
@@ -71,7 +73,7 @@ logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = 0x6F72_6269_7473_0001  # "orbits" + 1, a fixed int64
 MAINTENANCE_LOCK_KEY = 0x6F72_6269_7473_0002
-FOLD_LOCK_KEY = 0x6F72_6269_7473_0003  # + a hash of the rollup: one fold at a time each
+REFRESH_LOCK_KEY = 0x6F72_6269_7473_0003  # + a hash of the rollup: one refresh at a time
 LAYOUT_VERSIONS: dict[Layout, str] = {
     "plain": "0002_layout_plain",
     "timescale": "0002_layout_timescale",
@@ -193,6 +195,11 @@ def plan_migrations(
             "plain PostgreSQL layout: daily partitions, incrementally updated rollups",
             (),
         )
+        add(
+            "0003_rollup_state",
+            "rollup watermarks and the buckets batches wrote to since the last refresh",
+            ddl.rollup_state_statements(),
+        )
     for ns in dict.fromkeys(t.namespace for t in tables if t.namespace):
         add(f"schema/{ns}", f"schema {ns}", [ddl.schema_statement(ns)])
     for table in tables:
@@ -246,9 +253,10 @@ def plan_migrations(
                     ddl.plain_rollup_statements(table, rollup),
                 )
                 add(
-                    f"rollup/{rkey}/delta",
-                    f"rollup deltas {ddl.rollup_delta_table(rollup)} and view {rkey} over both",
-                    ddl.plain_rollup_delta_statements(table, rollup),
+                    f"rollup/{rkey}/realtime",
+                    f"rollup watermark of {rkey} and its view: materialized buckets plus the "
+                    "raw rows after the watermark",
+                    ddl.plain_rollup_realtime_statements(table, rollup),
                 )
     return out
 
@@ -556,10 +564,13 @@ async def _maintain_plain(
     rollup_cutoff = now - dt.timedelta(days=settings.rollup_retention_days)
     for table in tables:
         for rollup in table.rollups:
-            for name in (ddl.rollup_table(rollup), ddl.rollup_delta_table(rollup)):
-                report.rollup_rows_deleted += await _delete_older(
-                    conn, ddl.rel(table.namespace, name), rollup.bucket_name, rollup_cutoff, report
-                )
+            report.rollup_rows_deleted += await _delete_older(
+                conn,
+                ddl.rel(table.namespace, ddl.rollup_table(rollup)),
+                rollup.bucket_name,
+                rollup_cutoff,
+                report,
+            )
 
 
 async def maintain(
@@ -663,7 +674,8 @@ def readable_relations(tables: Sequence[Table], layout: Layout) -> list[str]:
             names.append(ddl.rel(table.namespace, rollup.name))
             if layout == "plain":
                 names.append(ddl.rel(table.namespace, ddl.rollup_table(rollup)))
-                names.append(ddl.rel(table.namespace, ddl.rollup_delta_table(rollup)))
+    if layout == "plain" and any(t.rollups for t in tables):
+        names.append(ddl.quote_ident(ddl.ROLLUP_STATE))
     names.append(ddl.quote_ident(ddl.DEAD_LETTERS))
     return list(dict.fromkeys(names))
 

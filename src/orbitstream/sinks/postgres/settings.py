@@ -43,8 +43,8 @@ class PostgresSettings:
         it; ``off`` always uses native partitioning.
     :param ledger_retention_days: how long batch ids are remembered for deduplication.
     :param connect_timeout_secs: connecting, and waiting for a free pooled connection.
-    :param rollup_fold_secs: plain layout: how often ``<rollup>_delta`` is folded into
-        ``<rollup>_agg``.
+    :param rollup_refresh_secs: plain layout: how often the rollups' materialized buckets
+        are brought up to date (the rollup view reads the newer buckets from the raw rows).
     :param query_timeout_secs: ``statement_timeout`` of read-only queries.
     :param maintenance_lock_timeout_secs: ``lock_timeout`` when creating or dropping a
         partition (it briefly locks the parent table).
@@ -64,7 +64,7 @@ class PostgresSettings:
     connect_timeout_secs: float = 10.0
     query_timeout_secs: float = 30.0
     maintenance_lock_timeout_secs: float = 5.0
-    rollup_fold_secs: float = 1.0
+    rollup_refresh_secs: float = 5.0
     application_name: str = "orbitstream"
     query_role: str = "orbitstream_reader"
     query_dsn: str | None = field(default=None, repr=False)

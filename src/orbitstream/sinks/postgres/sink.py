@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+import numpy as np
+import pyarrow as pa
 
 from orbitstream.core.batch import Batch, DeadLetter
 from orbitstream.core.protocols import Dialect, SinkBase
@@ -41,11 +43,10 @@ from orbitstream.sinks.postgres.ddl import Layout
 from orbitstream.sinks.postgres.encoding import (
     CopyEncoder,
     EncodeError,
-    aggregate_rollup,
     encoder_for,
 )
 from orbitstream.sinks.postgres.migrations import (
-    FOLD_LOCK_KEY,
+    REFRESH_LOCK_KEY,
     MaintenanceReport,
     ensure_reader,
     maintain,
@@ -60,11 +61,7 @@ try:
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
-    from orbitstream.sinks.postgres.arrow_copy import (
-        ArrowCopyEncoder,
-        RollupDeltaEncoder,
-        rollup_arrays,
-    )
+    from orbitstream.sinks.postgres.arrow_copy import ArrowCopyEncoder
 except ImportError as _exc:  # pragma: no cover - depends on the install
     raise ConfigError(
         "DATABASE_URL selects PostgreSQL, which needs the postgres extra: "
@@ -105,6 +102,15 @@ _LEDGER_INSERT = (
     f"INSERT INTO {ddl.quote_ident(ddl.LEDGER)} (batch_id, table_name, rows) "
     "VALUES (%s, %s, %s) ON CONFLICT (batch_id) DO NOTHING RETURNING 1"
 )
+# The same, and the rollup buckets the batch writes to (only when the ledger row is new),
+# in one round trip: (batch_id, table, rows, rollup keys[], bucket starts[] in epoch s).
+_LEDGER_INSERT_PENDING = (
+    f"WITH l AS ({_LEDGER_INSERT}), "
+    f"p AS (INSERT INTO {ddl.quote_ident(ddl.ROLLUP_PENDING)} (rollup, bucket) "
+    "SELECT u.r, to_timestamp(u.b) FROM unnest(%s::text[], %s::bigint[]) AS u(r, b) "
+    "WHERE EXISTS (SELECT 1 FROM l)) SELECT 1 FROM l"
+)
+ROLLUP_GRACE_SECS = 60  # a bucket is materialized once it ended this long ago
 _DEAD_LETTER_INSERT = (
     f"INSERT INTO {ddl.quote_ident(ddl.DEAD_LETTERS)} "
     "(time, pipeline, table_name, batch_id, row, error) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -192,7 +198,7 @@ class _TablePlan:
     encoder: CopyEncoder  # tuple rows
     arrow_encoder: ArrowCopyEncoder  # columnar batches (pgpq)
     copy_sql: str
-    rollups: tuple[tuple[Rollup, str, RollupDeltaEncoder], ...]
+    rollups: tuple[tuple[Rollup, str], ...]  # plain layout: (rollup, its key)
 
     def pieces(self, batch: Batch) -> Iterator[bytes]:
         """The batch's binary COPY stream in pieces, encoded from the form it has."""
@@ -205,22 +211,32 @@ class _TablePlan:
             return self.arrow_encoder.bad_rows(batch.data)
         return self.encoder.bad_rows(batch.rows)
 
-    def rollup_deltas(self, batch: Batch) -> list[tuple[str, bytes]] | Exception:
-        """Per rollup its ``COPY`` into ``<rollup>_delta`` and the batch's partial
-        aggregates; an exception when the rows cannot be aggregated (PostgreSQL will most
-        likely refuse them too)."""
+    def buckets(self, batch: Batch) -> tuple[list[str], list[int]]:
+        """The rollup buckets the batch writes to, as parallel lists (rollup key, bucket
+        start in epoch seconds) for ``orbitstream_rollup_pending``. Empty when a time value
+        is not an integer: the COPY then refuses the batch and names the row."""
+        keys: list[str] = []
+        starts: list[int] = []
+        if not self.rollups:
+            return keys, starts
+        index = self.table.index(self.table.time_column)
         try:
             if batch.columnar:
-                return [
-                    (sql, enc.encode(rollup_arrays(self.table, r, batch.data)))
-                    for r, sql, enc in self.rollups
-                ]
-            return [
-                (sql, enc.encode(aggregate_rollup(self.table, r, batch.rows)))
-                for r, sql, enc in self.rollups
-            ]
-        except Exception as exc:
-            return exc
+                ns = batch.data.column(index).cast(pa.int64()).to_numpy(zero_copy_only=False)
+                times: Any = ns
+            else:
+                times = [row[index] for row in batch.rows]
+            for rollup, key in self.rollups:
+                width = rollup.bucket_secs * 1_000_000_000
+                if batch.columnar:
+                    found = (np.unique(times // width) * rollup.bucket_secs).tolist()
+                else:
+                    found = sorted({int(t) // width * rollup.bucket_secs for t in times})
+                keys += [key] * len(found)
+                starts += found
+        except (TypeError, ValueError, OverflowError, pa.ArrowException):
+            return [], []
+        return keys, starts
 
 
 class PostgresSink(SinkBase):
@@ -245,8 +261,9 @@ class PostgresSink(SinkBase):
         self._pool: AsyncConnectionPool[Any] | None = None
         self._plans: dict[str, _TablePlan] = {}
         self._tables: tuple[Table, ...] = ()
-        self._folds: list[tuple[str, str]] = []  # (rollup, fold statement)
-        self._folder: asyncio.Task[None] | None = None
+        # plain layout: (rollup, its key, (delete, insert) of a bucket range)
+        self._refreshes: list[tuple[Rollup, str, tuple[str, str]]] = []
+        self._refresher: asyncio.Task[None] | None = None
         self._read_pool: AsyncConnectionPool[Any] | None = None
         self._reader_dsn: str | None = None
         self._reader_problem: str | None = None
@@ -296,15 +313,17 @@ class PostgresSink(SinkBase):
         access = await ensure_reader(self.pool, tables, s, result.layout)
         self._reader_dsn, self._reader_problem = access.dsn, access.problem
         self._plans = {t.qualified_name: self._plan(t) for t in tables}
-        self._folds = [
-            (ddl.relkey(t.namespace, r.name), ddl.rollup_fold_sql(t, r))
+        self._refreshes = [
+            (r, ddl.rollup_key(t, r), ddl.rollup_materialize_sql(t, r))
             for t in tables
             for r in t.rollups
             if self.layout == "plain"
         ]
         await self.maintain()
-        if self._folds and self._folder is None:
-            self._folder = asyncio.create_task(self._fold_loop(), name="postgres:rollup-fold")
+        if self._refreshes and self._refresher is None:
+            self._refresher = asyncio.create_task(
+                self._refresh_loop(), name="postgres:rollup-refresh"
+            )
         logger.info(
             "PostgreSQL sink started.",
             extra={
@@ -318,12 +337,9 @@ class PostgresSink(SinkBase):
         )
 
     def _plan(self, table: Table) -> _TablePlan:
-        rollups: tuple[tuple[Rollup, str, RollupDeltaEncoder], ...] = ()
+        rollups: tuple[tuple[Rollup, str], ...] = ()
         if self.layout == "plain":
-            rollups = tuple(
-                (r, ddl.rollup_delta_copy_sql(table, r), RollupDeltaEncoder(table, r))
-                for r in table.rollups
-            )
+            rollups = tuple((r, ddl.rollup_key(table, r)) for r in table.rollups)
         return _TablePlan(
             table, encoder_for(table), ArrowCopyEncoder(table), ddl.copy_sql(table), rollups
         )
@@ -340,44 +356,88 @@ class PostgresSink(SinkBase):
             )
             return None
 
-    async def fold_rollups(self) -> int:
-        """Fold every rollup's partial aggregates into its state table now (one statement
-        per rollup, skipped when another worker is folding it); returns the delta rows
-        folded. Never raises: a failure is logged and the rows wait for the next fold
-        (the rollup view counts them meanwhile)."""
-        folded = 0
-        for key, sql in self._folds:
+    async def refresh_rollups(self) -> int:
+        """Materialize the plain layout's rollups now: move each watermark up to the bucket
+        that began ``ROLLUP_GRACE_SECS`` ago (at most 12 buckets per call), aggregating the
+        raw rows of the buckets it passes, and re-aggregate the buckets before it that
+        batches wrote to since the last refresh (late rows). One refresh per rollup at a
+        time across workers (others skip). Never raises: a failure is logged and the work
+        waits for the next call (the view reads the raw rows after the watermark anyway).
+
+        :returns: the bucket ranges re-aggregated.
+        """
+        done = 0
+        for rollup, key, (delete_sql, insert_sql) in self._refreshes:
             try:
-                async with self.pool.connection() as conn, conn.transaction():
-                    cur = await conn.execute(
-                        "SELECT pg_try_advisory_xact_lock(%s)",
-                        (FOLD_LOCK_KEY + zlib.crc32(key.encode()),),
-                    )
-                    row = await cur.fetchone()
-                    if row is None or not row[0]:
-                        continue
-                    cur = await conn.execute(sql)
-                    folded += max(0, cur.rowcount)
+                done += await self._refresh_one(rollup, key, delete_sql, insert_sql)
             except (psycopg.Error, OSError, SinkRetryableError) as exc:
                 logger.warning(
-                    "Rollup fold failed; retrying later.",
+                    "Rollup refresh failed; retrying later.",
                     extra={"component": self.name, "rollup": key, "error": _message(exc)},
                 )
-        return folded
+        return done
 
-    async def _fold_loop(self) -> None:
+    async def _refresh_one(self, rollup: Rollup, key: str, delete_sql: str, insert_sql: str) -> int:
+        width = dt.timedelta(seconds=rollup.bucket_secs)
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_xact_lock(%s)",
+                (REFRESH_LOCK_KEY + zlib.crc32(key.encode()),),
+            )
+            got = await cur.fetchone()
+            if got is None or not got[0]:
+                return 0  # another worker is refreshing it
+            cur = await conn.execute(
+                f"SELECT materialized_until, date_bin(%s::interval, now() - %s::interval, "
+                f"TIMESTAMPTZ 'epoch') FROM {ddl.quote_ident(ddl.ROLLUP_STATE)} "
+                "WHERE rollup = %s FOR UPDATE",
+                (width, dt.timedelta(seconds=ROLLUP_GRACE_SECS), key),
+            )
+            row = await cur.fetchone()
+            if row is None:  # the row was removed by hand: start again from now
+                await conn.execute(
+                    f"INSERT INTO {ddl.quote_ident(ddl.ROLLUP_STATE)} (rollup, "
+                    "materialized_until) VALUES (%s, date_bin(%s::interval, now(), "
+                    "TIMESTAMPTZ 'epoch')) ON CONFLICT (rollup) DO NOTHING",
+                    (key, width),
+                )
+                return 0
+            old, target = row
+            new = min(max(old, target), old + 12 * width)
+            cur = await conn.execute(
+                f"DELETE FROM {ddl.quote_ident(ddl.ROLLUP_PENDING)} WHERE rollup = %s "
+                "RETURNING bucket",
+                (key,),
+            )
+            # buckets at or after the new watermark are read from the raw rows, and will be
+            # materialized when the watermark passes them
+            ranges = [(b, b + width) for (b,) in await cur.fetchall() if b < new]
+            if new > old:
+                ranges.append((old, new))
+            merged = _merge_ranges(ranges)
+            for lo, hi in merged:
+                await conn.execute(delete_sql, {"lo": lo, "hi": hi})
+                await conn.execute(insert_sql, {"lo": lo, "hi": hi})
+            await conn.execute(
+                f"UPDATE {ddl.quote_ident(ddl.ROLLUP_STATE)} SET materialized_until = %s, "
+                "refreshed_at = now() WHERE rollup = %s",
+                (new, key),
+            )
+        return len(merged)
+
+    async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.rollup_fold_secs)
-            await self.fold_rollups()
+            await asyncio.sleep(self.settings.rollup_refresh_secs)
+            await self.refresh_rollups()
 
     async def close(self) -> None:
-        if self._folder is not None:
-            folder, self._folder = self._folder, None
-            folder.cancel()
+        if self._refresher is not None:
+            refresher, self._refresher = self._refresher, None
+            refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await folder
+                await refresher
             if self._pool is not None:
-                await self.fold_rollups()
+                await self.refresh_rollups()
         if self._read_pool is not None:
             readers, self._read_pool = self._read_pool, None
             await readers.close()
@@ -417,7 +477,16 @@ class PostgresSink(SinkBase):
         nbytes = 0
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                cur = await conn.execute(_LEDGER_INSERT, (batch.batch_id, table.name, batch.size))
+                if plan.rollups:
+                    keys, starts = plan.buckets(batch)
+                    cur = await conn.execute(
+                        _LEDGER_INSERT_PENDING,
+                        (batch.batch_id, table.name, batch.size, keys, starts),
+                    )
+                else:
+                    cur = await conn.execute(
+                        _LEDGER_INSERT, (batch.batch_id, table.name, batch.size)
+                    )
                 if await cur.fetchone() is None:
                     duplicate = True
                 else:
@@ -427,21 +496,7 @@ class PostgresSink(SinkBase):
                         for piece in plan.pieces(batch):
                             nbytes += len(piece)
                             await copy.write(piece)
-                        # PostgreSQL is still inserting the tail of the stream: aggregate
-                        # the rollups meanwhile (a failure here waits for the COPY's
-                        # verdict, which names the bad value better).
-                        deltas = plan.rollup_deltas(batch)
-                    if isinstance(deltas, Exception):
-                        raise PostgresRejectedError(
-                            f"rollup aggregation failed: {deltas}",
-                            sink=self.name,
-                            table=table.name,
-                            batch_id=batch.batch_id,
-                        ) from deltas
-                    # appended, not merged: no row lock, no conflict; folded later
-                    for sql, payload in deltas:
-                        async with conn.cursor() as delta_cur, delta_cur.copy(sql) as copy:
-                            await copy.write(payload)
+
         except EncodeError as exc:
             raise PostgresRejectedError(
                 str(exc),
@@ -642,3 +697,14 @@ class PostgresSink(SinkBase):
 def _dumps(value: object) -> str:
     # Rows may hold what JSON cannot: NaN/inf become null, unknown types their str().
     return msgspec.json.encode(value, enc_hook=str).decode()
+
+
+def _merge_ranges(ranges: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Sorted, overlapping or touching ``[lo, hi)`` ranges joined."""
+    out: list[tuple[Any, Any]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out

@@ -1,0 +1,164 @@
+"""The stores' own insert rate for the rows ``bench/ingest.py`` sends: the baselines of its
+"committed to chDB" and "committed to PostgreSQL" steps.
+
+The rows are those of the wrk batch body (``bench/wrk_ingest.lua``: 1000 points, satellites
+``SAT-0001`` … ``SAT-1000``), mapped once by the satellites pipeline and encoded once
+(Arrow IPC for chDB, binary COPY for PostgreSQL); the loop then only inserts, for
+``--seconds``, into tables created by OrbitStream's own DDL (the same layout the service
+writes)::
+
+    .venv/bin/python bench/store_ceiling.py chdb --seconds 10
+    .venv/bin/python bench/store_ceiling.py postgres --seconds 10 --connections 4
+
+chDB: ``send_insert(... FORMAT ArrowStream)`` on one connection (the service's writer has
+one too), with the service's insert settings (a dedup token per insert) and without.
+PostgreSQL: ``COPY telemetry FROM STDIN (FORMAT BINARY)`` + ``COMMIT`` per batch on
+``--connections`` connections at once (the service's sink commits up to 4 batches at once),
+into a fresh database. Prints one line ``STORE_RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+
+
+def wrk_body(n: int = 1000) -> bytes:
+    """The JSON array ``bench/wrk_ingest.lua`` posts in batch mode."""
+    points = [
+        f'{{"satellite_id":"SAT-{i % 1000:04d}","battery_charge_percent":{50 + (i % 50):.1f},'
+        '"storage_usage_mb":45000.0,"signal_strength_dbm":-55.0}'
+        for i in range(1, n + 1)
+    ]
+    return ("[" + ",".join(points) + "]").encode()
+
+
+def mapped(n: int) -> Any:
+    """The wrk body's telemetry rows as one record batch (the service's own mapping)."""
+    from orbitstream.pipelines.satellites import SatelliteMapper, threshold_rules
+    from orbitstream.pipelines.satellites_columnar import decode_columns, map_columns
+
+    cols = decode_columns(wrk_body(n))
+    assert cols is not None
+    return map_columns(SatelliteMapper(threshold_rules()), cols, time.time_ns()).telemetry
+
+
+def bench_chdb(seconds: float, rows: int) -> dict[str, Any]:
+    from orbitstream.core.columns import ipc_stream
+    from orbitstream.pipelines.satellites import tables
+    from orbitstream.sinks.chdb import ChdbSink
+
+    tmp = Path(tempfile.mkdtemp(prefix="store-ceiling-chdb-"))
+    sink = ChdbSink(tmp)
+    out: dict[str, Any] = {"store": "chdb", "rows_per_insert": rows}
+    try:
+        telemetry, alerts = tables(30)
+        asyncio.run(sink.start([telemetry, alerts]))
+        data = ipc_stream(mapped(rows))
+        conn = sink._writer.conn
+        assert conn is not None
+        seq = iter(range(10**12))
+
+        def insert(settings: str) -> None:
+            ins = conn.send_insert(f"INSERT INTO {telemetry.name} {settings}", "ArrowStream")
+            ins.append(data)
+            ins.finish()
+
+        variants: dict[str, Callable[[], None]] = {
+            "with_dedup_token": lambda: insert(sink.dialect.insert_settings(f"sc-{next(seq)}")),
+            "no_settings": lambda: insert(""),
+        }
+        for name, fn in variants.items():
+            fn()  # warm
+            n = 0
+            started = time.perf_counter()
+            deadline = started + seconds / len(variants)
+            while time.perf_counter() < deadline:
+                sink._writer.call(fn)
+                n += 1
+            elapsed = time.perf_counter() - started
+            out[name] = n * rows / elapsed
+            out[f"{name}_inserts"] = n
+        out["rows_per_s"] = max(out["with_dedup_token"], out["no_settings"])
+    finally:
+        sink.close_sync()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+async def _bench_postgres(dsn: str, seconds: float, rows: int, connections: int) -> dict[str, Any]:
+    import psycopg
+
+    from orbitstream.pipelines.satellites import tables
+    from orbitstream.sinks.postgres import ddl
+    from orbitstream.sinks.postgres.arrow_copy import ArrowCopyEncoder
+    from orbitstream.sinks.postgres.settings import PostgresSettings
+    from orbitstream.sinks.postgres.sink import PostgresSink
+
+    name = f"store_ceiling_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+        await admin.execute(f"CREATE DATABASE {name}")
+    db = dsn.rsplit("/", 1)[0] + "/" + name
+    out: dict[str, Any] = {"store": "postgres", "rows_per_insert": rows, "connections": connections}
+    try:
+        telemetry, alerts = tables(30)
+        sink = PostgresSink(PostgresSettings(dsn=db, max_connections=4))
+        await sink.start([telemetry, alerts])  # the service's layout
+        out["layout"] = sink.layout
+        await sink.close()
+        payload = ArrowCopyEncoder(telemetry).encode(mapped(rows))
+        sql = ddl.copy_sql(telemetry)
+        counts = [0] * connections
+
+        async def worker(i: int, deadline: float) -> None:
+            async with await psycopg.AsyncConnection.connect(db) as conn:
+                while time.perf_counter() < deadline:
+                    async with conn.cursor() as cur, cur.copy(sql) as copy:
+                        await copy.write(payload)
+                    await conn.commit()
+                    counts[i] += 1
+
+        await worker(0, time.perf_counter() + 0.5)  # warm
+        counts[0] = 0
+        started = time.perf_counter()
+        deadline = started + seconds
+        await asyncio.gather(*(worker(i, deadline) for i in range(connections)))
+        elapsed = time.perf_counter() - started
+        out["inserts"] = sum(counts)
+        out["rows_per_s"] = sum(counts) * rows / elapsed
+    finally:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("store", choices=["chdb", "postgres"])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rows", type=int, default=1000, help="rows per insert (default 1000)")
+    ap.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--connections", type=int, default=4)
+    args = ap.parse_args(argv)
+    if args.store == "chdb":
+        result = bench_chdb(args.seconds, args.rows)
+    else:
+        result = asyncio.run(_bench_postgres(args.dsn, args.seconds, args.rows, args.connections))
+    print("STORE_RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(BENCH.parent / "src"))
+    sys.exit(main())
