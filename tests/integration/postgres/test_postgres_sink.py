@@ -263,7 +263,6 @@ async def test_rollup_view_equals_group_by_over_raw_rows(
         await pg_sink.write(b)
     await pg_sink.write(Batch(TEL, list(batches[1].rows), "r-2"))  # replayed: no double count
     await pg_sink.write(Batch(TEL, sat_rows(300, start, seed=4, step_ns=step), "r-4"))
-    await pg_sink.refresh_rollups()  # the rows are late (before the watermark)
     view = await fetch(pg_settings.dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2")
     raw = await fetch(
         pg_settings.dsn,
@@ -301,13 +300,13 @@ async def _view(dsn: str) -> list[tuple[Any, ...]]:
     return await fetch(dsn, "SELECT * FROM satellite_stats ORDER BY 1, 2")
 
 
-async def test_rollup_is_exact_live_and_after_refresh_for_late_rows(
+async def test_rollup_view_is_exact_before_and_after_refreshes(
     pg_settings: PostgresSettings,
 ) -> None:
-    """Rows after the watermark are aggregated when read (exact at once); late rows (before
-    it) and the buckets the watermark passes are materialized by a refresh — two workers
-    refreshing at once, replays and columnar batches included — and the view stays equal
-    to a GROUP BY over the raw rows."""
+    """Rows after the watermark and late rows (before it, not yet refreshed) are aggregated
+    when read; a refresh materializes the late buckets and those the watermark passes —
+    two workers refreshing at once, replays and columnar batches included — and the view
+    equals a GROUP BY over the raw rows before, between and after refreshes."""
     dsn = pg_settings.dsn
     manual = dataclasses.replace(pg_settings, rollup_refresh_secs=3600.0)
     a, b = PostgresSink(manual), PostgresSink(manual)
@@ -326,6 +325,7 @@ async def test_rollup_is_exact_live_and_after_refresh_for_late_rows(
         columnar = record_batch(TEL, sat_rows(900, late, seed=4, step_ns=step))
         await b.write(Batch(TEL, columnar, "late-2"))
         assert await count(dsn, "orbitstream_rollup_pending") > 0
+        assert_same_stats(await _view(dsn), await fetch(dsn, RAW_STATS))  # exact already
         ranges = await asyncio.gather(a.refresh_rollups(), b.refresh_rollups())
         assert sum(ranges) >= 1  # one of them did the work (the other may have skipped)
         assert await count(dsn, "orbitstream_rollup_pending") == 0
@@ -336,6 +336,7 @@ async def test_rollup_is_exact_live_and_after_refresh_for_late_rows(
         # a replay changes nothing; more late rows into materialized buckets do, once
         await a.write(Batch(TEL, sat_rows(1_500, late, seed=3, step_ns=step), "late-1"))
         await a.write(Batch(TEL, sat_rows(400, late, seed=5, step_ns=step), "late-3"))
+        assert_same_stats(await _view(dsn), await fetch(dsn, RAW_STATS))
         await asyncio.gather(*(s.refresh_rollups() for s in (a, b, a, b)))
         assert_same_stats(await _view(dsn), await fetch(dsn, RAW_STATS))
         # the watermark moves: pretend it is 40 minutes behind, as after a long stop

@@ -158,21 +158,32 @@ def test_plain_rollup_mirrors_clickhouse_layout() -> None:
     assert '"s_data_points" bigint NOT NULL' in table_sql
     assert '"s_anomaly_points" bigint NOT NULL' in table_sql
     assert 'PRIMARY KEY ("bucket", "satellite_id")' in table_sql
-    assert view_sql.startswith('CREATE OR REPLACE VIEW "satellite_stats" AS SELECT "bucket", ')
-    watermark = (
-        "(SELECT materialized_until FROM \"orbitstream_rollups\" WHERE rollup = 'satellite_stats')"
+    assert view_sql.startswith(
+        'CREATE OR REPLACE VIEW "satellite_stats" AS WITH wm AS (SELECT materialized_until AS t '
+        "FROM \"orbitstream_rollups\" WHERE rollup = 'satellite_stats'), late AS (SELECT "
+        "DISTINCT bucket FROM \"orbitstream_rollup_pending\" WHERE rollup = 'satellite_stats' "
+        'AND bucket < (SELECT t FROM wm)) SELECT "bucket", '
     )
-    # materialized buckets before the watermark, the raw rows after it
-    assert f'FROM "satellite_stats_agg" WHERE "bucket" < {watermark} UNION ALL' in view_sql
-    assert f'FROM "telemetry" WHERE "time" >= {watermark} GROUP BY 1, 2' in view_sql
+    # materialized buckets before the watermark but not the late ones, the raw rows after
+    # the watermark, and the raw rows of the late buckets
+    assert (
+        'FROM "satellite_stats_agg" WHERE "bucket" < (SELECT t FROM wm) AND "bucket" NOT IN '
+        "(SELECT bucket FROM late) UNION ALL"
+    ) in view_sql
+    assert 'FROM "telemetry" WHERE "time" >= (SELECT t FROM wm) GROUP BY 1, 2' in view_sql
+    assert view_sql.endswith(
+        'FROM "telemetry" JOIN late ON "time" >= late.bucket AND "time" < late.bucket + '
+        "interval '300 seconds' GROUP BY 1, 2"
+    )
     assert (
         "date_bin(interval '300 seconds', \"time\", TIMESTAMPTZ '1970-01-01 00:00:00+00') "
         'AS "bucket"'
     ) in view_sql
     assert 'count(*) FILTER (WHERE "is_anomaly") AS "anomaly_points"' in view_sql
-    first, second = view_sql.split(" UNION ALL ")
-    names = re.findall(r'AS "(\w+)"', first)
-    assert re.findall(r'AS "(\w+)"', second) == ["bucket", *names]  # same columns, same order
+    first, second, third = view_sql.split(" UNION ALL ")
+    names = re.findall(r'AS "(\w+)"', first.split(" SELECT ", 2)[-1])
+    for part in (second, third):  # same columns, same order
+        assert re.findall(r'AS "(\w+)"', part) == ["bucket", *names]
     assert ["bucket", "satellite_id", *names] == [
         "bucket",
         "satellite_id",

@@ -355,16 +355,18 @@ def rollup_state_statements() -> list[str]:
 
 def plain_rollup_realtime_statements(table: Table, rollup: Rollup) -> list[str]:
     """The watermark row (starting at the current bucket: the state table's rows before it
-    stay as they are) and the view: materialized buckets from ``<rollup>_agg``, the rest
-    aggregated from the raw rows, so it is exact for every bucket not written to by late
-    rows since the last refresh (TimescaleDB's real-time aggregates work the same way)."""
+    stay as they are) and the view, exact at every moment: materialized buckets from
+    ``<rollup>_agg`` before the watermark, except those batches wrote to since the last
+    refresh (``orbitstream_rollup_pending``), which are aggregated from the raw rows like
+    everything after the watermark (TimescaleDB's real-time aggregates, plus the late rows).
+    One statement sees one snapshot, and a batch commits its rows and its pending buckets
+    together, as a refresh commits its materialized buckets and the deleted pending rows:
+    every bucket is counted once, from one side."""
     agg = rel(table.namespace, rollup_table(rollup))
     bucket = quote_ident(rollup.bucket_name)
     keys = [quote_ident(k) for k in rollup.group_by]
-    watermark = (
-        f"(SELECT materialized_until FROM {quote_ident(ROLLUP_STATE)} "
-        f"WHERE rollup = {quote_literal(rollup_key(table, rollup))})"
-    )
+    key = quote_literal(rollup_key(table, rollup))
+    time_col = quote_ident(table.time_column)
     stored = [bucket, *keys]
     live = [f"{_bucket_expr(rollup, table.time_column)} AS {bucket}", *keys]
     count = _state(rollup.count_name)
@@ -386,17 +388,26 @@ def plain_rollup_realtime_statements(table: Table, rollup: Rollup) -> list[str]:
         stored.append(f"{_state(out)} AS {quote_ident(out)}")
         live.append(f"count(*) FILTER (WHERE {quote_ident(col)}) AS {quote_ident(out)}")
     groups = ", ".join(str(i + 1) for i in range(1 + len(keys)))
+    width = f"interval '{int(rollup.bucket_secs)} seconds'"
     return [
         f"DROP TABLE IF EXISTS {rel(table.namespace, rollup_delta_table(rollup))}",
         f"INSERT INTO {quote_ident(ROLLUP_STATE)} (rollup, materialized_until) VALUES "
-        f"({quote_literal(rollup_key(table, rollup))}, "
-        f"date_bin(interval '{int(rollup.bucket_secs)} seconds', now(), "
-        "TIMESTAMPTZ '1970-01-01 00:00:00+00')) ON CONFLICT (rollup) DO NOTHING",
+        f"({key}, date_bin({width}, now(), TIMESTAMPTZ '1970-01-01 00:00:00+00')) "
+        "ON CONFLICT (rollup) DO NOTHING",
         f"CREATE OR REPLACE VIEW {rel(table.namespace, rollup.name)} AS\n"
-        f"SELECT {', '.join(stored)}\nFROM {agg}\nWHERE {bucket} < {watermark}\n"
+        f"WITH wm AS (SELECT materialized_until AS t FROM {quote_ident(ROLLUP_STATE)} "
+        f"WHERE rollup = {key}),\n"
+        f"late AS (SELECT DISTINCT bucket FROM {quote_ident(ROLLUP_PENDING)} "
+        f"WHERE rollup = {key} AND bucket < (SELECT t FROM wm))\n"
+        f"SELECT {', '.join(stored)}\nFROM {agg}\n"
+        f"WHERE {bucket} < (SELECT t FROM wm) AND {bucket} NOT IN (SELECT bucket FROM late)\n"
         f"UNION ALL\n"
         f"SELECT {', '.join(live)}\nFROM {qname(table)}\n"
-        f"WHERE {quote_ident(table.time_column)} >= {watermark}\nGROUP BY {groups}",
+        f"WHERE {time_col} >= (SELECT t FROM wm)\nGROUP BY {groups}\n"
+        f"UNION ALL\n"
+        f"SELECT {', '.join(live)}\nFROM {qname(table)} JOIN late "
+        f"ON {time_col} >= late.bucket AND {time_col} < late.bucket + {width}\n"
+        f"GROUP BY {groups}",
     ]
 
 
