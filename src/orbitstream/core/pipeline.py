@@ -103,6 +103,8 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._seq = itertools.count(1)
         self.task: asyncio.Task[None] | None = None
+        self._last_write = -1e9  # monotonic time the previous write began (see _pace)
+        self._stopping = False
 
     @property
     def size(self) -> int:
@@ -194,8 +196,20 @@ class Batcher:
         await asyncio.gather(*(self._work() for _ in range(self.lane.concurrency)))
 
     def stop(self) -> None:
+        self._stopping = True
         for _ in range(self.lane.concurrency):
             self.queue.put_nowait(None)
+
+    async def _pace(self, batch: Batch, limit: int) -> None:
+        """For a sink with a minimum write interval: when batches come faster than that,
+        wait until the interval since the previous write has passed, so the batches cut
+        meanwhile are merged into this write (never for keyed batches, nor when nothing
+        could be merged, nor at shutdown)."""
+        due = self._last_write + self.lane.min_write_interval
+        now = time.monotonic()
+        if due > now and not (batch.keyed or batch.size >= limit or self._stopping):
+            await asyncio.sleep(due - now)
+        self._last_write = time.monotonic()
 
     async def _work(self) -> None:
         stop = False
@@ -207,6 +221,7 @@ class Batcher:
             # (a store pays a fixed cost per insert). The merged batch keeps one id for
             # its retries, so dedup still holds.
             limit = max(self.lane.limits.batch_size, self.lane.limits.max_merge_rows)
+            await self._pace(batch, limit)
             follow: Batch | None = None
             while not batch.keyed and not self.queue.empty() and batch.size < limit:
                 nxt = self.queue.get_nowait()
@@ -245,6 +260,7 @@ class SinkLane:
         # Concurrent writes per table: a server store (PostgreSQL) can commit on several
         # connections at once; the embedded store serializes on one thread anyway.
         self.concurrency = max(1, int(getattr(sink, "max_concurrent_writes", 1)))
+        self.min_write_interval = float(getattr(sink, "min_write_interval_secs", 0.0))
         self.batchers = {t.name: Batcher(self, t) for t in tables}
         self.rows = 0  # buffered + in flight
         self.bytes = 0

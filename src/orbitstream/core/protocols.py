@@ -45,12 +45,16 @@ class Sink(Protocol):
     ``batch_id`` twice must store it once.
 
     :attr max_concurrent_writes: batches of one table the runtime may write at once.
+    :attr min_write_interval_secs: when batches come faster than this, the runtime waits
+        until this long after the previous write began and writes the batches cut meanwhile
+        as one (for stores that pay a large fixed cost per insert: ClickHouse parts).
     :attr time_range_ns: the timestamps the sink can hold (epoch ns, inclusive); the
         runtime refuses others at the door.
     """
 
     name: str
     max_concurrent_writes: int
+    min_write_interval_secs: float
     time_range_ns: tuple[int, int]
 
     async def start(self, tables: Sequence[Table]) -> None:
@@ -101,6 +105,7 @@ class SinkBase:
     nanosecond timestamp, no upkeep."""
 
     max_concurrent_writes: int = 1
+    min_write_interval_secs: float = 0.0
     time_range_ns: tuple[int, int] = INT64_NS_RANGE
 
     async def maintain(self) -> object:

@@ -440,3 +440,47 @@ async def test_spilled_rows_are_reported_to_their_acks(tmp_path: Path) -> None:
     p.submit({"t": rows(7)}, ack)
     await p.close(timeout_secs=0.2)
     assert ack.done and not ack.committed and ack.spilled == {"memory": 7}
+
+
+async def test_a_sink_with_a_minimum_write_interval_gets_fewer_larger_writes(
+    tmp_path: Path,
+) -> None:
+    """Batches cut faster than the sink's interval are merged into the next write (their
+    rows, acks and count intact); batches that cannot merge are never held back."""
+    sink = MemorySink()
+    sink.min_write_interval_secs = 0.3
+    p = make(tmp_path, sink, batch_size=10, linger=60)
+    await p.start()
+    acks = [Ack() for _ in range(6)]
+    for i, ack in enumerate(acks):
+        p.submit({"t": rows(10, i * 10)}, ack)
+        await asyncio.sleep(0.02)  # cut one by one, each while the sink is idle
+    await asyncio.wait_for(asyncio.gather(*(a.wait() for a in acks)), 5)
+    assert len(sink.rows("t")) == 60 and all(a.committed for a in acks)
+    assert sink.writes == 2  # the first at once, the five cut within its interval together
+    await p.close()
+
+
+async def test_the_write_interval_does_not_hold_batches_that_cannot_merge(
+    tmp_path: Path,
+) -> None:
+    sink = MemorySink()
+    sink.min_write_interval_secs = 5.0  # would be noticed
+    p = Pipeline(
+        "p",
+        [T, U],
+        [sink],
+        limits=PipelineLimits(batch_size=10, linger_secs=60, max_merge_rows=10),
+        retry=RetryPolicy(base_secs=0.01, max_secs=0.05),
+        metrics=Metrics(),
+        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
+    )
+    await p.start()
+    acks = [Ack() for _ in range(3)]
+    for i, ack in enumerate(acks):
+        p.submit({"t": rows(10, i * 10)}, ack)  # full batches, merging is off
+    keyed = Ack()
+    p.submit_keyed({"t": rows(4, 100)}, "k-1", keyed)  # keyed: never merged, never held
+    await asyncio.wait_for(asyncio.gather(*(a.wait() for a in [*acks, keyed])), 2)
+    assert sink.writes == 4 and len(sink.rows("t")) == 34
+    await p.close()

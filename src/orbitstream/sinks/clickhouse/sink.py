@@ -81,6 +81,8 @@ class ClickHouseSink(SinkBase):
     """
 
     name = "clickhouse"
+    # an insert is a part (or two, with the rollup's view): ~10 ms of fixed cost
+    min_write_interval_secs = 0.1
     query_dialect: Dialect = "clickhouse"
 
     def __init__(

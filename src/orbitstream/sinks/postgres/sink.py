@@ -110,6 +110,7 @@ _LEDGER_INSERT_PENDING = (
     "SELECT u.r, to_timestamp(u.b) FROM unnest(%s::text[], %s::bigint[]) AS u(r, b) "
     "WHERE EXISTS (SELECT 1 FROM l)) SELECT 1 FROM l"
 )
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 ROLLUP_GRACE_SECS = 60  # a bucket is materialized once it ended this long ago
 _DEAD_LETTER_INSERT = (
     f"INSERT INTO {ddl.quote_ident(ddl.DEAD_LETTERS)} "
@@ -214,7 +215,8 @@ class _TablePlan:
     def buckets(self, batch: Batch) -> tuple[list[str], list[int]]:
         """The rollup buckets the batch writes to, as parallel lists (rollup key, bucket
         start in epoch seconds) for ``orbitstream_rollup_pending``. Empty when a time value
-        is not an integer: the COPY then refuses the batch and names the row."""
+        is not an integer or not in int64: the COPY then refuses the batch and names the
+        row."""
         keys: list[str] = []
         starts: list[int] = []
         if not self.rollups:
@@ -226,6 +228,11 @@ class _TablePlan:
                 times: Any = ns
             else:
                 times = [row[index] for row in batch.rows]
+                # A time no int64 holds is not an epoch-ns value: the COPY refuses the
+                # batch and names the row (a bucket of it would fail the ledger
+                # statement instead, unnamed).
+                if times and (min(times) < _INT64_MIN or max(times) > _INT64_MAX):
+                    return [], []
             for rollup, key in self.rollups:
                 width = rollup.bucket_secs * 1_000_000_000
                 if batch.columnar:
