@@ -326,8 +326,8 @@ class PostgresSection(Section):
         le=3600,
         validation_alias=env("ORBITSTREAM_POSTGRES_ROLLUP_REFRESH"),
         description="Plain layout: how often the rollups' closed buckets are materialized "
-        "(the rollup view aggregates newer rows from the raw table when read; rows that "
-        "arrive late for a materialized bucket show after the next refresh).",
+        "(until then the rollup view aggregates their raw rows when read, late rows "
+        "included, so it is exact at every moment).",
     )
 
     @field_validator(
