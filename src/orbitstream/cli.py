@@ -293,6 +293,56 @@ def query(
     _print_rows(columns, rows, fmt)
 
 
+class ReplayPipeline(StrEnum):
+    starlink = "starlink"
+
+
+@app.command()
+def replay(
+    pipeline: Annotated[
+        ReplayPipeline, typer.Argument(help="The pipeline whose raw archive to replay.")
+    ],
+    path: Annotated[
+        Path,
+        typer.Argument(help="The archive directory (STARLINK_RAW_ARCHIVE) or one archived file."),
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Replay a raw archive through the pipeline's mapping into the configured stores.
+    Batch ids are the bodies' digests, so what is already stored is not stored again."""
+    from orbitstream.errors import SourceError
+    from orbitstream.replay import replay_starlink
+    from orbitstream.runtime import read_service_file
+    from orbitstream.stores import sink_names
+
+    settings = _settings(data_dir=data_dir)
+    configure_logging("warning", "text")
+    if "chdb" in sink_names(settings) and read_service_file(settings.data_dir):
+        console.print(
+            "[red]error:[/red] a running service holds the data directory "
+            f"{settings.data_dir}; stop it first (ORBITSTREAM_DATA_DIR)"
+        )
+        raise typer.Exit(2)
+    try:
+        report = _run_loop(replay_starlink(settings, path))
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except SourceError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except SinkError as exc:
+        console.print(f"[red]error:[/red] the {exc.sink or 'store'} store failed: {exc}")
+        raise typer.Exit(1) from exc
+    table = RichTable("table", "rows replayed", "rows added")
+    for name in report.added or report.rows:
+        table.add_row(name, f"{report.rows.get(name, 0):,}", f"{report.added.get(name, 0):,}")
+    Console().print(table)
+    console.print(
+        f"replayed {report.bodies:,} responses from {path}; {report.dead:,} rows to dead letters"
+    )
+
+
 @app.command()
 def deadletters(
     limit: Annotated[int, typer.Option(help="Newest rows to show.")] = 50,
