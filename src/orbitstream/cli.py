@@ -379,6 +379,75 @@ def deadletters(
     _print_rows(columns, rows, fmt)
 
 
+class DemoPipeline(StrEnum):
+    satellites = "satellites"
+    starlink = "starlink"
+
+
+def _demo_starlink(settings: Settings, terminals: int) -> None:
+    """The fake Starlink API and ``run starlink`` in one process, on the embedded store."""
+    from orbitstream.runtime import Runtime
+    from orbitstream.simulate.starlink import FakeStarlink, FakeStarlinkConfig, FleetConfig
+
+    async def main() -> None:
+        fake = FakeStarlink(
+            FakeStarlinkConfig(
+                fleet=FleetConfig(terminals=terminals, alert_open_probability=0.05),
+                backlog_ticks=40,
+                tick_interval_secs=15.0,
+            )
+        )
+        await fake.start("127.0.0.1", 0)
+        # the pipeline reads its settings from the environment: point it at the fake
+        os.environ.update(
+            {
+                "CLIENT_ID": fake.client_id,
+                "CLIENT_SECRET": fake.client_secret,
+                "STARLINK_TOKEN_URL": fake.token_url,
+                "STARLINK_STREAM_URL": fake.stream_url,
+                "MAX_LINGER": os.environ.get("MAX_LINGER", "2000"),
+            }
+        )
+        try:
+            service = Runtime(settings, ["starlink"])
+            bound = await service.start()
+        except BaseException:
+            await fake.stop()
+            raise
+        service.install_signal_handlers()
+        url = f"http://127.0.0.1:{bound}"
+        console.print(
+            f"[bold green]OrbitStream demo (starlink)[/bold green]: dashboard at "
+            f"[link={url}/]{url}/[/link]"
+        )
+        console.print(
+            f"store: {settings.data_dir}   fake Starlink API: {fake.base_url} "
+            f"({terminals} terminals, a 15-s tick)"
+        )
+        console.print(
+            'try: orbitstream query --pipeline starlink "SELECT device_type, count() '
+            'FROM telemetry GROUP BY 1"'
+        )
+        console.print("Ctrl-C stops the fake API and the service.")
+        try:
+            await service.stopping.wait()
+        finally:
+            await service.stop()
+            await fake.stop()
+            console.print("demo stopped; data kept in " + str(settings.data_dir))
+
+    try:
+        _run_loop(main())
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        console.print(
+            f"[red]error:[/red] cannot listen on port {settings.port}: {exc} (use --port or PORT)"
+        )
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def demo(
     satellites: Annotated[
@@ -387,12 +456,26 @@ def demo(
     rate: Annotated[float, typer.Option("--rate", "-r", help="Points/s per satellite.")] = 10.0,
     port: Annotated[int | None, typer.Option(help="Listen port (PORT, default 8080).")] = None,
     data_dir: DataDir = None,
+    pipeline: Annotated[
+        DemoPipeline,
+        typer.Option(
+            "--pipeline",
+            "-p",
+            help="satellites (simulated fleet over HTTP) or starlink (the fake Starlink API).",
+        ),
+    ] = DemoPipeline.satellites,
+    terminals: Annotated[
+        int, typer.Option("--terminals", "-t", min=1, help="Starlink demo: UserTerminals.")
+    ] = 20,
 ) -> None:
     """Service + simulator + dashboard on the embedded store, in one command (Ctrl-C stops)."""
     settings = _settings(
         port=port, data_dir=data_dir, host=os.environ.get("ORBITSTREAM_HOST", "127.0.0.1")
     )
     configure_logging("warning", "text")
+    if pipeline is DemoPipeline.starlink:
+        _demo_starlink(settings, terminals)
+        return
     from orbitstream.runtime import Runtime
 
     async def main() -> None:
