@@ -293,6 +293,56 @@ def query(
     _print_rows(columns, rows, fmt)
 
 
+class ReplayPipeline(StrEnum):
+    starlink = "starlink"
+
+
+@app.command()
+def replay(
+    pipeline: Annotated[
+        ReplayPipeline, typer.Argument(help="The pipeline whose raw archive to replay.")
+    ],
+    path: Annotated[
+        Path,
+        typer.Argument(help="The archive directory (STARLINK_RAW_ARCHIVE) or one archived file."),
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Replay a raw archive through the pipeline's mapping into the configured stores.
+    Batch ids are the bodies' digests, so what is already stored is not stored again."""
+    from orbitstream.errors import SourceError
+    from orbitstream.replay import replay_starlink
+    from orbitstream.runtime import read_service_file
+    from orbitstream.stores import sink_names
+
+    settings = _settings(data_dir=data_dir)
+    configure_logging("warning", "text")
+    if "chdb" in sink_names(settings) and read_service_file(settings.data_dir):
+        console.print(
+            "[red]error:[/red] a running service holds the data directory "
+            f"{settings.data_dir}; stop it first (ORBITSTREAM_DATA_DIR)"
+        )
+        raise typer.Exit(2)
+    try:
+        report = _run_loop(replay_starlink(settings, path))
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except SourceError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except SinkError as exc:
+        console.print(f"[red]error:[/red] the {exc.sink or 'store'} store failed: {exc}")
+        raise typer.Exit(1) from exc
+    table = RichTable("table", "rows replayed", "rows added")
+    for name in report.added or report.rows:
+        table.add_row(name, f"{report.rows.get(name, 0):,}", f"{report.added.get(name, 0):,}")
+    Console().print(table)
+    console.print(
+        f"replayed {report.bodies:,} responses from {path}; {report.dead:,} rows to dead letters"
+    )
+
+
 @app.command()
 def deadletters(
     limit: Annotated[int, typer.Option(help="Newest rows to show.")] = 50,
@@ -329,6 +379,75 @@ def deadletters(
     _print_rows(columns, rows, fmt)
 
 
+class DemoPipeline(StrEnum):
+    satellites = "satellites"
+    starlink = "starlink"
+
+
+def _demo_starlink(settings: Settings, terminals: int) -> None:
+    """The fake Starlink API and ``run starlink`` in one process, on the embedded store."""
+    from orbitstream.runtime import Runtime
+    from orbitstream.simulate.starlink import FakeStarlink, FakeStarlinkConfig, FleetConfig
+
+    async def main() -> None:
+        fake = FakeStarlink(
+            FakeStarlinkConfig(
+                fleet=FleetConfig(terminals=terminals, alert_open_probability=0.05),
+                backlog_ticks=40,
+                tick_interval_secs=15.0,
+            )
+        )
+        await fake.start("127.0.0.1", 0)
+        # the pipeline reads its settings from the environment: point it at the fake
+        os.environ.update(
+            {
+                "CLIENT_ID": fake.client_id,
+                "CLIENT_SECRET": fake.client_secret,
+                "STARLINK_TOKEN_URL": fake.token_url,
+                "STARLINK_STREAM_URL": fake.stream_url,
+                "MAX_LINGER": os.environ.get("MAX_LINGER", "2000"),
+            }
+        )
+        try:
+            service = Runtime(settings, ["starlink"])
+            bound = await service.start()
+        except BaseException:
+            await fake.stop()
+            raise
+        service.install_signal_handlers()
+        url = f"http://127.0.0.1:{bound}"
+        console.print(
+            f"[bold green]OrbitStream demo (starlink)[/bold green]: dashboard at "
+            f"[link={url}/]{url}/[/link]"
+        )
+        console.print(
+            f"store: {settings.data_dir}   fake Starlink API: {fake.base_url} "
+            f"({terminals} terminals, a 15-s tick)"
+        )
+        console.print(
+            'try: orbitstream query --pipeline starlink "SELECT device_type, count() '
+            'FROM telemetry GROUP BY 1"'
+        )
+        console.print("Ctrl-C stops the fake API and the service.")
+        try:
+            await service.stopping.wait()
+        finally:
+            await service.stop()
+            await fake.stop()
+            console.print("demo stopped; data kept in " + str(settings.data_dir))
+
+    try:
+        _run_loop(main())
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        console.print(
+            f"[red]error:[/red] cannot listen on port {settings.port}: {exc} (use --port or PORT)"
+        )
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def demo(
     satellites: Annotated[
@@ -337,12 +456,26 @@ def demo(
     rate: Annotated[float, typer.Option("--rate", "-r", help="Points/s per satellite.")] = 10.0,
     port: Annotated[int | None, typer.Option(help="Listen port (PORT, default 8080).")] = None,
     data_dir: DataDir = None,
+    pipeline: Annotated[
+        DemoPipeline,
+        typer.Option(
+            "--pipeline",
+            "-p",
+            help="satellites (simulated fleet over HTTP) or starlink (the fake Starlink API).",
+        ),
+    ] = DemoPipeline.satellites,
+    terminals: Annotated[
+        int, typer.Option("--terminals", "-t", min=1, help="Starlink demo: UserTerminals.")
+    ] = 20,
 ) -> None:
     """Service + simulator + dashboard on the embedded store, in one command (Ctrl-C stops)."""
     settings = _settings(
         port=port, data_dir=data_dir, host=os.environ.get("ORBITSTREAM_HOST", "127.0.0.1")
     )
     configure_logging("warning", "text")
+    if pipeline is DemoPipeline.starlink:
+        _demo_starlink(settings, terminals)
+        return
     from orbitstream.runtime import Runtime
 
     async def main() -> None:

@@ -19,6 +19,7 @@ import msgspec
 
 from orbitstream.dashboard import assets
 from orbitstream.dashboard.queries import DashboardQueries
+from orbitstream.dashboard.starlink import StarlinkQueries
 from orbitstream.errors import QueryError
 from orbitstream.openapi import openapi_document
 from orbitstream.sources.http.origin import is_loopback, origin_problem
@@ -59,6 +60,14 @@ class ServiceRoutes:
             if sat is not None
             else None
         )
+        sl = runtime.plan("starlink")
+        self.starlink = (
+            StarlinkQueries(
+                runtime.store, dialect=runtime.store.query_dialect, namespace=sl.namespace
+            )
+            if sl is not None
+            else None
+        )
         self._samples: collections.deque[tuple[float, dict[str, tuple[int, int, int]]]] = (
             collections.deque(maxlen=64)
         )
@@ -71,6 +80,7 @@ class ServiceRoutes:
         r.add_prefix("GET", "/static/", self.static)
         r.add("GET", "/api/dashboard/summary", self.summary)
         r.add("GET", "/api/dashboard/series", self.series)
+        r.add("GET", "/api/dashboard/starlink", self.starlink_summary)
         r.add("GET", "/api/pipelines", self.pipelines)
         r.add("POST", "/api/query", self.query)
 
@@ -139,6 +149,23 @@ class ServiceRoutes:
             return self._no_satellites()
         try:
             return Response(200, _encode(await self.dashboard.series(sid, minutes)))
+        except QueryError as exc:
+            return error_response(500, f"query failed: {exc}")
+
+    async def starlink_summary(self, request: Request) -> Response:
+        """The Starlink view: terminals online, alerts open now, latency/obstruction trend."""
+        if self.starlink is None:
+            return error_response(404, "the starlink pipeline is not running in this service")
+        try:
+            minutes = int(request.query.get("minutes", "60"))
+        except ValueError:
+            return error_response(
+                422,
+                "minutes must be an integer",
+                errors=[{"field": "minutes", "message": "expected an integer"}],
+            )
+        try:
+            return Response(200, _encode(await self.starlink.summary(minutes)))
         except QueryError as exc:
             return error_response(500, f"query failed: {exc}")
 

@@ -94,10 +94,14 @@ from operator import itemgetter
 from typing import Any, Final
 
 import msgspec
+from pydantic import Field, SecretStr
 
+from orbitstream.core import registry
 from orbitstream.core.batch import DeadLetter, Row
+from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSettings, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Table
-from orbitstream.errors import OrbitStreamError, SourceError
+from orbitstream.errors import ConfigError, OrbitStreamError, SourceError
+from orbitstream.settings import Settings, env
 
 __all__ = [
     "ALERTS_TABLE",
@@ -105,6 +109,7 @@ __all__ = [
     "ALERT_EVENTS_TABLE",
     "IP_ALLOCATIONS_TABLE",
     "PIPELINE",
+    "SPEC",
     "TELEMETRY_TABLE",
     "DeadRow",
     "IpState",
@@ -113,6 +118,7 @@ __all__ = [
     "StarlinkEnvelopeError",
     "StarlinkMapper",
     "StarlinkMapping",
+    "StarlinkPipelineSettings",
     "body_digest",
     "tables",
 ]
@@ -941,3 +947,126 @@ def _first(item: tuple[Any, ...]) -> Any:
 
 def _second(item: tuple[Any, ...]) -> Any:
     return item[1]
+
+
+# -- the pipeline ------------------------------------------------------------------------
+
+
+class StarlinkPipelineSettings(PipelineSettings):
+    """The starlink pipeline: the seed's variables (``CLIENT_ID``, ``CLIENT_SECRET``,
+    ``BATCH_SIZE``, ``MAX_LINGER``), the endpoints and the raw archive; every field also
+    answers to ``ORBITSTREAM_STARLINK__<FIELD>`` and ``[pipelines.starlink]``.
+
+    ``BATCH_SIZE`` is also the engine's batch size (the seeds share the name): its
+    Starlink limit (1–65000) is checked when the pipeline runs, so another pipeline's
+    larger value does not stop ``orbitstream run satellites``. Credentials and URLs are
+    checked then too (``orbitstream pipelines`` and ``query`` need none).
+
+    :param raw_archive: directory where each response body is kept gzip-compressed with
+        its poll time, before it is mapped (``orbitstream replay starlink PATH``).
+    :param halted_log_secs: while a batch is not durable (a store is down), log that
+        polling is halted this often.
+    """
+
+    client_id: str = Field("", validation_alias=env("CLIENT_ID"))
+    client_secret: SecretStr = Field(SecretStr(""), validation_alias=env("CLIENT_SECRET"))
+    batch_size: int = Field(1000, validation_alias=env("BATCH_SIZE"))
+    max_linger_ms: int = Field(15000, ge=1, le=65000, validation_alias=env("MAX_LINGER"))
+    token_url: str = Field(
+        "https://starlink.com/api/auth/connect/token", validation_alias=env("STARLINK_TOKEN_URL")
+    )
+    stream_url: str = Field(
+        "https://starlink.com/api/public/v2/telemetry/stream",
+        validation_alias=env("STARLINK_STREAM_URL"),
+    )
+    token_auth: str = Field("form", validation_alias=env("STARLINK_TOKEN_AUTH"))
+    raw_archive: str | None = Field(None, validation_alias=env("STARLINK_RAW_ARCHIVE"))
+    token_refresh_margin_secs: float = Field(60.0, ge=0)
+    timeout_margin_secs: float = Field(30.0, ge=1.0)
+    backoff_base_secs: float = Field(1.0, gt=0)
+    backoff_max_secs: float = Field(60.0, gt=0)
+    halted_log_secs: float = Field(30.0, gt=0)
+
+    def setting_name(self, field_name: str) -> str:
+        """The variable a field is set by (for error messages)."""
+        info = type(self).model_fields.get(field_name)
+        alias = info.validation_alias if info is not None else None
+        choices = getattr(alias, "choices", ())
+        for choice in choices:
+            if isinstance(choice, str) and choice.isupper():
+                return choice
+        return f"ORBITSTREAM_{PIPELINE.upper()}__{field_name.upper()}"
+
+    def client_settings(self) -> Any:
+        """The API client's settings (a
+        :class:`~orbitstream.sources.starlink_api.StarlinkSettings`).
+
+        :raises ConfigError: a value the Starlink source cannot run with, naming its variable.
+        """
+        from pydantic import ValidationError
+
+        from orbitstream.sources.starlink_api import StarlinkSettings
+
+        names = (
+            "client_id",
+            "client_secret",
+            "batch_size",
+            "max_linger_ms",
+            "token_url",
+            "stream_url",
+            "token_auth",
+            "token_refresh_margin_secs",
+            "timeout_margin_secs",
+            "backoff_base_secs",
+            "backoff_max_secs",
+        )
+        values = {n: getattr(self, n) for n in names}
+        try:
+            return StarlinkSettings(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field_name = str(err["loc"][0]) if err["loc"] else "client_id"
+            value = err.get("input")
+            if field_name == "client_secret":
+                shown = "'***'" if self.client_secret.get_secret_value() else "(not set)"
+            elif value in ("", None):
+                shown = "(not set)"
+            else:
+                shown = repr(value)
+            name = self.setting_name(field_name)
+            raise ConfigError(
+                f"invalid setting {name}={shown}: {err['msg']} (the starlink pipeline)",
+                setting=name,
+            ) from exc
+
+
+def _tables(own: StarlinkPipelineSettings, settings: Settings) -> tuple[Table, ...]:
+    return tables(settings.retention_days)
+
+
+def _build(build: PipelineBuild) -> PipelineParts:
+    own = build.own
+    assert isinstance(own, StarlinkPipelineSettings)
+    source = registry.source_type(build.source).create(build, StarlinkMapper())
+    return PipelineParts(
+        source,
+        info={
+            "stream_url": own.stream_url,
+            "batch_size": own.batch_size,
+            "max_linger_ms": own.max_linger_ms,
+            "raw_archive": own.raw_archive,
+        },
+    )
+
+
+SPEC = PipelineSpec(
+    name=PIPELINE,
+    description="Starlink Enterprise telemetry stream (polled): telemetry, alerts, alert "
+    "events, IP allocations.",
+    settings=StarlinkPipelineSettings,
+    tables=_tables,
+    build=_build,
+    sources=("starlink",),
+    namespace="starlink",
+    namespace_env=("CLICKHOUSE_DB", "CLICKHOUSE_DATABASE"),
+)

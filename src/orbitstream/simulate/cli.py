@@ -189,3 +189,123 @@ def simulate(
     if summary.sent == 0:
         err.print(f"[red]error:[/] nothing could be sent to {api_url}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+@simulate_app.command("starlink")
+def simulate_starlink(
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Serve the fake Starlink API (token and stream).")
+    ] = False,
+    host: Annotated[str, typer.Option("--host", help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 picks one.")] = 8090,
+    terminals: Annotated[
+        int, typer.Option("--terminals", "-t", min=1, help="UserTerminals in the fleet.")
+    ] = 20,
+    routers_per_terminal: Annotated[
+        float, typer.Option("--routers-per-terminal", min=0.0, max=2.0, help="Mean routers each.")
+    ] = 1.0,
+    backlog_ticks: Annotated[
+        int, typer.Option("--backlog-ticks", min=0, help="15-s ticks queued before the start.")
+    ] = 20,
+    tick_interval: Annotated[
+        float,
+        typer.Option(
+            "--tick-interval",
+            min=0.0,
+            help="Wall seconds between generated ticks (0: only the backlog).",
+        ),
+    ] = 15.0,
+    max_rows: Annotated[
+        int | None, typer.Option("--max-rows", min=1, help="Stop generating at this many rows.")
+    ] = None,
+    faults: Annotated[
+        str,
+        typer.Option(
+            "--faults",
+            help="Random fault rates per request, e.g. 'stream_429=0.05,stream_503=0.02,"
+            "stream_401=0.01,token_500=0.1' (see Fault in orbitstream.simulate.starlink).",
+        ),
+    ] = "",
+    reorder_columns: Annotated[
+        bool, typer.Option("--reorder-columns", help="Shuffle the columns per response.")
+    ] = False,
+    extra_columns: Annotated[
+        bool, typer.Option("--extra-columns", help="Add unknown columns to UT/Router rows.")
+    ] = False,
+    alert_open_probability: Annotated[
+        float, typer.Option("--alert-rate", min=0.0, max=1.0, help="Per device and tick.")
+    ] = 0.02,
+    expires_in: Annotated[
+        int, typer.Option("--expires-in", min=1, help="Token lifetime answered (s).")
+    ] = 900,
+    client_id: Annotated[str, typer.Option("--client-id")] = "orbitstream-fake",
+    client_secret: Annotated[str, typer.Option("--client-secret")] = "fake-secret",
+    seed: Annotated[int, typer.Option("--seed", help="Fleet seed.")] = 1,
+) -> None:
+    """Serve a fake Starlink Enterprise telemetry API (for `orbitstream run starlink`):
+    prints the CLIENT_ID, CLIENT_SECRET and STARLINK_*_URL to use, then serves until
+    Ctrl-C or SIGTERM."""
+    import asyncio
+    import signal
+    import sys
+
+    from orbitstream.simulate.starlink import (
+        FakeStarlink,
+        FakeStarlinkConfig,
+        FleetConfig,
+        parse_fault_rates,
+        serve_fake_starlink,
+    )
+
+    err = Console(stderr=True)
+    if not serve:
+        err.print("[red]error:[/] use --serve to run the fake Starlink API (see --help)")
+        raise typer.Exit(2)
+    try:
+        rates = parse_fault_rates(faults)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--faults") from exc
+    config = FakeStarlinkConfig(
+        clients={client_id: client_secret},
+        expires_in=expires_in,
+        fleet=FleetConfig(
+            terminals=terminals,
+            routers_per_terminal=routers_per_terminal,
+            seed=seed,
+            alert_open_probability=alert_open_probability,
+        ),
+        backlog_ticks=backlog_ticks,
+        tick_interval_secs=tick_interval or None,
+        max_rows=max_rows,
+        reorder_columns=reorder_columns,
+        extra_columns=extra_columns,
+        random_faults=rates,
+        seed=seed,
+    )
+
+    def ready(fake: FakeStarlink) -> None:
+        sys.stdout.write(
+            f"CLIENT_ID={fake.client_id}\nCLIENT_SECRET={fake.client_secret}\n"
+            f"STARLINK_TOKEN_URL={fake.token_url}\nSTARLINK_STREAM_URL={fake.stream_url}\n"
+        )
+        sys.stdout.flush()
+        err.print(
+            f"Fake Starlink API at {fake.base_url}: {terminals} terminals, "
+            f"{len(fake.stream):,} rows queued (Ctrl-C to stop)",
+            soft_wrap=True,
+        )
+
+    async def main() -> FakeStarlink:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await serve_fake_starlink(config, host, port, stop=stop, on_ready=ready)
+
+    try:
+        fake = asyncio.run(main())
+    except OSError as exc:
+        err.print(f"[red]error:[/] cannot listen on {host}:{port}: {exc} (--port)")
+        raise typer.Exit(2) from exc
+    served = sum(len(r.rows) for r in fake.served)
+    err.print(f"served {served:,} rows in {len(fake.served):,} responses")

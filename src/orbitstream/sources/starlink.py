@@ -1,0 +1,364 @@
+"""The ``starlink`` source: polls the Starlink Enterprise telemetry stream into a pipeline.
+
+One poll at a time (:class:`~orbitstream.sources.starlink_api.StarlinkPoller`): the
+response body is archived (when ``STARLINK_RAW_ARCHIVE`` is set), mapped by the
+pipeline's :class:`~orbitstream.pipelines.starlink.StarlinkMapper`, and every table's
+rows are submitted with one :class:`~orbitstream.core.batch.Ack` under a key derived from
+the body (:func:`~orbitstream.pipelines.starlink.body_digest`): batch ids
+``starlink:<table>:<digest>``, so the same body retried or replayed is stored once.
+The next poll starts only after the ack resolved — every row committed in every store, or
+kept in dead letters — because the stream never re-delivers. While a store is down the
+ack does not resolve, so polling halts; ``/health`` says so (``source.state`` is
+``delivering`` and ``halted_secs`` grows) and the poller logs it.
+
+The mapper's state (open alerts, each terminal's latest addresses) is read back from the
+store at start (:meth:`StarlinkIngest.restore`) and changes only after a batch is durable
+(:meth:`~orbitstream.pipelines.starlink.StarlinkMapper.commit`). Rows that cannot be
+mapped, a body that is not a stream envelope and rows outside the accepted time window go
+to dead letters with their reason.
+
+:class:`StarlinkIngest` is shared with ``orbitstream replay starlink`` (the same mapping
+and batch ids, from the raw archive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orbitstream.core.batch import Ack, DeadLetter, Row
+from orbitstream.core.metrics import Metrics
+from orbitstream.core.protocols import SourceContext, Store
+from orbitstream.core.registry import SourceType
+from orbitstream.core.spec import PipelineBuild
+from orbitstream.core.tables import Table
+from orbitstream.core.times import TimeWindow
+from orbitstream.errors import BackpressureError
+from orbitstream.pipelines.starlink import (
+    PIPELINE,
+    StarlinkEnvelopeError,
+    StarlinkMapper,
+    StarlinkPipelineSettings,
+    body_digest,
+)
+from orbitstream.sources.starlink_api import (
+    RawArchive,
+    StarlinkClient,
+    StarlinkPoller,
+    StarlinkSettings,
+)
+
+__all__ = ["SOURCE", "Delivered", "StarlinkIngest", "StarlinkSource"]
+
+logger = logging.getLogger(__name__)
+
+_BODY_LETTER_BYTES = 1 << 20  # a body that is not an envelope is kept up to this size
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What one body became.
+
+    :param rows: rows submitted, by table.
+    :param dead: rows (or the whole body) kept in dead letters.
+    :param duplicates: near-duplicate rows skipped.
+    :param committed: every submitted row is committed in every store.
+    """
+
+    digest: str
+    values: int
+    rows: dict[str, int]
+    dead: int
+    duplicates: int
+    committed: bool
+
+
+def _ts_index(table: Table) -> int:
+    return next(i for i, c in enumerate(table.columns) if c.name == table.time_column)
+
+
+class StarlinkIngest:
+    """Body -> rows -> the pipeline, durably; the state restored from the store.
+
+    :param mapper: the pipeline's mapper (its state is this ingest's).
+    :param tables: the pipeline's tables by name, in their namespace.
+    :param window: the accepted timestamps (rows outside go to dead letters).
+    """
+
+    def __init__(
+        self,
+        mapper: StarlinkMapper,
+        tables: Mapping[str, Table],
+        window: TimeWindow,
+        metrics: Metrics,
+        pipeline: str = PIPELINE,
+    ) -> None:
+        self.mapper = mapper
+        self.tables = dict(tables)
+        self.window = window
+        self.metrics = metrics
+        self.pipeline = pipeline
+        self._ts = {name: _ts_index(t) for name, t in self.tables.items()}
+        self.bodies = 0
+        self.rows = 0
+
+    # -- state -----------------------------------------------------------------------
+    async def restore(self, store: Store) -> tuple[int, int]:
+        """Open alerts (last event ``opened``) and each terminal's latest addresses, from
+        the store; returns how many of each."""
+        events = self.tables["alert_events"].qualified_name
+        ips = self.tables["ip_allocations"].qualified_name
+        if store.query_dialect == "postgres":
+            ns = "(EXTRACT(EPOCH FROM {c}) * 1000000)::bigint * 1000"
+            alerts_sql = (
+                "SELECT device_type, device_id, alert_code, alert_name, "
+                f"{ns.format(c='ts_ns')} FROM (SELECT DISTINCT ON (device_id, alert_code) "
+                f"device_type, device_id, alert_code, alert_name, ts_ns, event FROM {events} "
+                "ORDER BY device_id, alert_code, ts_ns DESC) AS latest WHERE event = 'opened'"
+            )
+            ips_sql = (
+                f"SELECT device_id, {ns.format(c='ts_ns')}, ipv4, ipv6_ue, ipv6_cpe FROM "
+                f"(SELECT DISTINCT ON (device_id) * FROM {ips} ORDER BY device_id, ts_ns DESC) "
+                "AS latest"
+            )
+        else:
+            alerts_sql = (
+                "SELECT argMax(device_type, ts_ns), device_id, alert_code, "
+                "argMax(alert_name, ts_ns), toUnixTimestamp64Nano(max(ts_ns)) "
+                f"FROM {events} GROUP BY device_id, alert_code "
+                "HAVING argMax(event, ts_ns) = 'opened'"
+            )
+            ips_sql = (
+                "SELECT device_id, toUnixTimestamp64Nano(max(ts_ns)), argMax(ipv4, ts_ns), "
+                f"argMax(ipv6_ue, ts_ns), argMax(ipv6_cpe, ts_ns) FROM {ips} GROUP BY device_id"
+            )
+        alert_rows: list[tuple[Any, ...]] = (await store.query(alerts_sql)).rows
+        ip_rows: list[tuple[Any, ...]] = (await store.query(ips_sql)).rows
+        open_alerts = [(str(t), str(d), int(c), str(n), int(o)) for t, d, c, n, o in alert_rows]
+        latest = [
+            (str(d), int(ts), list(v4 or ()), list(ue or ()), list(cpe or ()))
+            for d, ts, v4, ue, cpe in ip_rows
+        ]
+        self.mapper.restore(open_alerts=open_alerts, ips=latest)
+        return len(open_alerts), len(latest)
+
+    # -- one body ------------------------------------------------------------------------
+    def _split_window(
+        self, rows: dict[str, list[Row]], now_ns: int, batch_id: str
+    ) -> tuple[dict[str, list[Row]], list[DeadLetter]]:
+        lo, hi = self.window.bounds(now_ns)
+        kept: dict[str, list[Row]] = {}
+        letters: list[DeadLetter] = []
+        for name, table_rows in rows.items():
+            i = self._ts[name]
+            ts: list[int] = [r[i] for r in table_rows]  # type: ignore[misc]
+            if not ts or (lo <= min(ts) and max(ts) <= hi):
+                kept[name] = table_rows
+                continue
+            ok = []
+            for r, t in zip(table_rows, ts, strict=True):
+                if lo <= t <= hi:
+                    ok.append(r)
+                else:
+                    letters.append(
+                        DeadLetter(
+                            pipeline=self.pipeline,
+                            table=name,
+                            batch_id=batch_id,
+                            row={
+                                "row": [
+                                    v if isinstance(v, int | float | str) else str(v) for v in r
+                                ]
+                            },
+                            error=self.window.problem(t, now_ns) or "outside the time window",
+                        )
+                    )
+            kept[name] = ok
+        return kept, letters
+
+    async def deliver(self, ctx: SourceContext, body: bytes, received_ns: int) -> Delivered:
+        """Map one body and make it durable: returns once every row is committed in every
+        store (or in dead letters), then commits the mapper's state."""
+        digest = body_digest(body)
+        batch_id = f"{self.pipeline}:{digest}"
+        labels = (self.pipeline,)
+        try:
+            mapping = self.mapper.map(body, received_ns)
+        except StarlinkEnvelopeError as exc:
+            self.metrics.inc("source_errors", (self.pipeline, "envelope"))
+            logger.error(
+                "Starlink response is not a stream envelope; kept in dead letters.",
+                extra={"pipeline": self.pipeline, "batch_id": batch_id, "error": exc.reason},
+            )
+            text = body[:_BODY_LETTER_BYTES].decode("utf-8", "replace")
+            await ctx.dead_letter(
+                [
+                    DeadLetter(
+                        pipeline=self.pipeline,
+                        table="telemetry",
+                        batch_id=batch_id,
+                        row={"body": text, "bytes": len(body)},
+                        error=str(exc),
+                    )
+                ]
+            )
+            return Delivered(digest, 0, {}, 1, 0, True)
+        self.metrics.inc("received", labels, mapping.values)
+        rows, letters = self._split_window(mapping.rows, time.time_ns(), batch_id)
+        letters = mapping.dead_letters(batch_id, self.pipeline) + letters
+        n = sum(len(r) for r in rows.values())
+        ack = Ack()
+        while True:
+            try:
+                ctx.submit(rows, ack, key=digest)
+                break
+            except BackpressureError:
+                await ctx.wait_for_room(n)
+        await ack.wait()
+        if letters:
+            self.metrics.inc("source_errors", (self.pipeline, "dead_row"), len(letters))
+            await ctx.dead_letter(letters)
+        self.mapper.commit(mapping)
+        self.metrics.inc("accepted", labels, n)
+        for event in mapping.rows["alert_events"]:
+            self.metrics.inc("alerts", (self.pipeline, str(event[4]), str(event[5])))
+        self.bodies += 1
+        self.rows += n
+        return Delivered(
+            digest,
+            mapping.values,
+            {name: len(r) for name, r in rows.items()},
+            len(letters),
+            mapping.duplicates,
+            ack.committed,
+        )
+
+
+class StarlinkSource:
+    """Polls the stream (one request at a time) and hands each body to a
+    :class:`StarlinkIngest`; ``stop`` lets the batch in hand become durable first."""
+
+    name = "starlink"
+
+    def __init__(
+        self,
+        settings: StarlinkPipelineSettings,
+        client_settings: StarlinkSettings,
+        ingest: StarlinkIngest,
+    ) -> None:
+        self.settings = settings
+        self.client_settings = client_settings
+        self.ingest = ingest
+        self.archive = RawArchive(Path(settings.raw_archive)) if settings.raw_archive else None
+        self.client: StarlinkClient | None = None
+        self.poller: StarlinkPoller | None = None
+        self._ctx: SourceContext | None = None
+        self._done = asyncio.Event()
+        self._last_durable: float | None = None
+        self._restored = (0, 0)
+
+    async def start(self, ctx: SourceContext) -> None:
+        self._ctx = ctx
+        self._restored = await self.ingest.restore(ctx.store)
+        self.client = StarlinkClient(self.client_settings)
+        self.poller = StarlinkPoller(
+            self.client,
+            self._deliver,
+            archive=self.archive,
+            halted_log_secs=self.settings.halted_log_secs,
+        )
+        ctx.on_health(self.health)
+        ctx.metrics.add_gauge("source_lag", self._lag)
+        logger.info(
+            "Starlink source started.",
+            extra={
+                "pipeline": ctx.pipeline,
+                "stream_url": self.client_settings.stream_url,
+                "batch_size": self.client_settings.batch_size,
+                "max_linger_ms": self.client_settings.max_linger_ms,
+                "open_alerts": self._restored[0],
+                "terminals_with_ips": self._restored[1],
+                "raw_archive": self.settings.raw_archive,
+            },
+        )
+
+    async def _deliver(self, body: bytes, number: int) -> None:
+        assert self._ctx is not None
+        out = await self.ingest.deliver(self._ctx, body, time.time_ns())
+        self._last_durable = time.monotonic()
+        logger.debug(
+            "Starlink batch durable.",
+            extra={"poll_number": number, "batch_id": out.digest, "records": out.values},
+        )
+
+    def _lag(self) -> dict[tuple[str, ...], float]:
+        if self._last_durable is None or self._ctx is None:
+            return {}
+        return {(self._ctx.pipeline, "seconds"): time.monotonic() - self._last_durable}
+
+    def health(self) -> dict[str, object]:
+        """The poller's state for ``/health``: ``halted`` while a batch waits to be durable
+        (a store is down) for longer than a poll normally takes."""
+        if self.poller is None:
+            return {"state": "starting"}
+        st = self.poller.status
+        in_state = time.monotonic() - st.since
+        halted = st.state == "delivering" and in_state >= 2.0
+        out: dict[str, object] = {
+            "state": st.state,
+            "halted": halted,
+            "polls": st.polls,
+            "rows": st.rows,
+            "errors": st.errors,
+            "consecutive_errors": st.consecutive_errors,
+            "last_error": st.last_error,
+            "last_poll_ns": st.last_poll_ns,
+            "stream_url": self.client_settings.stream_url,
+        }
+        if halted:
+            out["halted_secs"] = round(in_state, 1)
+            out["halted_reason"] = "the last batch is not durable in every store yet"
+        if self.client is not None:
+            out["token_requests"] = self.client.token_requests
+        return out
+
+    async def run(self) -> None:
+        assert self.poller is not None
+        try:
+            await self.poller.run()
+        finally:
+            self._done.set()
+
+    async def stop(self, timeout_secs: float) -> None:
+        if self.poller is not None:
+            self.poller.stop()
+            # the request in flight completes and its batch becomes durable
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done.wait(), timeout_secs)
+        if self.client is not None:
+            await self.client.close()
+
+
+def _create(build: PipelineBuild, handler: Any) -> StarlinkSource:
+    if not isinstance(handler, StarlinkMapper):
+        raise TypeError(f"the starlink source needs a StarlinkMapper, got {type(handler).__name__}")
+    own = build.own
+    if not isinstance(own, StarlinkPipelineSettings):
+        raise TypeError("the starlink source runs the starlink pipeline's settings")
+    client_settings = own.client_settings()
+    ingest = StarlinkIngest(handler, build.tables, build.window, build.metrics, build.spec.name)
+    return StarlinkSource(own, client_settings, ingest)
+
+
+SOURCE = SourceType(
+    name="starlink",
+    description="the Starlink Enterprise telemetry stream, polled (CLIENT_ID, CLIENT_SECRET)",
+    handler="orbitstream.pipelines.starlink.StarlinkMapper",
+    create=_create,
+)
