@@ -55,6 +55,18 @@ def _run_loop(coro: Any) -> Any:
         return asyncio.run(coro)
 
 
+def _run_demo(coro: Any, port: int) -> None:
+    """Run a demo's main coroutine; a bad setting or a taken port exits 2, naming it."""
+    try:
+        _run_loop(coro)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        console.print(f"[red]error:[/red] cannot listen on port {port}: {exc} (use --port or PORT)")
+        raise typer.Exit(2) from exc
+
+
 class AckModeOpt(StrEnum):
     memory = "memory"
     sink = "sink"
@@ -436,16 +448,7 @@ def _demo_starlink(settings: Settings, terminals: int) -> None:
             await fake.stop()
             console.print("demo stopped; data kept in " + str(settings.data_dir))
 
-    try:
-        _run_loop(main())
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except OSError as exc:
-        console.print(
-            f"[red]error:[/red] cannot listen on port {settings.port}: {exc} (use --port or PORT)"
-        )
-        raise typer.Exit(2) from exc
+    _run_demo(main(), settings.port)
 
 
 @app.command()
@@ -518,16 +521,7 @@ def demo(
             await service.stop()
             console.print("demo stopped; data kept in " + str(settings.data_dir))
 
-    try:
-        _run_loop(main())
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except OSError as exc:
-        console.print(
-            f"[red]error:[/red] cannot listen on port {settings.port}: {exc} (use --port or PORT)"
-        )
-        raise typer.Exit(2) from exc
+    _run_demo(main(), settings.port)
 
 
 def _register_simulate() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from orbitstream.core.context import PipelineContext
 from orbitstream.core.metrics import Metrics
-from orbitstream.core.pipeline import Pipeline, PipelineLimits, close_sink, start_sink
+from orbitstream.core.pipeline import Pipeline, close_sink, start_sink
 from orbitstream.core.protocols import Store
 from orbitstream.core.registry import SinkRequest
 from orbitstream.core.retry import RetryPolicy
@@ -61,7 +61,7 @@ async def replay_starlink(
     :raises SourceError: an archive file is unreadable.
     """
     from orbitstream.pipelines.starlink import StarlinkMapper
-    from orbitstream.runtime import plan_pipelines, registered_tables
+    from orbitstream.runtime import pipeline_limits, plan_pipelines, registered_tables
     from orbitstream.sources.starlink import StarlinkIngest
     from orbitstream.sources.starlink_api import RawArchive
     from orbitstream.stores import build_stores
@@ -85,14 +85,7 @@ async def replay_starlink(
         plan.name,
         plan.tables,
         list(stores),
-        limits=PipelineLimits(
-            batch_size=engine.batch_size,
-            linger_secs=engine.batch_timeout,
-            max_buffer_rows=engine.max_buffer_rows,
-            max_buffer_bytes=engine.max_buffer_bytes,
-            max_merge_rows=engine.max_merge_rows,
-            deployment_retry_secs=engine.deployment_error_retry_secs,
-        ),
+        limits=pipeline_limits(engine),
         retry=retry,
         metrics=metrics,
         dead_letters=dead_file,

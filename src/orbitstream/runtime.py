@@ -41,7 +41,7 @@ from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSettings
 from orbitstream.core.tables import Table
 from orbitstream.core.times import TimeWindow
 from orbitstream.errors import ConfigError, SourceError
-from orbitstream.settings import Settings
+from orbitstream.settings import EngineSettings, Settings
 from orbitstream.sinks.deadletter import FileDeadLetters
 from orbitstream.sources.http.server import HttpServer, Router, ServerLimits
 
@@ -93,6 +93,18 @@ def server_limits(settings: Settings) -> ServerLimits:
 
 
 # -- planning: settings, namespaces, tables (no I/O) ------------------------------------
+
+
+def pipeline_limits(engine: EngineSettings) -> PipelineLimits:
+    """The batching and buffer limits of every pipeline, from the engine settings."""
+    return PipelineLimits(
+        batch_size=engine.batch_size,
+        linger_secs=engine.batch_timeout,
+        max_buffer_rows=engine.max_buffer_rows,
+        max_buffer_bytes=engine.max_buffer_bytes,
+        max_merge_rows=engine.max_merge_rows,
+        deployment_retry_secs=engine.deployment_error_retry_secs,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,14 +236,7 @@ class Runtime:
         )
         self.running: list[_Running] = []
         engine = settings.engine
-        limits = PipelineLimits(
-            batch_size=engine.batch_size,
-            linger_secs=engine.batch_timeout,
-            max_buffer_rows=engine.max_buffer_rows,
-            max_buffer_bytes=engine.max_buffer_bytes,
-            max_merge_rows=engine.max_merge_rows,
-            deployment_retry_secs=engine.deployment_error_retry_secs,
-        )
+        limits = pipeline_limits(engine)
         retry = RetryPolicy(max_secs=engine.retry_max_backoff_secs)
         for plan in self.plans:
             build = PipelineBuild(
