@@ -71,7 +71,9 @@ Mapping rules and the quirks of real payloads they handle:
    and other rows get empty arrays.
 10. **Near-duplicates.** Rows with the same (device type, device id, timestamp) land once:
     the first one wins, later ones are counted in :attr:`StarlinkMapping.duplicates`,
-    within a response and across responses (a bounded set of recent keys). IpAllocs rows
+    within a response and across responses (a bounded set of recent keys), and across
+    restarts (the store's most recent keys are read back at start, see
+    :meth:`StarlinkMapper.restore`). IpAllocs rows
     a few ms apart with identical addresses are distinct observations and are kept.
 
 State (open alerts, newest evaluated time per device, latest IPs per terminal, recent row
@@ -108,12 +110,14 @@ __all__ = [
     "ALERT_COLUMNS",
     "ALERT_EVENTS_TABLE",
     "IP_ALLOCATIONS_TABLE",
+    "IP_KEY",
     "PIPELINE",
     "SPEC",
     "TELEMETRY_TABLE",
     "DeadRow",
     "IpState",
     "OpenAlert",
+    "RecentKey",
     "StaleMappingError",
     "StarlinkEnvelopeError",
     "StarlinkMapper",
@@ -138,6 +142,13 @@ _IP_PREFIX: Final = "ip-"
 
 OpenAlert = tuple[str, str, int, str, int]
 """An open alert as stored: ``(device_type, device_id, alert_code, alert_name, opened_ns)``."""
+
+RecentKey = tuple[str, str, int]
+"""A stored row's near-duplicate key: ``(device_type, device_id, ts_ns)``
+(:data:`IP_KEY` as the type of ``ip_allocations`` rows)."""
+
+IP_KEY: Final = "IpAllocs"
+"""The device type of ``ip_allocations`` rows in :data:`RecentKey` (the table has none)."""
 
 IpState = tuple[str, int, Sequence[str], Sequence[str], Sequence[str]]
 """A terminal's latest addresses: ``(device_id, ts_ns, ipv4, ipv6_ue, ipv6_cpe)``
@@ -614,6 +625,12 @@ class StarlinkMapper:
         self._alerts: dict[str, _AlertState] = {}
         self._ips: dict[str, _IpTuple] = {}
         self._recent: dict[tuple[str, str, int], None] = {}
+        # keys read back from the store at start: (device type name, or IP_KEY, device id,
+        # ts // unit); dropped once recent_limit new keys were committed (then _recent
+        # covers the same horizon)
+        self._restored: set[tuple[str, str, int]] = set()
+        self._restored_unit = 1
+        self._restored_budget = 0
         self._plans: dict[tuple[str, tuple[str, ...], str | None], _Plan] = {}
 
     # -- state -------------------------------------------------------------------------
@@ -622,6 +639,8 @@ class StarlinkMapper:
         *,
         open_alerts: Iterable[OpenAlert] = (),
         ips: Iterable[IpState] = (),
+        recent_keys: Iterable[RecentKey] = (),
+        key_unit_ns: int = 1,
     ) -> None:
         """Replace the state with what the store holds (at start-up, before any map).
 
@@ -629,6 +648,14 @@ class StarlinkMapper:
             ``(device_type, device_id, alert_code, alert_name, opened_ns)``.
         :param ips: each terminal's latest ``ip_allocations`` row, as
             ``(device_id, ts_ns, ipv4, ipv6_ue, ipv6_cpe)``.
+        :param recent_keys: the store's most recent rows, as ``(device_type, device_id,
+            ts_ns)`` (``device_type`` is the stored name, :data:`IP_KEY` for
+            ``ip_allocations`` rows, device id without ``ip-``): a later row with the same
+            key is a near-duplicate of a row stored before the restart (rule 10). At most
+            :attr:`recent_limit` are kept, and only until that many new keys were
+            committed.
+        :param key_unit_ns: the store's timestamp precision (PostgreSQL: 1000); restored
+            keys are compared at that precision.
 
         A restored device's newest evaluated time is its latest ``opened_ns``; rows older
         than that do not produce alert events.
@@ -644,9 +671,20 @@ class StarlinkMapper:
             current = state.get(dev)
             if current is None or ts_ns >= current[0]:
                 state[dev] = (int(ts_ns), tuple(v4), tuple(ue), tuple(cpe))
+        if key_unit_ns < 1:
+            raise ValueError("key_unit_ns must be >= 1")
+        restored: set[tuple[str, str, int]] = set()
+        if self.recent_limit:
+            for device_type, device_id, ts_ns in recent_keys:
+                restored.add((device_type, device_id, int(ts_ns) // key_unit_ns))
+                if len(restored) >= self.recent_limit:
+                    break
         self._alerts = alerts
         self._ips = state
         self._recent = {}
+        self._restored = restored
+        self._restored_unit = key_unit_ns
+        self._restored_budget = self.recent_limit
         self._version += 1
 
     def open_alerts(self) -> list[OpenAlert]:
@@ -684,6 +722,10 @@ class StarlinkMapper:
             if excess > 0:
                 for key in list(islice(recent, excess)):
                     del recent[key]
+        if self._restored:
+            self._restored_budget -= len(delta.keys)
+            if self._restored_budget <= 0:
+                self._restored = set()
         self._version += 1
 
     # -- mapping -----------------------------------------------------------------------
@@ -742,6 +784,7 @@ class StarlinkMapper:
 
         # Pass 2: every other row.
         recent = self._recent
+        restored, unit = self._restored, self._restored_unit
         committed_ips = self._ips
         telemetry: list[Row] = []
         alerts: list[Row] = []
@@ -778,7 +821,11 @@ class StarlinkMapper:
                 if not dev or ts < min_ns or ts > max_ns:
                     plan.check(row)
                 key = (code, dev, ts)
-                if key in seen or (recent and key in recent):
+                if (
+                    key in seen
+                    or (recent and key in recent)
+                    or (restored and (plan.device_type, dev, ts // unit) in restored)
+                ):
                     duplicates += 1
                     continue
                 for i, column in shape.alert_cols:
@@ -848,6 +895,7 @@ class StarlinkMapper:
         if not ip_codes:
             return rows, {}, duplicates
         recent = self._recent
+        restored, unit = self._restored, self._restored_unit
         events: dict[str, list[_IpTuple]] = {}
         try:  # a quick scan (C-level comparisons) when every row is a non-empty array
             candidates = [row for row in values if row[0] in ip_codes]
@@ -866,7 +914,11 @@ class StarlinkMapper:
                 if dev.startswith(_IP_PREFIX):
                     dev = dev[len(_IP_PREFIX) :]
                 key = (plan.code, dev, ts)
-                if key in seen or key in recent:
+                if (
+                    key in seen
+                    or key in recent
+                    or (restored and (IP_KEY, dev, ts // unit) in restored)
+                ):
                     duplicates += 1
                     continue
                 i4, i6u, i6c = plan.ip_idx

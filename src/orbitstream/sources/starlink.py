@@ -41,6 +41,7 @@ from orbitstream.core.tables import Table
 from orbitstream.core.times import TimeWindow
 from orbitstream.errors import BackpressureError
 from orbitstream.pipelines.starlink import (
+    IP_KEY,
     PIPELINE,
     StarlinkEnvelopeError,
     StarlinkMapper,
@@ -58,7 +59,9 @@ __all__ = ["SOURCE", "Delivered", "StarlinkIngest", "StarlinkSource"]
 
 logger = logging.getLogger(__name__)
 
-_BODY_LETTER_BYTES = 1 << 20  # a body that is not an envelope is kept up to this size
+_BODY_LETTER_BYTES = 1 << 20
+RECENT_WINDOW_SECS = 3600.0
+"""At start, near-duplicate keys are read back for rows this close to the newest one."""  # a body that is not an envelope is kept up to this size
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ class StarlinkIngest:
     :param mapper: the pipeline's mapper (its state is this ingest's).
     :param tables: the pipeline's tables by name, in their namespace.
     :param window: the accepted timestamps (rows outside go to dead letters).
+    :param recent_window_secs: at start, the rows stamped this close to each table's
+        newest row give the near-duplicate keys read back (:meth:`restore`).
     """
 
     def __init__(
@@ -98,8 +103,11 @@ class StarlinkIngest:
         window: TimeWindow,
         metrics: Metrics,
         pipeline: str = PIPELINE,
+        recent_window_secs: float = RECENT_WINDOW_SECS,
     ) -> None:
         self.mapper = mapper
+        self.recent_window_secs = recent_window_secs
+        self.restored_keys = 0
         self.tables = dict(tables)
         self.window = window
         self.metrics = metrics
@@ -110,11 +118,20 @@ class StarlinkIngest:
 
     # -- state -----------------------------------------------------------------------
     async def restore(self, store: Store) -> tuple[int, int]:
-        """Open alerts (last event ``opened``) and each terminal's latest addresses, from
-        the store; returns how many of each."""
+        """Open alerts (last event ``opened``), each terminal's latest addresses and the
+        most recent rows' near-duplicate keys, from the store; returns how many open
+        alerts and terminals with addresses.
+
+        Recent keys: per table (``telemetry``, ``ip_allocations``) the rows stamped within
+        :attr:`recent_window_secs` of the table's newest row, newest first, at most the
+        mapper's ``recent_limit`` (decisions §25)."""
         events = self.tables["alert_events"].qualified_name
         ips = self.tables["ip_allocations"].qualified_name
-        if store.query_dialect == "postgres":
+        telemetry = self.tables["telemetry"].qualified_name
+        limit = self.mapper.recent_limit
+        window = int(self.recent_window_secs)
+        postgres = store.query_dialect == "postgres"
+        if postgres:
             ns = "(EXTRACT(EPOCH FROM {c}) * 1000000)::bigint * 1000"
             alerts_sql = (
                 "SELECT device_type, device_id, alert_code, alert_name, "
@@ -138,6 +155,25 @@ class StarlinkIngest:
                 "SELECT device_id, toUnixTimestamp64Nano(max(ts_ns)), argMax(ipv4, ts_ns), "
                 f"argMax(ipv6_ue, ts_ns), argMax(ipv6_cpe, ts_ns) FROM {ips} GROUP BY device_id"
             )
+        if postgres:
+            keys_sql = [
+                f"SELECT {kind}, device_id, {ns.format(c='ts_ns')} FROM {t} "
+                f"WHERE ts_ns >= (SELECT max(ts_ns) FROM {t}) - make_interval(secs => {window}) "
+                f"ORDER BY ts_ns DESC LIMIT {limit}"
+                for kind, t in (("device_type", telemetry), (f"'{IP_KEY}'", ips))
+            ]
+        else:
+            keys_sql = [
+                f"SELECT {kind}, device_id, toUnixTimestamp64Nano(ts_ns) FROM {t} "
+                f"WHERE ts_ns >= (SELECT max(ts_ns) FROM {t}) - toIntervalSecond({window}) "
+                f"ORDER BY ts_ns DESC LIMIT {limit}"
+                for kind, t in (("toString(device_type)", telemetry), (f"'{IP_KEY}'", ips))
+            ]
+        keys: list[tuple[str, str, int]] = []
+        if limit:
+            for sql in keys_sql:
+                key_rows: list[tuple[Any, ...]] = (await store.query(sql)).rows
+                keys += [(str(k), str(d), int(t)) for k, d, t in key_rows]
         alert_rows: list[tuple[Any, ...]] = (await store.query(alerts_sql)).rows
         ip_rows: list[tuple[Any, ...]] = (await store.query(ips_sql)).rows
         open_alerts = [(str(t), str(d), int(c), str(n), int(o)) for t, d, c, n, o in alert_rows]
@@ -145,7 +181,13 @@ class StarlinkIngest:
             (str(d), int(ts), list(v4 or ()), list(ue or ()), list(cpe or ()))
             for d, ts, v4, ue, cpe in ip_rows
         ]
-        self.mapper.restore(open_alerts=open_alerts, ips=latest)
+        self.mapper.restore(
+            open_alerts=open_alerts,
+            ips=latest,
+            recent_keys=keys,
+            key_unit_ns=1000 if postgres else 1,  # timestamptz holds microseconds
+        )
+        self.restored_keys = len(keys)
         return len(open_alerts), len(latest)
 
     # -- one body ------------------------------------------------------------------------
@@ -284,6 +326,7 @@ class StarlinkSource:
                 "max_linger_ms": self.client_settings.max_linger_ms,
                 "open_alerts": self._restored[0],
                 "terminals_with_ips": self._restored[1],
+                "recent_keys": self.ingest.restored_keys,
                 "raw_archive": self.settings.raw_archive,
             },
         )

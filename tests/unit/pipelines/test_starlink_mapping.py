@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from orbitstream.core.tables import ColType
 from orbitstream.pipelines.starlink import (
     ALERT_COLUMNS,
+    IP_KEY,
     StaleMappingError,
     StarlinkEnvelopeError,
     StarlinkMapper,
@@ -558,6 +559,30 @@ def test_the_recent_set_is_bounded() -> None:
     mapper.commit(mapper.map(envelope([ut(ts=T0 + n * STEP) for n in range(3)]), RECEIVED))
     replay = mapper.map(envelope([ut(ts=T0 + n * STEP) for n in range(3)]), RECEIVED)
     assert replay.duplicates == 2 and [r[2] for r in replay.rows["telemetry"]] == [T0]
+
+
+def test_restored_keys_drop_near_duplicates_across_a_restart() -> None:
+    # keys as the store gives them: type names, ip- stripped, PostgreSQL's microseconds
+    stored_ns = T0 + 123_456  # the row's ns; the store keeps T0 + 123_000
+    fresh = StarlinkMapper()
+    fresh.restore(
+        recent_keys=[("UserTerminal", UT_A, T0 + 123_000), (IP_KEY, UT_A, T0 - 3_000_000)],
+        key_unit_ns=1000,
+    )
+    mapping = fresh.map(envelope([ut(ts=stored_ns), ip(), ut(ts=T0 + STEP)]), RECEIVED)
+    assert mapping.duplicates == 2
+    assert [r[2] for r in mapping.rows["telemetry"]] == [T0 + STEP]
+    assert mapping.rows["ip_allocations"] == []
+    # the key is per device type: the same id and time as a Router key is not a duplicate
+    router = StarlinkMapper()
+    router.restore(recent_keys=[("Router", UT_A, T0)])
+    assert router.map(envelope([ut()]), 1).duplicates == 0
+    # bounded: forgotten once recent_limit new keys were committed
+    small = StarlinkMapper(recent_limit=2)
+    small.restore(recent_keys=[("UserTerminal", UT_A, T0), ("UserTerminal", UT_B, T0)])
+    assert small.map(envelope([ut(), ut(dev=UT_B)]), 1).duplicates == 2
+    small.commit(small.map(envelope([ut(ts=T0 + n * STEP) for n in (1, 2)]), 1))
+    assert small.map(envelope([ut(dev=UT_B)]), 1).duplicates == 0
 
 
 def test_mapping_is_pure_and_deterministic() -> None:
