@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -91,12 +92,38 @@ def record_batch(table: Table, rows: Sequence[Row]) -> Any:
     schema = arrow_schema(table)
     if not rows:
         return pa.RecordBatch.from_pylist([], schema=schema)
-    # map columns: pyarrow converts the dicts itself (faster than lists of item pairs)
     arrays = [
-        pa.array(values, type=ARROW_TYPES[col.type])
+        _map_array(values, ARROW_TYPES[col.type])
+        if col.type in _MAPS
+        else pa.array(values, type=ARROW_TYPES[col.type])
         for values, col in zip(zip(*rows, strict=True), table.columns, strict=True)
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _map_array(dicts: Sequence[Any], typ: Any) -> Any:
+    """A map column from dicts, built from flat key and value lists and offsets: ~3x
+    faster than ``pa.array(dicts)`` (measured: 160-185 vs 520 ms for 62,000 rows of ~27
+    keys). Null maps (``None``) take pyarrow's own conversion.
+
+    :raises pyarrow.ArrowException: a key is not a string or a value does not fit.
+    """
+    if None in dicts:
+        return pa.array(dicts, type=typ)
+    try:
+        lengths = np.fromiter(map(len, dicts), dtype=np.int32, count=len(dicts))
+        keys = list(chain.from_iterable(dicts))
+        items = list(chain.from_iterable(map(dict.values, dicts)))
+    except TypeError:  # not dicts: pyarrow says what is wrong
+        return pa.array(dicts, type=typ)
+    offsets = np.zeros(len(dicts) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.MapArray.from_arrays(
+        pa.array(offsets),
+        pa.array(keys, type=typ.key_type),
+        pa.array(items, type=typ.item_type),
+        type=typ,
+    )
 
 
 def _py_column(array: Any, typ: ColType) -> list[Any]:

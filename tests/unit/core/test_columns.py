@@ -263,3 +263,55 @@ def test_nan_survives_the_round_trip() -> None:
     rows: list[Row] = [(0, "a", math.nan, 0, 0, False, (), {"x": math.inf}, {})]
     back = rows_of(ALL, record_batch(ALL, rows))
     assert math.isnan(cast(float, back[0][2])) and back[0][7] == {"x": math.inf}
+
+
+MAPS = Table(
+    "maps",
+    (
+        Column("time", ColType.TIMESTAMP),
+        Column("metrics", ColType.MAP_STR_FLOAT),
+        Column("info", ColType.MAP_STR_STR),
+    ),
+    time_column="time",
+    order_by=("time",),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.just(0),
+            st.dictionaries(texts, floats | st.integers(-(2**53), 2**53), max_size=5),
+            st.dictionaries(texts, texts, max_size=5) | st.none(),
+        ),
+        max_size=20,
+    )
+)
+def test_map_columns_equal_pyarrows_own_conversion(rows: list[Row]) -> None:
+    data = record_batch(MAPS, rows)
+    for c in (1, 2):
+        expected = pa.array([r[c] for r in rows], type=data.schema.field(c).type)
+        assert data.column(c).equals(expected)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        (0, {"a": "fifty"}, {}),
+        (0, {1: 2.0}, {}),
+        (0, {}, {"a": 7}),
+        (0, "abc", {}),
+        (0, [("a", 1.0)], {}),
+    ],
+)
+def test_a_map_value_that_does_not_fit_raises_or_converts_like_pyarrow(row: Row) -> None:
+    try:
+        expected = [pa.array([row[c]], type=arrow_schema(MAPS).field(c).type) for c in (1, 2)]
+    except (pa.ArrowException, TypeError, ValueError):
+        with pytest.raises((pa.ArrowException, TypeError, ValueError)):
+            record_batch(MAPS, [row])
+        assert sink_arrow.bad_rows(Batch(MAPS, [row], "b")) == (0,)
+        return
+    data = record_batch(MAPS, [row])
+    assert [data.column(c) for c in (1, 2)] == expected
