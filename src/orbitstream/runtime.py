@@ -141,9 +141,10 @@ def plan_pipelines(
                 f"pipeline {spec.name} runs on {', '.join(spec.sources)}, not {src!r}",
                 setting="--source",
             )
-        registry.source_type(src)  # registered?
+        kind = registry.source_type(src)
         ns = _namespace(spec, own)
-        tables = tuple(t.in_namespace(ns) for t in spec.tables(own, settings))
+        own_tables = [*spec.tables(own, settings), *kind.tables(settings)]
+        tables = tuple(t.in_namespace(ns) for t in own_tables)
         plans.append(PipelinePlan(spec, own, ns, tables, src))
     where: dict[str, str] = {}
     for plan in plans:

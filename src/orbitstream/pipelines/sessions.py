@@ -39,10 +39,15 @@ from collections.abc import Iterable
 from typing import Annotated, Literal
 
 import msgspec
+from pydantic import Field
 
+from orbitstream.core import registry
 from orbitstream.core.batch import Row
+from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Replacing, Table
 from orbitstream.pipelines.mapping import DeadRecord, MapResult, Message, Position
+from orbitstream.settings import Settings, env
+from orbitstream.sources.kafka_source import KafkaPipelineSettings
 
 __all__ = [
     "CONSUMER_GROUP_DEFAULT",
@@ -50,10 +55,12 @@ __all__ = [
     "SESSIONS_BASE_TABLE",
     "SESSION_EVENTS_TABLE",
     "SESSION_MOVEMENTS_TABLE",
+    "SPEC",
     "STATUSES",
     "TOPIC_DEFAULT",
     "SessionMessage",
     "SessionsMapper",
+    "SessionsSettings",
     "tables",
 ]
 
@@ -215,6 +222,9 @@ class SessionsMapper:
     def commit(self, result: MapResult) -> None:
         """Nothing to do: this mapper has no state."""
 
+    def discard(self, result: MapResult) -> None:
+        """Nothing to forget: this mapper has no state."""
+
     def rollback(self, topic: str | None = None, partition: int | None = None) -> int:
         """Nothing to forget: this mapper has no state; returns 0."""
         return 0
@@ -301,3 +311,40 @@ class SessionsMapper:
         if moves:
             rows["session_movements"] = moves
         return MapResult(rows=rows, dead=dead, messages=count)
+
+
+# -- the pipeline ------------------------------------------------------------------------
+class SessionsSettings(KafkaPipelineSettings):
+    """The sessions pipeline: the Jupiter sessions service's variables."""
+
+    kafka_topic: str = Field(TOPIC_DEFAULT, min_length=1, validation_alias=env(TOPIC_ENV))
+    consumer_group: str = Field(
+        CONSUMER_GROUP_DEFAULT, min_length=1, validation_alias=env(CONSUMER_GROUP_ENV)
+    )
+    dead_letter_topic: str = "sessions-dead-letters"
+
+
+def _tables(own: SessionsSettings, settings: Settings) -> tuple[Table, ...]:
+    return tables(settings.retention_days)
+
+
+def _build(b: PipelineBuild) -> PipelineParts:
+    source = registry.source_type(b.source).create(b, SessionsMapper())
+    own = b.own
+    assert isinstance(own, SessionsSettings)
+    return PipelineParts(
+        source,
+        info={"topic": own.kafka_topic, "consumer_group": own.consumer_group},
+    )
+
+
+SPEC = PipelineSpec(
+    name=PIPELINE,
+    description="Vehicle delivery sessions from Kafka (KAFKA_TOPIC): session headers, "
+    "status events, GPS movements.",
+    settings=SessionsSettings,
+    tables=_tables,
+    build=_build,
+    sources=("kafka",),
+    namespace="sessions",
+)
