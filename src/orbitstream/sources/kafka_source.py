@@ -252,7 +252,7 @@ class KafkaSource:
             self.counters["rewinds"] += 1
             self.mapping.rollback(chunk.topic, chunk.partition)
         result = self.mapping.map_chunk(chunk.messages)
-        rows = {t: r for t, r in result.rows.items() if r}
+        rows = {t: r for t, r in result.rows.items() if len(r)}  # tuples or a record batch
         n = sum(len(r) for r in rows.values())
         ack: Ack | None = None
         if n:
