@@ -407,7 +407,7 @@ class KafkaSection(Section):
         "earliest", validation_alias=env("KAFKA_AUTO_OFFSET_RESET")
     )
     chunk_messages: int = Field(
-        10_000, ge=1, validation_alias=env("ORBITSTREAM_KAFKA_CHUNK_MESSAGES")
+        50_000, ge=1, validation_alias=env("ORBITSTREAM_KAFKA_CHUNK_MESSAGES")
     )
     linger_secs: float = Field(0.5, gt=0, validation_alias=env("ORBITSTREAM_KAFKA_LINGER"))
     revoke_timeout_secs: float = Field(

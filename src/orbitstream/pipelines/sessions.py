@@ -72,10 +72,12 @@ CONSUMER_GROUP_DEFAULT = "jupiter-consumer-group"
 
 STATUSES = ("started", "en_route", "delivered", "cancelled")
 
-# The characters are checked by the mapper (``str.strip`` with the allowed set: a
-# msgspec ``pattern`` costs ~0.4 µs per field, a third of the whole message).
+# The characters are checked by the mapper, once per distinct id (a cache of ids seen
+# valid; a regex or ``str.strip`` per field costs 0.4-0.8 µs, more than the decode).
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 ID_CHARS = string.ascii_letters + string.digits + "_.:-"
+_ID_MATCH = re.compile(r"[A-Za-z0-9_.:\-]+").fullmatch
+_MAX_CACHED_IDS = 200_000
 Status = Literal["started", "en_route", "delivered", "cancelled"]
 Lat = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)]
 Lon = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)]
@@ -206,6 +208,20 @@ class SessionsMapper:
 
     def __init__(self) -> None:
         self._decode = msgspec.json.Decoder(SessionMessage).decode
+        # ids already checked (a cache, not state: the same bytes still give the same
+        # rows); vehicles and sessions repeat their ids in every message
+        self._valid_ids: set[str] = set()
+
+    def _ids_ok(self, *ids: str) -> bool:
+        ok = self._valid_ids
+        for i in ids:
+            if i not in ok:
+                if _ID_MATCH(i) is None:
+                    return False
+                if len(ok) >= _MAX_CACHED_IDS:
+                    ok.clear()
+                ok.add(i)
+        return True
 
     def map(self, value: bytes | None, position: Position) -> MapResult:
         """Map one message.
@@ -238,6 +254,7 @@ class SessionsMapper:
         count = 0
         epoch = _EPOCH
         us = _US
+        ok = self._valid_ids
         for value, position in items:
             count += 1
             if value is None:
@@ -275,7 +292,7 @@ class SessionsMapper:
             sid = m.session_id
             vid = m.vehicle_id
             oid = m.order_id
-            if sid.strip(ID_CHARS) or vid.strip(ID_CHARS) or oid.strip(ID_CHARS):
+            if not (sid in ok and vid in ok and oid in ok) and not self._ids_ok(sid, vid, oid):
                 dead.append(
                     DeadRecord(
                         position,
