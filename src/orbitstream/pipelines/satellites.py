@@ -561,16 +561,18 @@ def _build(b: PipelineBuild) -> PipelineParts:
 
         handler = KafkaHandler(SatelliteKafkaMapping(ingest), restore=restore)
     source = registry.source_type(b.source).create(b, handler)
-    return PipelineParts(
-        source,
-        info={
-            "thresholds": [
-                {"field": r.field, "op": r.op, "threshold": r.threshold, "rule": r.rule}
-                for r in rules.rules
-            ],
-            "endpoints": [ingest.path, f"{ingest.path}/batch", f"{ingest.path}/ndjson"],
-        },
-    )
+    info: dict[str, Any] = {
+        "thresholds": [
+            {"field": r.field, "op": r.op, "threshold": r.threshold, "rule": r.rule}
+            for r in rules.rules
+        ],
+    }
+    if b.source == "kafka":
+        info["topic"] = own.kafka_topic
+        info["consumer_group"] = own.consumer_group
+    else:
+        info["endpoints"] = [ingest.path, f"{ingest.path}/batch", f"{ingest.path}/ndjson"]
+    return PipelineParts(source, info=info)
 
 
 SPEC = PipelineSpec(
