@@ -181,6 +181,7 @@ class KafkaSource:
         self.reader: KafkaReader | None = None
         self._ctx: SourceContext | None = None
         self._next: dict[tuple[str, int], int] = {}
+        self._rows_per_message = 1.0
         self.counters = {"messages": 0, "rows": 0, "dead": 0, "backpressure": 0, "rewinds": 0}
 
     async def start(self, ctx: SourceContext) -> None:
@@ -251,9 +252,18 @@ class KafkaSource:
             # mapper holds of this partition beyond its committed state
             self.counters["rewinds"] += 1
             self.mapping.rollback(chunk.topic, chunk.partition)
+        # refuse before mapping when the chunk would not fit by the rows per message seen
+        # so far: under backpressure a chunk is offered again every few tens of ms, and
+        # mapping it each time (a large network chunk: a second of CPU) starves the loop
+        guess = int(len(chunk.messages) * self._rows_per_message)
+        if guess and not ctx.has_room(guess):
+            self.counters["backpressure"] += 1
+            raise BackpressureError("pipeline buffers full", retry_after_secs=0.05)
         result = self.mapping.map_chunk(chunk.messages)
         rows = {t: r for t, r in result.rows.items() if len(r)}  # tuples or a record batch
         n = sum(len(r) for r in rows.values())
+        if chunk.messages:
+            self._rows_per_message = n / len(chunk.messages)
         ack: Ack | None = None
         if n:
             if not ctx.has_room(n):
