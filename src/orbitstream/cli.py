@@ -72,12 +72,46 @@ class AckModeOpt(StrEnum):
     sink = "sink"
 
 
-def _serve(settings: Settings, names: list[str], source: str | None = None) -> None:
+class SinkOpt(StrEnum):
+    store = "store"
+    kafka = "kafka"
+
+
+def _kafka_tier(settings: Settings) -> Any:
+    """``serve --sink kafka``: accepted points go to the satellites pipeline's raw topic
+    (its ``kafka_topic``), keyed by satellite, instead of the stores."""
+    from orbitstream.core.protocols import Sink
+    from orbitstream.runtime import PipelinePlan
+    from orbitstream.sinks.kafka import KafkaSink, KafkaSinkSettings
+    from orbitstream.sinks.select import SelectedTables
+
+    servers = settings.kafka.servers()
+
+    def write_to(plan: PipelinePlan) -> list[Sink]:
+        topic = str(getattr(plan.own, "kafka_topic", "") or f"{plan.name}-raw")
+        sink = KafkaSink(
+            KafkaSinkSettings(
+                bootstrap_servers=servers,
+                topics={"telemetry": topic},
+                timestamp_format="epoch_ns",
+                create_topics=True,
+                topic_partitions=settings.kafka.topic_partitions,
+                client_id=f"orbitstream-{plan.name}-ingest",
+            )
+        )
+        return [SelectedTables(sink, ["telemetry"])]
+
+    return write_to
+
+
+def _serve(
+    settings: Settings, names: list[str], source: str | None = None, write_to: Any = None
+) -> None:
     """Run ``names`` until SIGTERM/SIGINT; start-up failures are a message and exit 2."""
     from orbitstream.runtime import Runtime
 
     async def main() -> None:
-        runtime = Runtime(settings, names, source=source)
+        runtime = Runtime(settings, names, source=source, write_to=write_to)
         await runtime.run()
 
     try:
@@ -106,6 +140,14 @@ def serve(
     ack_mode: Annotated[
         AckModeOpt | None, typer.Option("--ack-mode", help="memory | sink (ORBITSTREAM_ACK_MODE).")
     ] = None,
+    sink: Annotated[
+        SinkOpt,
+        typer.Option(
+            "--sink",
+            help="store: write the configured stores; kafka: publish accepted points to the "
+            "raw topic for 'run satellites --source kafka' workers (docs/scaling.md).",
+        ),
+    ] = SinkOpt.store,
 ) -> None:
     """Run the HTTP ingest service (the satellites pipeline) on the configured store."""
     settings = _settings(
@@ -115,7 +157,14 @@ def serve(
         http={"ack_mode": ack_mode.value} if ack_mode else None,
     )
     configure_logging(settings.log_level, settings.log_format)
-    _serve(settings, ["satellites"])
+    write_to = None
+    if sink is SinkOpt.kafka:
+        try:
+            write_to = _kafka_tier(settings)
+        except ConfigError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    _serve(settings, ["satellites"], write_to=write_to)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -25,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,9 +154,10 @@ def plan_pipelines(
                 f"pipeline {spec.name} runs on {', '.join(spec.sources)}, not {src!r}",
                 setting="--source",
             )
-        registry.source_type(src)  # registered?
+        kind = registry.source_type(src)
         ns = _namespace(spec, own)
-        tables = tuple(t.in_namespace(ns) for t in spec.tables(own, settings))
+        own_tables = [*spec.tables(own, settings), *kind.tables(settings)]
+        tables = tuple(t.in_namespace(ns) for t in own_tables)
         plans.append(PipelinePlan(spec, own, ns, tables, src))
     where: dict[str, str] = {}
     for plan in plans:
@@ -203,6 +205,9 @@ class Runtime:
     :param names: the pipelines to run (registry names).
     :param source: run them on this source type instead of their configured one.
     :param extra_sinks: sinks every pipeline also writes to (embedding, tests).
+    :param write_to: the sinks a pipeline writes to instead of the stores (the HTTP tier
+        of a scale-out topology publishes to Kafka: ``serve --sink kafka``); the stores
+        are still started, for reads.
     """
 
     def __init__(
@@ -212,6 +217,7 @@ class Runtime:
         *,
         source: str | None = None,
         extra_sinks: Sequence[Sink] = (),
+        write_to: Callable[[PipelinePlan], Sequence[Sink]] | None = None,
     ) -> None:
         from orbitstream.service import ServiceRoutes
 
@@ -250,10 +256,15 @@ class Runtime:
                 metrics=self.metrics,
             )
             parts = plan.spec.build(build)
+            if write_to is not None:
+                parts = dataclasses.replace(parts, sinks=(*write_to(plan), *parts.sinks))
+                targets: list[Sink] = list(parts.sinks)
+            else:
+                targets = [*self.stores, *extra_sinks, *parts.sinks]
             pipeline = Pipeline(
                 plan.name,
                 plan.tables,
-                [*self.stores, *extra_sinks, *parts.sinks],
+                targets,
                 limits=limits,
                 retry=retry,
                 metrics=self.metrics,

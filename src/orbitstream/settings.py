@@ -58,6 +58,7 @@ __all__ = [
     "ClickHouseSection",
     "EngineSettings",
     "HttpSettings",
+    "KafkaSection",
     "PostgresSection",
     "QuerySettings",
     "Section",
@@ -392,6 +393,48 @@ class ClickHouseSection(Section):
         return bool(self.url.strip() or self.host.strip())
 
 
+class KafkaSection(Section):
+    """The Kafka brokers and consumer tuning every Kafka source and sink of the process
+    shares (topics and groups are each pipeline's settings)."""
+
+    bootstrap_servers: str = Field(
+        "", validation_alias=env("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP")
+    )
+    session_timeout_ms: int = Field(
+        45_000, ge=1000, validation_alias=env("ORBITSTREAM_KAFKA_SESSION_TIMEOUT_MS")
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", validation_alias=env("KAFKA_AUTO_OFFSET_RESET")
+    )
+    chunk_messages: int = Field(
+        50_000, ge=1, validation_alias=env("ORBITSTREAM_KAFKA_CHUNK_MESSAGES")
+    )
+    linger_secs: float = Field(0.5, gt=0, validation_alias=env("ORBITSTREAM_KAFKA_LINGER"))
+    revoke_timeout_secs: float = Field(
+        30.0, ge=0, validation_alias=env("ORBITSTREAM_KAFKA_REVOKE_TIMEOUT")
+    )
+    topic_partitions: int = Field(
+        4,
+        ge=1,
+        validation_alias=env("ORBITSTREAM_KAFKA_TOPIC_PARTITIONS"),
+        description="Partitions of the topics the service creates when missing.",
+    )
+
+    @field_validator("linger_secs", "revoke_timeout_secs", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float | None:
+        return _duration_or_none(value)
+
+    def servers(self, setting: str = "KAFKA_BOOTSTRAP_SERVERS") -> str:
+        """The bootstrap servers; :raises ConfigError: none configured."""
+        if not self.bootstrap_servers.strip():
+            raise ConfigError(
+                "Kafka needs KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP) = host:port[,host:port]",
+                setting=setting,
+            )
+        return self.bootstrap_servers.strip()
+
+
 # -- the root ---------------------------------------------------------------------------
 
 
@@ -434,6 +477,7 @@ class Settings(BaseSettings):
     query: QuerySettings = Field(default_factory=QuerySettings)  # type: ignore[arg-type]
     postgres: PostgresSection = Field(default_factory=PostgresSection)  # type: ignore[arg-type]
     clickhouse: ClickHouseSection = Field(default_factory=ClickHouseSection)  # type: ignore[arg-type]
+    kafka: KafkaSection = Field(default_factory=KafkaSection)  # type: ignore[arg-type]
     pipelines: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="[pipelines.<name>] tables of the TOML file."
     )

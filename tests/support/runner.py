@@ -63,15 +63,16 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 class Running:
-    """``orbitstream run PIPELINE…`` on a free port, until :meth:`stop`."""
+    """``orbitstream run PIPELINE…`` (or another ``command`` with its arguments) on a free
+    port, until :meth:`stop`."""
 
-    def __init__(self, env: dict[str, str], *pipelines: str) -> None:
+    def __init__(self, env: dict[str, str], *pipelines: str, command: str = "run") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(env["ORBITSTREAM_DATA_DIR"]).parent / f"run-{self.port}.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orbitstream", "run", *pipelines],
+                [sys.executable, "-m", "orbitstream", command, *pipelines],
                 env={**env, "PORT": str(self.port)},
                 stdout=log,
                 stderr=log,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -54,6 +54,10 @@ SINKS = "orbitstream.sinks"
 T = TypeVar("T")
 
 
+def _no_tables(settings: Settings) -> Sequence[Table]:
+    return ()
+
+
 @dataclass(frozen=True, slots=True)
 class SourceType:
     """A kind of source a pipeline can run on.
@@ -62,12 +66,15 @@ class SourceType:
         source hands its input to (``handler`` documents the protocol it expects — e.g.
         the HTTP push source takes an
         :class:`~orbitstream.sources.http.push.HttpIngest`).
+    :param tables: tables the source keeps in the primary store (the Kafka source's chunk
+        log), created in the namespace of each pipeline that runs on it.
     """
 
     name: str
     description: str
     handler: str
     create: Callable[[PipelineBuild, Any], Source]
+    tables: Callable[[Settings], Sequence[Table]] = _no_tables
 
 
 @dataclass(frozen=True, slots=True)

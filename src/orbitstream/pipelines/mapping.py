@@ -122,8 +122,8 @@ class Mapper(Protocol):
     """What the runtime needs from a pipeline's mapper.
 
     ``map``/``map_chunk`` see the committed state plus results not yet committed or
-    rolled back; ``commit`` is called once a result's rows are durable in every sink and
-    ``rollback`` when they will not be (partition revoked, shutdown without flush), so the
+    rolled back; ``commit`` is called once a result's rows are durable in every sink,
+    ``discard`` when one result was not taken (backpressure), and ``rollback`` when they will not be (partition revoked, shutdown without flush), so the
     messages are replayed from the committed state.
     """
 
@@ -134,5 +134,7 @@ class Mapper(Protocol):
     def map_chunk(self, messages: Iterable[Message]) -> MapResult: ...
 
     def commit(self, result: MapResult) -> None: ...
+
+    def discard(self, result: MapResult) -> None: ...
 
     def rollback(self, topic: str | None = None, partition: int | None = None) -> int: ...

@@ -52,16 +52,23 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
+from pydantic import Field
 
+from orbitstream.core import registry
 from orbitstream.core.batch import Row
+from orbitstream.core.protocols import Sink, Store
+from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Replacing, Table
 from orbitstream.pipelines.mapping import DeadRecord, MapResult, Message, Position
+from orbitstream.settings import Settings, env
+from orbitstream.sources.kafka_source import KafkaHandler, KafkaPipelineSettings
 
 __all__ = [
     "ADDRESSES_TABLE",
@@ -76,13 +83,17 @@ __all__ = [
     "RAW_TOPIC_DEFAULT",
     "REPUBLISH_TOPICS",
     "RESTORE_SQL",
+    "SPEC",
     "STATISTICS_PATH",
     "STATUS_PATH",
     "SYSTEM_INTERFACE",
     "NetworkMapResult",
     "NetworkMapper",
+    "NetworkSettings",
     "tables",
 ]
+
+logger = logging.getLogger(__name__)
 
 PIPELINE = "network"
 RAW_TOPIC_ENV = "KAFKA_RAW_TOPIC"
@@ -200,17 +211,16 @@ def tables(retention_days: int | None = None) -> tuple[Table, Table, Table, Tabl
     )
 
 
-def _restore_sql(table: Table, latest_by: tuple[str, ...] | None) -> str:
+def _restore_sql(table: Table, latest_by: tuple[str, ...] | None, name: str | None = None) -> str:
     cols = ", ".join(
         f"toUnixTimestamp64Nano(`{c.name}`)" if c.type is ColType.TIMESTAMP else f"`{c.name}`"
         for c in table.columns
     )
+    name = name or f"`{table.name}`"
     if latest_by is None:
-        return f"SELECT {cols} FROM `{table.name}` FINAL"
+        return f"SELECT {cols} FROM {name} FINAL"
     keys = ", ".join(f"`{k}`" for k in latest_by)
-    return (
-        f"SELECT {cols} FROM `{table.name}` ORDER BY `{table.time_column}` DESC LIMIT 1 BY {keys}"
-    )
+    return f"SELECT {cols} FROM {name} ORDER BY `{table.time_column}` DESC LIMIT 1 BY {keys}"
 
 
 # ClickHouse SQL reading back the state a restarted mapper needs (rows in column order,
@@ -461,6 +471,13 @@ class NetworkMapper:
             had = ifs.get(key)
             if had is None or had[0] < seq:
                 ifs[key] = (seq, state)
+
+    def discard(self, result: MapResult) -> None:
+        """Forget one result that was not taken downstream (the last one mapped for its
+        partition: the same messages are mapped again later)."""
+        if isinstance(result, NetworkMapResult) and result.seq in self._pending:
+            del self._pending[result.seq]
+            self._rebuild_tip()
 
     def rollback(self, topic: str | None = None, partition: int | None = None) -> int:
         """Forget results not committed (all, or those with messages of one partition).
@@ -777,3 +794,123 @@ class NetworkMapper:
 
 def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+# -- the pipeline ------------------------------------------------------------------------
+_LATEST_BY: dict[str, tuple[str, ...] | None] = {
+    "nodes": None,
+    "interfaces": ("node_name", "interface_name"),
+    "interface_counters": ("node_name", "interface_name"),
+}
+
+
+class NetworkSettings(KafkaPipelineSettings):
+    """The network pipeline: the network processor's variables (``KAFKA_*_TOPIC``)."""
+
+    kafka_topic: str = Field(RAW_TOPIC_DEFAULT, min_length=1, validation_alias=env(RAW_TOPIC_ENV))
+    consumer_group: str = Field(
+        "network-consumer-group", min_length=1, validation_alias=env("KAFKA_CONSUMER_GROUP")
+    )
+    dead_letter_topic: str = "network-dead-letters"
+    node_topic: str = Field("node-data", min_length=1, validation_alias=env("KAFKA_NODE_TOPIC"))
+    interface_topic: str = Field(
+        "interface-data", min_length=1, validation_alias=env("KAFKA_INTERFACE_TOPIC")
+    )
+    address_topic: str = Field(
+        "address-data", min_length=1, validation_alias=env("KAFKA_ADDRESS_TOPIC")
+    )
+    republish: bool = Field(True, description="Republish nodes, interfaces and addresses.")
+
+
+async def restore_from(
+    store: Store, tables_by_name: Mapping[str, Table], mapper: NetworkMapper
+) -> None:
+    """Reload ``mapper``'s committed state from the store (ClickHouse dialect stores)."""
+    if store.query_dialect != "clickhouse":
+        logger.warning(
+            "Network state not restored: only ClickHouse-dialect stores are read back.",
+            extra={"pipeline": PIPELINE, "component": store.name},
+        )
+        return
+    found: dict[str, list[Sequence[Any]]] = {}
+    for name, latest_by in _LATEST_BY.items():
+        table = tables_by_name[name]
+        qualified = ".".join(f"`{p}`" for p in (table.namespace, table.name) if p)
+        result = await store.query(_restore_sql(table, latest_by, qualified))
+        found[name] = list(result.rows)
+    mapper.restore(found["nodes"], found["interfaces"], found["interface_counters"])
+    logger.info(
+        "Network state restored.",
+        extra={"pipeline": PIPELINE, "records": sum(len(r) for r in found.values())},
+    )
+
+
+def _tables(own: NetworkSettings, settings: Settings) -> tuple[Table, ...]:
+    return tables(settings.retention_days)
+
+
+def _build(b: PipelineBuild) -> PipelineParts:
+    import os
+
+    from orbitstream.detect.notify import SnsSettings, SourcePosition, error_notifier
+    from orbitstream.sinks.parquet import ParquetSettings, ParquetSink
+    from orbitstream.sinks.select import SelectedTables
+
+    own = b.own
+    assert isinstance(own, NetworkSettings)
+    mapper = NetworkMapper()
+    sinks: list[Sink] = []
+    info: dict[str, Any] = {"topic": own.kafka_topic, "consumer_group": own.consumer_group}
+    own_tables = [t.name for t in NetworkMapper.tables]
+    if own.republish and b.source == "kafka":
+        from orbitstream.sinks.kafka import KafkaSink, KafkaSinkSettings
+
+        topics = {
+            "nodes": own.node_topic,
+            "interfaces": own.interface_topic,
+            "addresses": own.address_topic,
+        }
+        sink = KafkaSink(
+            KafkaSinkSettings(
+                bootstrap_servers=b.settings.kafka.servers(),
+                topics=topics,
+                dead_letter_topic=own.dead_letter_topic,
+                create_topics=True,
+                topic_partitions=b.settings.kafka.topic_partitions,
+                client_id="orbitstream-network",
+            )
+        )
+        sinks.append(SelectedTables(sink, topics))
+        info["republish"] = topics
+    parquet = ParquetSettings.from_env(os.environ)
+    if parquet is not None:
+        sinks.append(SelectedTables(ParquetSink(parquet), own_tables))
+        info["archive"] = parquet.url
+    sns = SnsSettings.from_env(os.environ)
+    notifier = error_notifier(PIPELINE, sns)
+    if sns is not None:
+        info["alerts"] = sns.topic_arn
+
+    def on_dead(rec: DeadRecord) -> None:
+        pos = rec.position
+        notifier.report(rec.kind, SourcePosition(pos.topic, pos.partition, pos.offset), rec.reason)
+
+    async def restore(store: Store, tables_by_name: Mapping[str, Table]) -> None:
+        await restore_from(store, tables_by_name, mapper)
+
+    handler = KafkaHandler(mapper, restore=restore, on_dead=on_dead, on_stop=notifier.close)
+    source = registry.source_type(b.source).create(b, handler)
+    return PipelineParts(source, sinks=sinks, info=info)
+
+
+SPEC = PipelineSpec(
+    name=PIPELINE,
+    description="SR Linux-style network state from Kafka (KAFKA_RAW_TOPIC): nodes, "
+    "interfaces, addresses, counter rates; republished to Kafka, archived to S3, "
+    "errors alerted to SNS.",
+    settings=NetworkSettings,
+    tables=_tables,
+    build=_build,
+    sources=("kafka",),
+    namespace="network",
+)

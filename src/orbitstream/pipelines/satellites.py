@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,12 +28,14 @@ from orbitstream.core.records import (
     number_problem,
 )
 from orbitstream.core.records import body_errors as _body_errors
-from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSettings, PipelineSpec
+from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Rollup, Table
 from orbitstream.core.times import TimeWindow
 from orbitstream.detect.alerts import ALERTS_TABLE, AlertTracker
 from orbitstream.detect.thresholds import ThresholdRule, ThresholdRules
+from orbitstream.pipelines.mapping import DeadRecord, MapResult, Message
 from orbitstream.settings import Settings, env
+from orbitstream.sources.kafka_source import KafkaHandler, KafkaPipelineSettings
 
 if TYPE_CHECKING:  # the columnar path imports this module
     from orbitstream.pipelines.satellites_columnar import ColumnMapped
@@ -345,8 +347,20 @@ class SatelliteMapper:
 # -- the pipeline -----------------------------------------------------------------------
 
 
-class SatellitesSettings(PipelineSettings):
-    """The satellites pipeline: the seed's anomaly thresholds (``ANOMALY_THRESHOLD_*``)."""
+class SatellitesSettings(KafkaPipelineSettings):
+    """The satellites pipeline: the seed's anomaly thresholds (``ANOMALY_THRESHOLD_*``);
+    on the ``kafka`` source (and for ``serve --sink kafka``) its raw topic and group."""
+
+    kafka_topic: str = Field(
+        "satellites-raw",
+        min_length=1,
+        description="The raw topic: the HTTP tier publishes accepted points to it "
+        "(serve --sink kafka), workers consume it (run satellites --source kafka).",
+    )
+    consumer_group: str = Field(
+        "satellites-workers", min_length=1, validation_alias=env("KAFKA_CONSUMER_GROUP")
+    )
+    dead_letter_topic: str = "satellites-dead-letters"
 
     battery_threshold: float = Field(
         10.0,
@@ -442,6 +456,93 @@ class SatelliteIngest:
         self.mapper.alerts.restore([(str(e), str(r)) for e, r in res.rows])
 
 
+class KafkaPoint(msgspec.Struct, gc=False):
+    """A point as a Kafka message carries it: the HTTP API's JSON (``timestamp``), or a
+    ``telemetry`` row as the Kafka sink writes it (``time``, epoch ns or RFC 3339; the
+    derived columns are ignored and computed again)."""
+
+    satellite_id: SatelliteId
+    battery_charge_percent: Battery
+    storage_usage_mb: Storage
+    signal_strength_dbm: Signal
+    timestamp: Timestamp = None
+    time: Timestamp = None
+
+    def point(self) -> Point:
+        return Point(
+            self.satellite_id,
+            self.battery_charge_percent,
+            self.storage_usage_mb,
+            self.signal_strength_dbm,
+            self.timestamp if self.timestamp is not None else self.time,
+        )
+
+
+@dataclass(slots=True)
+class _KafkaMapped(MapResult):
+    mapped: Any = None
+
+
+class SatelliteKafkaMapping:
+    """The satellites pipeline on the ``kafka`` source: each message is one point or a
+    JSON array of points (:class:`KafkaPoint`); a message that does not decode, or whose
+    point is outside the accepted window, is a dead record. Alert state advances when the
+    chunk's rows are durable (:meth:`commit`)."""
+
+    def __init__(self, ingest: SatelliteIngest) -> None:
+        self.ingest = ingest
+        self._decode = msgspec.json.Decoder(KafkaPoint | list[KafkaPoint]).decode
+
+    def map_chunk(self, messages: Iterable[Message]) -> MapResult:
+        points: list[Point] = []
+        origin: list[Message] = []
+        dead: list[DeadRecord] = []
+        count = 0
+        for m in messages:
+            count += 1
+            value = m.value or b""
+            try:
+                doc = self._decode(value)
+            except msgspec.DecodeError as exc:
+                kind = "invalid" if isinstance(exc, msgspec.ValidationError) else "decode"
+                dead.append(DeadRecord(m, bytes(value), kind, str(exc)))
+                continue
+            for kp in doc if isinstance(doc, list) else (doc,):
+                points.append(kp.point())
+                origin.append(m)
+        result = _KafkaMapped(messages=count, dead=dead)
+        if not points:
+            return result
+        mapped = self.ingest.map(points, time.time_ns())
+        bad = {origin[i].offset: (origin[i], e) for i, e in mapped.rejected}
+        for msg, err in bad.values():
+            dead.append(
+                DeadRecord(
+                    msg, bytes(msg.value or b""), "invalid_timestamp", f"{err.field}: {err.message}"
+                )
+            )
+        if isinstance(mapped, Mapped):
+            result.rows = {k: v for k, v in mapped.rows.items() if v}
+        else:
+            rows: dict[str, Any] = {"telemetry": mapped.telemetry}
+            if mapped.alerts:
+                rows["alerts"] = mapped.alerts
+            result.rows = rows
+        result.mapped = mapped
+        return result
+
+    def commit(self, result: MapResult) -> None:
+        if isinstance(result, _KafkaMapped) and result.mapped is not None:
+            self.ingest.commit(result.mapped)
+            result.mapped = None
+
+    def discard(self, result: MapResult) -> None:
+        """Nothing to forget: mapping changes no state until :meth:`commit`."""
+
+    def rollback(self, topic: str | None = None, partition: int | None = None) -> int:
+        return 0
+
+
 def _tables(own: SatellitesSettings, settings: Settings) -> tuple[Table, Table]:
     return tables(settings.retention_days)
 
@@ -452,17 +553,26 @@ def _build(b: PipelineBuild) -> PipelineParts:
     rules = threshold_rules(own.battery_threshold, own.storage_threshold, own.signal_threshold)
     mapper = SatelliteMapper(rules, b.metrics, window=b.window)
     ingest = SatelliteIngest(mapper, b.tables["alerts"])
-    source = registry.source_type(b.source).create(b, ingest)
-    return PipelineParts(
-        source,
-        info={
-            "thresholds": [
-                {"field": r.field, "op": r.op, "threshold": r.threshold, "rule": r.rule}
-                for r in rules.rules
-            ],
-            "endpoints": [ingest.path, f"{ingest.path}/batch", f"{ingest.path}/ndjson"],
-        },
-    )
+    handler: object = ingest
+    if b.source == "kafka":
+
+        async def restore(store: Store, _tables: Mapping[str, Table]) -> None:
+            await ingest.restore(store)
+
+        handler = KafkaHandler(SatelliteKafkaMapping(ingest), restore=restore)
+    source = registry.source_type(b.source).create(b, handler)
+    info: dict[str, Any] = {
+        "thresholds": [
+            {"field": r.field, "op": r.op, "threshold": r.threshold, "rule": r.rule}
+            for r in rules.rules
+        ],
+    }
+    if b.source == "kafka":
+        info["topic"] = own.kafka_topic
+        info["consumer_group"] = own.consumer_group
+    else:
+        info["endpoints"] = [ingest.path, f"{ingest.path}/batch", f"{ingest.path}/ndjson"]
+    return PipelineParts(source, info=info)
 
 
 SPEC = PipelineSpec(

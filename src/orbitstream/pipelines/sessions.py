@@ -39,10 +39,15 @@ from collections.abc import Iterable
 from typing import Annotated, Literal
 
 import msgspec
+from pydantic import Field
 
+from orbitstream.core import registry
 from orbitstream.core.batch import Row
+from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Replacing, Table
 from orbitstream.pipelines.mapping import DeadRecord, MapResult, Message, Position
+from orbitstream.settings import Settings, env
+from orbitstream.sources.kafka_source import KafkaPipelineSettings
 
 __all__ = [
     "CONSUMER_GROUP_DEFAULT",
@@ -50,10 +55,12 @@ __all__ = [
     "SESSIONS_BASE_TABLE",
     "SESSION_EVENTS_TABLE",
     "SESSION_MOVEMENTS_TABLE",
+    "SPEC",
     "STATUSES",
     "TOPIC_DEFAULT",
     "SessionMessage",
     "SessionsMapper",
+    "SessionsSettings",
     "tables",
 ]
 
@@ -65,10 +72,12 @@ CONSUMER_GROUP_DEFAULT = "jupiter-consumer-group"
 
 STATUSES = ("started", "en_route", "delivered", "cancelled")
 
-# The characters are checked by the mapper (``str.strip`` with the allowed set: a
-# msgspec ``pattern`` costs ~0.4 µs per field, a third of the whole message).
+# The characters are checked by the mapper, once per distinct id (a cache of ids seen
+# valid; a regex or ``str.strip`` per field costs 0.4-0.8 µs, more than the decode).
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 ID_CHARS = string.ascii_letters + string.digits + "_.:-"
+_ID_MATCH = re.compile(r"[A-Za-z0-9_.:\-]+").fullmatch
+_MAX_CACHED_IDS = 200_000
 Status = Literal["started", "en_route", "delivered", "cancelled"]
 Lat = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)]
 Lon = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)]
@@ -199,6 +208,20 @@ class SessionsMapper:
 
     def __init__(self) -> None:
         self._decode = msgspec.json.Decoder(SessionMessage).decode
+        # ids already checked (a cache, not state: the same bytes still give the same
+        # rows); vehicles and sessions repeat their ids in every message
+        self._valid_ids: set[str] = set()
+
+    def _ids_ok(self, *ids: str) -> bool:
+        ok = self._valid_ids
+        for i in ids:
+            if i not in ok:
+                if _ID_MATCH(i) is None:
+                    return False
+                if len(ok) >= _MAX_CACHED_IDS:
+                    ok.clear()
+                ok.add(i)
+        return True
 
     def map(self, value: bytes | None, position: Position) -> MapResult:
         """Map one message.
@@ -215,6 +238,9 @@ class SessionsMapper:
     def commit(self, result: MapResult) -> None:
         """Nothing to do: this mapper has no state."""
 
+    def discard(self, result: MapResult) -> None:
+        """Nothing to forget: this mapper has no state."""
+
     def rollback(self, topic: str | None = None, partition: int | None = None) -> int:
         """Nothing to forget: this mapper has no state; returns 0."""
         return 0
@@ -228,6 +254,7 @@ class SessionsMapper:
         count = 0
         epoch = _EPOCH
         us = _US
+        ok = self._valid_ids
         for value, position in items:
             count += 1
             if value is None:
@@ -265,7 +292,7 @@ class SessionsMapper:
             sid = m.session_id
             vid = m.vehicle_id
             oid = m.order_id
-            if sid.strip(ID_CHARS) or vid.strip(ID_CHARS) or oid.strip(ID_CHARS):
+            if not (sid in ok and vid in ok and oid in ok) and not self._ids_ok(sid, vid, oid):
                 dead.append(
                     DeadRecord(
                         position,
@@ -301,3 +328,40 @@ class SessionsMapper:
         if moves:
             rows["session_movements"] = moves
         return MapResult(rows=rows, dead=dead, messages=count)
+
+
+# -- the pipeline ------------------------------------------------------------------------
+class SessionsSettings(KafkaPipelineSettings):
+    """The sessions pipeline: the Jupiter sessions service's variables."""
+
+    kafka_topic: str = Field(TOPIC_DEFAULT, min_length=1, validation_alias=env(TOPIC_ENV))
+    consumer_group: str = Field(
+        CONSUMER_GROUP_DEFAULT, min_length=1, validation_alias=env(CONSUMER_GROUP_ENV)
+    )
+    dead_letter_topic: str = "sessions-dead-letters"
+
+
+def _tables(own: SessionsSettings, settings: Settings) -> tuple[Table, ...]:
+    return tables(settings.retention_days)
+
+
+def _build(b: PipelineBuild) -> PipelineParts:
+    source = registry.source_type(b.source).create(b, SessionsMapper())
+    own = b.own
+    assert isinstance(own, SessionsSettings)
+    return PipelineParts(
+        source,
+        info={"topic": own.kafka_topic, "consumer_group": own.consumer_group},
+    )
+
+
+SPEC = PipelineSpec(
+    name=PIPELINE,
+    description="Vehicle delivery sessions from Kafka (KAFKA_TOPIC): session headers, "
+    "status events, GPS movements.",
+    settings=SessionsSettings,
+    tables=_tables,
+    build=_build,
+    sources=("kafka",),
+    namespace="sessions",
+)

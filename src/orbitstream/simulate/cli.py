@@ -309,3 +309,153 @@ def simulate_starlink(
         raise typer.Exit(2) from exc
     served = sum(len(r.rows) for r in fake.served)
     err.print(f"served {served:,} rows in {len(fake.served):,} responses")
+
+
+# -- Kafka simulators ----------------------------------------------------------------------
+Bootstrap = Annotated[
+    str,
+    typer.Option(
+        "--bootstrap",
+        envvar=["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP"],
+        help="Kafka brokers host:port[,host:port] (KAFKA_BOOTSTRAP_SERVERS).",
+    ),
+]
+Rate = Annotated[
+    float,
+    typer.Option("--rate", "-r", min=0.0, help="Messages per second (0 = as fast as possible)."),
+]
+Duration = Annotated[
+    float, typer.Option("--duration", "-d", min=0.0, help="Seconds to run (0 = until stopped).")
+]
+Count = Annotated[
+    int,
+    typer.Option("--messages", "-n", min=0, help="Stop after this many messages (0 = no limit)."),
+]
+Malformed = Annotated[
+    float,
+    typer.Option("--malformed-rate", min=0.0, max=1.0, help="Share of malformed messages."),
+]
+Partitions = Annotated[
+    int, typer.Option("--partitions", min=1, help="Partitions of the topic if it is created.")
+]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (a reproducible stream).")]
+
+
+def _report(what: str, stats: object) -> None:
+    from orbitstream.simulate.publisher import PublishStats
+
+    assert isinstance(stats, PublishStats)
+    Console().print(
+        f"{what}: sent {stats.sent:,} messages ({stats.malformed:,} malformed, "
+        f"{stats.failed:,} failed) in {stats.duration_secs:.2f} s, {stats.rate:,.0f}/s"
+    )
+    if stats.failed:
+        raise typer.Exit(1)
+
+
+def _none_if_zero(value: float) -> float | None:
+    return value if value > 0 else None
+
+
+@simulate_app.command("network")
+def simulate_network_cmd(
+    bootstrap: Bootstrap = "localhost:9092",
+    topic: Annotated[
+        str, typer.Option("--topic", envvar="KAFKA_RAW_TOPIC", help="Raw topic (KAFKA_RAW_TOPIC).")
+    ] = "network-data",
+    spines: Annotated[int, typer.Option("--spines", min=1)] = 2,
+    leaves: Annotated[int, typer.Option("--leaves", min=1)] = 4,
+    access_ports: Annotated[int, typer.Option("--access-ports", min=0)] = 4,
+    sample_interval: Annotated[
+        float, typer.Option("--sample-interval", min=0.001, help="Simulated seconds per round.")
+    ] = 10.0,
+    rate: Rate = 0.0,
+    duration: Duration = 0.0,
+    messages: Count = 0,
+    malformed_rate: Malformed = 0.0,
+    partitions: Partitions = 4,
+    seed: Seed = 0,
+) -> None:
+    """Publish SR Linux-style state of a leaf-spine fabric to Kafka (the network pipeline's
+    input): moving counters, links going down, counter resets, changing addresses."""
+    from orbitstream.errors import OrbitStreamError
+    from orbitstream.simulate.network import FabricConfig, simulate_network
+
+    try:
+        cfg = FabricConfig(
+            spines=spines,
+            leaves=leaves,
+            access_ports=access_ports,
+            sample_interval_secs=sample_interval,
+            malformed_rate=malformed_rate,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if not messages and not duration:
+        Console(stderr=True).print("Publishing until stopped (Ctrl-C).")
+    try:
+        stats = simulate_network(
+            bootstrap,
+            topic=topic,
+            config=cfg,
+            rate=_none_if_zero(rate),
+            duration_secs=_none_if_zero(duration),
+            max_messages=messages or None,
+            partitions=partitions,
+        )
+    except OrbitStreamError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    _report(f"network → {topic}", stats)
+
+
+@simulate_app.command("sessions")
+def simulate_sessions_cmd(
+    bootstrap: Bootstrap = "localhost:9092",
+    topic: Annotated[
+        str, typer.Option("--topic", envvar="KAFKA_TOPIC", help="Sessions topic (KAFKA_TOPIC).")
+    ] = "sessions-topic",
+    vehicles: Annotated[int, typer.Option("--vehicles", min=1)] = 20,
+    ping_interval: Annotated[
+        float, typer.Option("--ping-interval", min=0.001, help="Simulated seconds between pings.")
+    ] = 5.0,
+    cancel_rate: Annotated[float, typer.Option("--cancel-rate", min=0.0, max=1.0)] = 0.05,
+    rate: Rate = 0.0,
+    duration: Duration = 0.0,
+    messages: Count = 0,
+    malformed_rate: Malformed = 0.0,
+    partitions: Partitions = 4,
+    seed: Seed = 0,
+) -> None:
+    """Publish vehicles' delivery sessions to Kafka (the sessions pipeline's input):
+    started → en_route pings → delivered / cancelled, keyed by session id."""
+    from orbitstream.errors import OrbitStreamError
+    from orbitstream.simulate.sessions import SessionsConfig, simulate_sessions
+
+    try:
+        cfg = SessionsConfig(
+            vehicles=vehicles,
+            ping_interval_secs=ping_interval,
+            cancel_rate=cancel_rate,
+            malformed_rate=malformed_rate,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if not messages and not duration:
+        Console(stderr=True).print("Publishing until stopped (Ctrl-C).")
+    try:
+        stats = simulate_sessions(
+            bootstrap,
+            topic=topic,
+            config=cfg,
+            rate=_none_if_zero(rate),
+            duration_secs=_none_if_zero(duration),
+            max_messages=messages or None,
+            partitions=partitions,
+        )
+    except OrbitStreamError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    _report(f"sessions → {topic}", stats)

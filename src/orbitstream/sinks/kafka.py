@@ -47,6 +47,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orbitstream.core.batch import Batch, DeadLetter, Row
+from orbitstream.core.protocols import SinkBase
 from orbitstream.core.tables import ColType, Table
 from orbitstream.errors import ConfigError, SinkRejectedError, SinkRetryableError
 
@@ -491,7 +492,7 @@ def encode_rows(
 
 
 # -- the sink ----------------------------------------------------------------------------------
-class KafkaSink:
+class KafkaSink(SinkBase):
     """Writes each table's rows to its topic; ``write`` returns once every message of the
     batch is confirmed delivered (``acks=all``).
 

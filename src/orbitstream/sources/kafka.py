@@ -196,6 +196,13 @@ class KafkaMessage(msgspec.Struct, frozen=True, gc=False):
     timestamp_ms: int | None = None
     headers: tuple[tuple[str, bytes | None], ...] = ()
 
+    @property
+    def timestamp_ns(self) -> int:
+        """The message timestamp in epoch nanoseconds (0 when unknown), as mappers'
+        :class:`~orbitstream.pipelines.mapping.Position` has it."""
+        ts = self.timestamp_ms
+        return ts * 1_000_000 if ts is not None and ts > 0 else 0
+
 
 @dataclass(slots=True)
 class Chunk:

@@ -1,0 +1,52 @@
+"""A sink that takes only some of a pipeline's tables.
+
+A pipeline's own sinks receive every table of the pipeline; :class:`SelectedTables` wraps
+one so that it starts with, and writes, only the named tables (the network pipeline
+republishes ``nodes``, ``interfaces`` and ``addresses`` to Kafka, not its counter series
+or the chunk log). Batches of other tables are acknowledged without a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from orbitstream.core.batch import Batch, DeadLetter
+from orbitstream.core.protocols import Sink
+from orbitstream.core.tables import Table
+
+__all__ = ["SelectedTables"]
+
+
+class SelectedTables:
+    """``sink`` restricted to ``tables`` (names).
+
+    :param name: the lane's name in metrics and ``/health`` (default: the sink's).
+    """
+
+    def __init__(self, sink: Sink, tables: Iterable[str], *, name: str | None = None) -> None:
+        self.sink = sink
+        self.tables = frozenset(tables)
+        self.name = name or sink.name
+        self.max_concurrent_writes = sink.max_concurrent_writes
+        self.time_range_ns = sink.time_range_ns
+
+    async def start(self, tables: Sequence[Table]) -> None:
+        await self.sink.start([t for t in tables if t.name in self.tables])
+
+    async def write(self, batch: Batch) -> None:
+        if batch.table.name in self.tables:
+            await self.sink.write(batch)
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        mine = [d for d in letters if d.table in self.tables]
+        if mine:
+            await self.sink.write_dead_letters(mine)
+
+    async def ping(self) -> None:
+        await self.sink.ping()
+
+    async def maintain(self) -> object:
+        return await self.sink.maintain()
+
+    async def close(self) -> None:
+        await self.sink.close()
