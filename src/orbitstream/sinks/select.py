@@ -28,6 +28,7 @@ class SelectedTables:
         self.tables = frozenset(tables)
         self.name = name or sink.name
         self.max_concurrent_writes = sink.max_concurrent_writes
+        self.min_write_interval_secs = sink.min_write_interval_secs
         self.time_range_ns = sink.time_range_ns
 
     async def start(self, tables: Sequence[Table]) -> None:
