@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -357,6 +358,39 @@ def _none_if_zero(value: float) -> float | None:
     return value if value > 0 else None
 
 
+def _publish(
+    publish: Callable[..., Any],
+    label: str,
+    bootstrap: str,
+    topic: str,
+    config: object,
+    rate: float,
+    duration: float,
+    messages: int,
+    partitions: int,
+) -> None:
+    """Run one Kafka simulator (``simulate network`` / ``sessions``) and print its summary;
+    a broker or topic error exits 1 with the message."""
+    from orbitstream.errors import OrbitStreamError
+
+    if not messages and not duration:
+        Console(stderr=True).print("Publishing until stopped (Ctrl-C).")
+    try:
+        stats = publish(
+            bootstrap,
+            topic=topic,
+            config=config,
+            rate=_none_if_zero(rate),
+            duration_secs=_none_if_zero(duration),
+            max_messages=messages or None,
+            partitions=partitions,
+        )
+    except OrbitStreamError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    _report(f"{label} → {topic}", stats)
+
+
 @simulate_app.command("network")
 def simulate_network_cmd(
     bootstrap: Bootstrap = "localhost:9092",
@@ -378,7 +412,6 @@ def simulate_network_cmd(
 ) -> None:
     """Publish SR Linux-style state of a leaf-spine fabric to Kafka (the network pipeline's
     input): moving counters, links going down, counter resets, changing addresses."""
-    from orbitstream.errors import OrbitStreamError
     from orbitstream.simulate.network import FabricConfig, simulate_network
 
     try:
@@ -392,22 +425,9 @@ def simulate_network_cmd(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if not messages and not duration:
-        Console(stderr=True).print("Publishing until stopped (Ctrl-C).")
-    try:
-        stats = simulate_network(
-            bootstrap,
-            topic=topic,
-            config=cfg,
-            rate=_none_if_zero(rate),
-            duration_secs=_none_if_zero(duration),
-            max_messages=messages or None,
-            partitions=partitions,
-        )
-    except OrbitStreamError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
-    _report(f"network → {topic}", stats)
+    _publish(
+        simulate_network, "network", bootstrap, topic, cfg, rate, duration, messages, partitions
+    )
 
 
 @simulate_app.command("sessions")
@@ -430,7 +450,6 @@ def simulate_sessions_cmd(
 ) -> None:
     """Publish vehicles' delivery sessions to Kafka (the sessions pipeline's input):
     started → en_route pings → delivered / cancelled, keyed by session id."""
-    from orbitstream.errors import OrbitStreamError
     from orbitstream.simulate.sessions import SessionsConfig, simulate_sessions
 
     try:
@@ -443,19 +462,6 @@ def simulate_sessions_cmd(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if not messages and not duration:
-        Console(stderr=True).print("Publishing until stopped (Ctrl-C).")
-    try:
-        stats = simulate_sessions(
-            bootstrap,
-            topic=topic,
-            config=cfg,
-            rate=_none_if_zero(rate),
-            duration_secs=_none_if_zero(duration),
-            max_messages=messages or None,
-            partitions=partitions,
-        )
-    except OrbitStreamError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
-    _report(f"sessions → {topic}", stats)
+    _publish(
+        simulate_sessions, "sessions", bootstrap, topic, cfg, rate, duration, messages, partitions
+    )
