@@ -8,7 +8,8 @@ each table once per batch into its own chDB directory (Arrow IPC, ``send_insert`
 DDL as the pipeline's tables). Commits every ``--commit-every`` messages, as the pipeline's
 chunks. Validation is only what the JSON decode and the timestamp parse do (the benchmark's
 messages are all valid). Prints one JSON line: messages, seconds from the first message to
-the end of the last batch's inserts (its commit follows; the shutdown is not counted), process CPU µs per message, rows per table.
+the end of the last batch's inserts (its commit follows; the shutdown is not counted),
+process CPU µs per message, rows per table.
 
 Usage: ``.venv/bin/python bench/quix_peer.py BOOTSTRAP TOPIC COUNT [--commit-every N]``.
 """
