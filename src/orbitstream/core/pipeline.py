@@ -259,8 +259,8 @@ class SinkLane:
         self.epoch = f"{os.getpid()}-{time.time_ns()}"
         # Concurrent writes per table: a server store (PostgreSQL) can commit on several
         # connections at once; the embedded store serializes on one thread anyway.
-        self.concurrency = max(1, int(getattr(sink, "max_concurrent_writes", 1)))
-        self.min_write_interval = float(getattr(sink, "min_write_interval_secs", 0.0))
+        self.concurrency = max(1, int(sink.max_concurrent_writes))
+        self.min_write_interval = float(sink.min_write_interval_secs)
         self.batchers = {t.name: Batcher(self, t) for t in tables}
         self.rows = 0  # buffered + in flight
         self.bytes = 0

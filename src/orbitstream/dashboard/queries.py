@@ -20,6 +20,16 @@ class _Store(Protocol):
     async def query(self, sql: str, params: dict[str, object] | None = None) -> Any: ...
 
 
+def render_sql(
+    clickhouse: dict[str, str], postgres: dict[str, str], dialect: str, namespace: str | None
+) -> dict[str, str]:
+    """A dashboard's statements for ``dialect``, with ``@ns.`` replaced by the pipeline's
+    namespace (``starlink.``), or removed for the store's default."""
+    prefix = f"{namespace}." if namespace else ""
+    sql = postgres if dialect == "postgres" else clickhouse
+    return {k: v.replace("@ns.", prefix) for k, v in sql.items()}
+
+
 def _iso(value: object) -> str | None:
     """ClickHouse ``DateTime64`` text (UTC) or a datetime -> RFC 3339."""
     if value is None or value == "":
@@ -50,9 +60,7 @@ class DashboardQueries:
         latest_secs: int = 300,
     ) -> None:
         self.store = store
-        prefix = f"{namespace}." if namespace else ""
-        sql = _POSTGRES if dialect == "postgres" else _CLICKHOUSE
-        self.sql = {k: v.replace("@ns.", prefix) for k, v in sql.items()}
+        self.sql = render_sql(_CLICKHOUSE, _POSTGRES, dialect, namespace)
         self.window_secs = window_secs
         self.stale_secs = stale_secs
         self.latest_secs = latest_secs

@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Protocol
 
+from orbitstream.dashboard.queries import render_sql
+
 __all__ = ["StarlinkQueries"]
 
 
@@ -53,9 +55,7 @@ class StarlinkQueries:
         max_alerts: int = 200,
     ) -> None:
         self.store = store
-        prefix = f"{namespace}." if namespace else ""
-        sql = _POSTGRES if dialect == "postgres" else _CLICKHOUSE
-        self.sql = {k: v.replace("@ns.", prefix) for k, v in sql.items()}
+        self.sql = render_sql(_CLICKHOUSE, _POSTGRES, dialect, namespace)
         self.online_secs = online_secs
         self.max_alerts = max_alerts
 
