@@ -125,10 +125,8 @@ def _serve(
             "(check DATABASE_URL / CLICKHOUSE_URL)"
         )
         raise typer.Exit(2) from exc
-    except OSError as exc:
-        console.print(
-            f"[red]error:[/red] cannot listen on {settings.host}:{settings.port}: {exc} (PORT)"
-        )
+    except OSError as exc:  # a source's connection at start-up (the port is a ConfigError)
+        console.print(f"[red]error:[/red] start-up failed: {type(exc).__name__}: {exc}")
         raise typer.Exit(2) from exc
 
 

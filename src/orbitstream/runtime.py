@@ -376,7 +376,12 @@ class Runtime:
         self._maintenance = asyncio.create_task(self._maintain_forever())
         gc.collect()
         gc.freeze()
-        self.port = await self.server.start(s.host, s.port)
+        try:
+            self.port = await self.server.start(s.host, s.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {s.host}:{s.port}: {exc} (PORT, --port)", setting="PORT"
+            ) from exc
         host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
         info = {
             "pid": os.getpid(),
@@ -433,10 +438,30 @@ class Runtime:
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, stop."""
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self._abandon()
+            raise
         self.install_signal_handlers()
         await self.stopping.wait()
         await self.stop()
+
+    async def _abandon(self) -> None:
+        """After a failed start: stop what started and close every sink and store (an
+        embedded store left open crashes the interpreter at exit); nothing was accepted."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        for r in self.running:
+            if r.task is not None:
+                r.task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(r.source.stop(1.0), 5)
+        for r in self.running:
+            for sink in r.parts.sinks:
+                await close_sink(sink)
+        for shared in (*self.stores, *self.extra_sinks):
+            await close_sink(shared)
 
     async def stop(self) -> None:
         timeout = self.settings.engine.shutdown_timeout_secs

@@ -84,6 +84,11 @@ def ensure_topic(
         if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
             return False
         raise SourceError(f"could not create topic {topic}: {exc}") from exc
+    except TimeoutError as exc:
+        raise SourceError(
+            f"could not create topic {topic}: no answer from the Kafka broker at {bootstrap} "
+            f"within {timeout_secs:g} s (KAFKA_BOOTSTRAP_SERVERS)"
+        ) from exc
     return True
 
 

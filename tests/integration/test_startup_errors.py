@@ -1,0 +1,42 @@
+"""Start-up failures are one clear line naming the setting, never a traceback or a
+misleading message: a taken port, an unreachable Kafka broker."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from orbitstream.errors import SourceError
+from orbitstream.simulate.publisher import ensure_topic
+from tests.support.runner import cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_taken_port_names_the_port_setting(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "ORBITSTREAM_DATA_DIR": str(tmp_path),
+            "ORBITSTREAM_HOST": "127.0.0.1",
+            "PORT": str(port),
+        }
+        done = cli(env, "serve")
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert f"cannot listen on 127.0.0.1:{port}" in out and "PORT" in out, out
+    assert "Traceback" not in out
+
+
+def test_an_unreachable_broker_is_a_source_error_naming_the_setting() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(SourceError, match="KAFKA_BOOTSTRAP_SERVERS"):
+            ensure_topic(f"127.0.0.1:{port}", "t", timeout_secs=1.0)
