@@ -2,12 +2,14 @@
 
 Per round: the fake Starlink API (``orbitstream.simulate.starlink``, real loopback HTTP)
 serves a full 65,000-row response; :class:`StarlinkClient` fetches it (token already
-minted: the steady state), :class:`StarlinkMapper` maps it, and :class:`ChdbSink` writes
-each table's rows as one :class:`Batch` (Arrow + dedup token + ``send_insert``). Printed
-beside the total, measured in the same run on the same rows:
+minted: the steady state) and :meth:`StarlinkIngest.deliver` — the service's own path —
+maps it and makes it durable in a :class:`ChdbSink` through a real :class:`Pipeline`
+(parts of 16,384 rows handed to the sink as they are mapped; batch ids, dedup tokens,
+acks). Printed beside the total, measured in the same run on the same body:
 
-- **map alone** — the mapping step (decode included);
-- **bare insert** — the same rows, Arrow-encoded *before* the clock starts, sent with
+- **map alone** — :meth:`StarlinkMapper.map` of the body (decode included), columnar
+  (the default) and as tuples (``columnar=False``, what the sink must then convert);
+- **bare insert** — the mapped rows, Arrow-encoded *before* the clock starts, sent with
   ``send_insert`` into identical tables without our settings: the store's own cost.
 
 Timings are wall-clock per round (median and best over ``--rounds``, after a warm-up
@@ -33,10 +35,20 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from orbitstream.core.batch import Batch
-from orbitstream.pipelines.starlink import StarlinkMapper, body_digest, tables
+from orbitstream.core.context import PipelineContext
+from orbitstream.core.metrics import Metrics
+from orbitstream.core.pipeline import Pipeline
+from orbitstream.core.retry import RetryPolicy
+from orbitstream.core.times import TimeWindow
+from orbitstream.pipelines.starlink import StarlinkMapper, tables
+from orbitstream.runtime import pipeline_limits
+from orbitstream.settings import Settings
 from orbitstream.simulate.starlink import FakeStarlink, FakeStarlinkConfig, FleetConfig
 from orbitstream.sinks.arrow import to_ipc_stream
 from orbitstream.sinks.chdb import ChdbSink
+from orbitstream.sinks.deadletter import FileDeadLetters
+from orbitstream.sources.http.server import Router
+from orbitstream.sources.starlink import StarlinkIngest
 from orbitstream.sources.starlink_api import StarlinkClient, StarlinkSettings
 
 ROWS = 65_000
@@ -47,7 +59,7 @@ def _rows_per_tick(terminals: int, routers: float) -> float:
     return terminals * (1 + routers) * 1.02 + terminals / 20
 
 
-async def bench(rounds: int, routers: float, terminals: int) -> None:
+async def bench(rounds: int, routers: float, terminals: int, columnar: bool = True) -> None:
     ticks = int(ROWS * (rounds + 1) / _rows_per_tick(terminals, routers)) + 2
     start_ns = time.time_ns() - ticks * 15_000_000_000  # recent: inside the tables' TTL
     fleet = FleetConfig(
@@ -74,33 +86,52 @@ async def bench(rounds: int, routers: float, terminals: int) -> None:
             sink._writer.conn.query(f"CREATE TABLE bare_{t.name} AS {t.name}")
 
     await sink._writer.run(_bare_ddl)
-    mapper = StarlinkMapper()
+    metrics = Metrics()
+    dead = FileDeadLetters(tmp / "dead_letters.jsonl")
+    pipeline = Pipeline(
+        "starlink",
+        decls,
+        [sink],
+        limits=pipeline_limits(Settings.model_validate({}).engine),
+        retry=RetryPolicy(),
+        metrics=metrics,
+        dead_letters=dead,
+    )
+    await pipeline.start(30.0, start_sinks=False)
+    ctx = PipelineContext(
+        pipeline, decls, metrics=metrics, store=sink, router=Router(), dead_letters=dead
+    )
+    mapper = StarlinkMapper(columnar=columnar)
+    ingest = StarlinkIngest(mapper, {t.name: t for t in decls}, TimeWindow(), metrics)
     gc.collect()
     gc.set_threshold(50_000, 50, 100)
     gc.freeze()
-    results: dict[str, list[float]] = {k: [] for k in ("fetch", "map", "insert", "total", "bare")}
+    keys = ("fetch", "deliver", "total", "map", "map_tuples", "bare")
+    results: dict[str, list[float]] = {k: [] for k in keys}
     shapes: list[str] = []
+    delivered = 0
     async with StarlinkClient(settings) as client:
         await client.access_token()
         for rnd in range(rounds + 1):
             t0 = time.perf_counter()
             batch = await client.fetch()
             t1 = time.perf_counter()
-            mapping = mapper.map(batch.body, batch.received_ns)
+            out = await ingest.deliver(ctx, batch.body, batch.received_ns)
             t2 = time.perf_counter()
-            digest = body_digest(batch.body)
-            for table in decls:
-                rows = mapping.rows[table.name]
-                if rows:
-                    await sink.write(Batch(table, rows, f"starlink:{table.name}:{digest}"))
-            t3 = time.perf_counter()
-            mapper.commit(mapping)
-            assert batch.rows == ROWS, batch.rows
-            # the bare insert of the same rows, encoded before the clock starts
+            assert batch.rows == ROWS and out.committed, (batch.rows, out)
+            delivered += out.rows.get("telemetry", 0)
+            # the baselines, on the same body, from the state before it was delivered
+            before = StarlinkMapper()
+            started = time.perf_counter()
+            mapping = before.map(batch.body, batch.received_ns)
+            map_secs = time.perf_counter() - started
+            started = time.perf_counter()
+            StarlinkMapper(columnar=False).map(batch.body, batch.received_ns)
+            tuple_secs = time.perf_counter() - started
             encoded = [
                 (t.name, to_ipc_stream(Batch(t, mapping.rows[t.name], "x")))
                 for t in decls
-                if mapping.rows[t.name]
+                if len(mapping.rows[t.name])
             ]
 
             def _bare(encoded: list[tuple[str, bytes]] = encoded) -> float:
@@ -113,22 +144,23 @@ async def bench(rounds: int, routers: float, terminals: int) -> None:
 
             bare_secs = await sink._writer.run(_bare)
             if rnd == 0:
-                counts = {k: len(v) for k, v in mapping.rows.items()}
                 shapes.append(
-                    f"{len(batch.body) / 1e6:.1f} MB body; rows per table {counts}; "
-                    f"{mapping.duplicates} near-duplicates, {len(mapping.dead)} dead"
+                    f"{len(batch.body) / 1e6:.1f} MB body; rows per table {out.rows}; "
+                    f"{out.duplicates} near-duplicates, {out.dead} dead"
                 )
                 continue  # warm-up
-            results["fetch"].append(t1 - t0)
-            results["map"].append(t2 - t1)
-            results["insert"].append(t3 - t2)
-            results["total"].append(t3 - t0)
-            results["bare"].append(bare_secs)
+            for key, secs in zip(
+                keys, (t1 - t0, t2 - t1, t2 - t0, map_secs, tuple_secs, bare_secs), strict=True
+            ):
+                results[key].append(secs)
+    await pipeline.close(30.0, close_sinks=False)
     stored = await sink.query("SELECT count() FROM telemetry")
     await sink.close()
     await fake.stop()
     shutil.rmtree(tmp, ignore_errors=True)
-    _report(results, shapes, terminals, routers, rounds, int(stored.rows[0][0]))  # type: ignore[call-overload]
+    count = int(stored.rows[0][0])  # type: ignore[call-overload]
+    assert count == delivered, (count, delivered)
+    _report(results, shapes, terminals, routers, rounds, count)
 
 
 def _report(
@@ -149,10 +181,10 @@ def _report(
     print(f"  {'step':<34}{'median ms':>10}{'best ms':>10}{'x total':>9}")
     labels = [
         ("fetch", "fetch (HTTP from the fake)"),
-        ("map", "map (decode + rows, all tables)"),
-        ("insert", "insert (ChdbSink.write, 4 tables)"),
+        ("deliver", "map + durable in chDB (deliver)"),
         ("total", "total"),
         ("map", "baseline: mapping alone"),
+        ("map_tuples", "  the same, as tuples"),
         ("bare", "baseline: bare chDB insert"),
     ]
     for key, label in labels:
@@ -167,8 +199,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--terminals", type=int, default=2000)
     ap.add_argument("--routers-per-terminal", type=float, default=1.0)
+    ap.add_argument(
+        "--tuples", action="store_true", help="deliver with the tuple mapper (columnar=False)"
+    )
     args = ap.parse_args()
-    asyncio.run(bench(args.rounds, args.routers_per_terminal, args.terminals))
+    asyncio.run(bench(args.rounds, args.routers_per_terminal, args.terminals, not args.tuples))
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ async def test_a_restart_in_the_middle_carries_alerts_and_ips_over(
         mapping = reference.map(resp.body, 0)
         want_events += [(e[1], e[2], e[3], e[5]) for e in mapping.rows["alert_events"]]
         want_ips += [
-            (r[1], r[2], r[5]) for r in mapping.rows["telemetry"] if r[0] == "UserTerminal"
+            (r[1], r[2], r[5]) for r in mapping.tuples("telemetry") if r[0] == "UserTerminal"
         ]
         reference.commit(mapping)
     got = await q(

@@ -286,7 +286,7 @@ def _run_twice(threaded: ThreadedFake, target: Target, tmp_path: Path) -> None:
             continue
         event_rows: list[tuple[Any, ...]] = mapping.rows["alert_events"]
         want_events += [(e[1], e[2] // u, e[3], e[5]) for e in event_rows]
-        terminal_rows: list[tuple[Any, ...]] = mapping.rows["telemetry"]
+        terminal_rows: list[tuple[Any, ...]] = mapping.tuples("telemetry")
         want_ips += [
             (r[1], r[2] // u, tuple(r[5])) for r in terminal_rows if r[0] == "UserTerminal"
         ]

@@ -166,7 +166,7 @@ def test_run_restart_and_replay_store_every_served_row_once(
         except StarlinkEnvelopeError:  # pragma: no cover - truncated bodies are not served
             continue
         want_events += [(e[1], e[2], e[3], e[5]) for e in mapping.rows["alert_events"]]
-        terminal_rows: list[tuple[Any, ...]] = mapping.rows["telemetry"]
+        terminal_rows: list[tuple[Any, ...]] = mapping.tuples("telemetry")
         want_ips += [(r[1], r[2], tuple(r[5])) for r in terminal_rows if r[0] == "UserTerminal"]
         reference.commit(mapping)
         if i + 1 == served_first:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orbitstream.core.batch import is_columnar
+from orbitstream.core.columns import rows_of
 from orbitstream.core.tables import ColType
 from orbitstream.pipelines.starlink import (
     ALERT_COLUMNS,
     IP_KEY,
+    TABLES_BY_NAME,
     StaleMappingError,
     StarlinkEnvelopeError,
     StarlinkMapper,
@@ -143,7 +147,7 @@ def test_tables_keep_the_issue_names_and_types() -> None:
 def test_example_response_maps_to_the_expected_rows() -> None:
     mapping = StarlinkMapper().map(example_body(), RECEIVED)
     assert mapping.dead == [] and mapping.duplicates == 0 and mapping.values == 5
-    tel = by_id(mapping.rows["telemetry"])
+    tel = by_id(mapping.tuples("telemetry"))
     assert set(tel) == {UT_A, UT_B, ROUTER}  # the Router row is NOT skipped
     a = tel[UT_A]
     assert a[0] == "UserTerminal" and a[2] == T0 and a[8] == RECEIVED
@@ -209,7 +213,7 @@ def test_h3_and_timestamps_stay_exact_64_bit_integers() -> None:
     assert float(ts) != ts and float(h3) != h3
     body = envelope([ut(ts=ts, H3CellId=h3)])
     row: Any
-    (row,) = StarlinkMapper().map(body, RECEIVED).rows["telemetry"]
+    (row,) = StarlinkMapper().map(body, RECEIVED).tuples("telemetry")
     assert row[2] == ts
     assert row[4]["H3CellId"] == "85283083fffffff" and int(row[4]["H3CellId"], 16) == h3
     assert "H3CellId" not in row[3]
@@ -219,7 +223,7 @@ def test_integers_beyond_float_precision_go_to_info_as_text() -> None:
     cols = {"u": [*UT_COLUMNS, "FutureCounter"]}
     body = envelope([[*ut(), 2**60 + 1], [*ut(ts=T0 + STEP), 12]], cols)
     rows: Any
-    rows = StarlinkMapper().map(body, RECEIVED).rows["telemetry"]
+    rows = StarlinkMapper().map(body, RECEIVED).tuples("telemetry")
     assert rows[0][4]["FutureCounter"] == str(2**60 + 1) and "FutureCounter" not in rows[0][3]
     assert rows[1][3]["FutureCounter"] == 12 and "FutureCounter" not in rows[1][4]
 
@@ -229,7 +233,7 @@ def test_integers_beyond_float_precision_go_to_info_as_text() -> None:
 
 def test_columns_are_read_by_name_in_every_response() -> None:
     doc = example_doc()
-    expected = StarlinkMapper().map(example_body(), RECEIVED).rows
+    expected = _all_rows(StarlinkMapper().map(example_body(), RECEIVED))
     rng = random.Random(3)
     for _ in range(5):
         shuffled = copy.deepcopy(doc)
@@ -239,7 +243,7 @@ def test_columns_are_read_by_name_in_every_response() -> None:
             for n, row in enumerate(doc["data"]["values"]):
                 if row[0] == code:
                     shuffled["data"]["values"][n] = [row[i] for i in order]
-        got = StarlinkMapper().map(msgspec.json.encode(shuffled), RECEIVED).rows
+        got = _all_rows(StarlinkMapper().map(msgspec.json.encode(shuffled), RECEIVED))
         assert got == expected
 
 
@@ -247,7 +251,7 @@ def test_unknown_columns_are_typed_like_the_others() -> None:
     cols = {"u": [*UT_COLUMNS, "PowerInputVoltage", "Note", "Valid", "Missing", "Nested", "Obj"]}
     body = envelope([[*ut(), 48.5, "spare", True, None, [1, "a"], {"k": 1}]], cols)
     row: Any
-    (row,) = StarlinkMapper().map(body, RECEIVED).rows["telemetry"]
+    (row,) = StarlinkMapper().map(body, RECEIVED).tuples("telemetry")
     assert row[3]["PowerInputVoltage"] == 48.5
     assert row[4]["Note"] == "spare" and row[4]["Valid"] == "true"
     assert "Missing" not in row[3] and "Missing" not in row[4]
@@ -257,7 +261,7 @@ def test_unknown_columns_are_typed_like_the_others() -> None:
 def test_mixed_int_float_columns_all_go_to_metrics() -> None:
     body = envelope([ut(PingDropRateAvg=0), ut(ts=T0 + STEP, PingDropRateAvg=0.0066)])
     rows: Any
-    rows = StarlinkMapper().map(body, RECEIVED).rows["telemetry"]
+    rows = StarlinkMapper().map(body, RECEIVED).tuples("telemetry")
     assert [r[3]["PingDropRateAvg"] for r in rows] == [0, 0.0066]
 
 
@@ -294,7 +298,7 @@ def test_unmappable_rows_go_to_dead_with_the_reason(row: Any, needle: str) -> No
     assert needle in dead.reason
     assert dead.row == row
     # the neighbours still map
-    assert [r[1] for r in mapping.rows["telemetry"]] == [UT_B]
+    assert [r[1] for r in mapping.tuples("telemetry")] == [UT_B]
     assert [r[0] for r in mapping.rows["ip_allocations"]] == [UT_A]
     letter = dead.to_dead_letter("starlink:abc")
     assert letter.pipeline == "starlink" and letter.batch_id == "starlink:abc"
@@ -354,7 +358,7 @@ def test_missing_enums_fall_back_to_codes() -> None:
         {"data": {"values": [ut(alerts=[62])], "columnNamesByDeviceType": {"u": list(UT_COLUMNS)}}}
     )
     mapping = StarlinkMapper().map(body, RECEIVED)
-    assert mapping.rows["telemetry"][0][0] == "u"
+    assert mapping.tuples("telemetry")[0][0] == "u"
     assert mapping.rows["alerts"] == [("u", UT_A, T0, 62, "unknown_alert_62")]
 
 
@@ -369,7 +373,7 @@ def test_every_alert_column_alias_is_read(column: str) -> None:
         (62, "pop_change"),
         (97, "data_overage_rate_limited"),
     ]
-    row: Any = mapping.rows["telemetry"][0]
+    row: Any = mapping.tuples("telemetry")[0]
     assert column not in row[3] and column not in row[4]
 
 
@@ -377,7 +381,7 @@ def test_null_and_empty_alerts_are_no_alerts() -> None:
     body = envelope([ut(alerts=[]), ut(ts=T0 + STEP, ActiveAlerts=None)])
     mapping = StarlinkMapper().map(body, RECEIVED)
     assert mapping.rows["alerts"] == [] and mapping.rows["alert_events"] == []
-    assert len(mapping.rows["telemetry"]) == 2
+    assert len(mapping.tuples("telemetry")) == 2
 
 
 def test_alert_names_come_from_the_same_response_and_unknown_codes_keep_their_number() -> None:
@@ -447,7 +451,7 @@ def test_a_late_row_does_not_reopen_or_clear_an_open_alert() -> None:
     mapper = StarlinkMapper()
     mapper.commit(mapper.map(envelope([ut(ts=T0 + 2 * STEP, alerts=[62])]), RECEIVED))
     late = mapper.map(envelope([ut(ts=T0 + STEP, alerts=[])]), RECEIVED)
-    assert events(late) == [] and len(late.rows["telemetry"]) == 1
+    assert events(late) == [] and len(late.tuples("telemetry")) == 1
     mapper.commit(late)
     assert [a[2] for a in mapper.open_alerts()] == [62]
 
@@ -467,7 +471,7 @@ def test_restore_carries_open_alerts_and_ips_over_a_restart() -> None:
     assert sorted(after.open_alerts()) == sorted(before.open_alerts())
     mapping = after.map(envelope([ut(ts=T0 + STEP, alerts=[82])]), RECEIVED)
     assert events(mapping) == [(T0 + STEP, 62, "pop_change", "cleared")]  # 82 not reopened
-    assert mapping.rows["telemetry"][0][5] == ("203.0.113.10",)
+    assert mapping.tuples("telemetry")[0][5] == ("203.0.113.10",)
     # plain tuples as a store query gives them (lists, the ip- prefix tolerated)
     fresh = StarlinkMapper()
     fresh.restore(
@@ -476,7 +480,7 @@ def test_restore_carries_open_alerts_and_ips_over_a_restart() -> None:
     )
     mapping = fresh.map(envelope([ut(ts=T0 - STEP, alerts=[]), ut(ts=T0 + STEP, alerts=[62])]), 1)
     assert events(mapping) == []  # the older row is not newer than the restored opening
-    assert [r[5] for r in mapping.rows["telemetry"]] == [("198.51.100.7",)] * 2
+    assert [r[5] for r in mapping.tuples("telemetry")] == [("198.51.100.7",)] * 2
 
 
 # -- IP allocations -----------------------------------------------------------------------------
@@ -500,10 +504,10 @@ def test_ips_merge_into_terminal_rows_across_committed_batches() -> None:
     mapper = StarlinkMapper()
     first = mapper.map(envelope([ip()]), RECEIVED)
     # not committed yet: a later response does not see it
-    assert mapper.map(envelope([ut(ts=T0 + STEP)]), RECEIVED).rows["telemetry"][0][5] == ()
+    assert mapper.map(envelope([ut(ts=T0 + STEP)]), RECEIVED).tuples("telemetry")[0][5] == ()
     mapper.commit(first)
     row: Any
-    (row,) = mapper.map(envelope([ut(ts=T0 + STEP)]), RECEIVED).rows["telemetry"]
+    (row,) = mapper.map(envelope([ut(ts=T0 + STEP)]), RECEIVED).tuples("telemetry")
     assert row[5:8] == (("203.0.113.10",), ("2001:db8:100:a0::/64",), ("2001:db8:1a2:b00::/56",))
 
 
@@ -512,12 +516,16 @@ def test_a_tombstone_clears_the_merged_addresses_from_its_time_on() -> None:
     mapper.commit(mapper.map(envelope([ip(ts=T0 - STEP)]), RECEIVED))
     rows = [ut(ts=T0 + STEP), ip(ts=T0 + 1, v4=[]), ut(ts=T0 - 1)]
     mapping = mapper.map(envelope(rows), RECEIVED)
-    merged = {r[2]: r[5] for r in mapping.rows["telemetry"]}
+    merged = {r[2]: r[5] for r in mapping.tuples("telemetry")}
     assert merged == {T0 - 1: ("203.0.113.10",), T0 + STEP: ()}
     assert mapping.rows["ip_allocations"] == [(UT_A, T0 + 1, (), (), ())]
     mapper.commit(mapping)
     assert mapper.ip_state() == [(UT_A, T0 + 1, (), (), ())]
-    assert mapper.map(envelope([ut(ts=T0 + 2 * STEP)]), 1).rows["telemetry"][0][5:8] == ((), (), ())
+    assert mapper.map(envelope([ut(ts=T0 + 2 * STEP)]), 1).tuples("telemetry")[0][5:8] == (
+        (),
+        (),
+        (),
+    )
 
 
 def test_an_older_ip_row_does_not_replace_newer_state() -> None:
@@ -526,14 +534,14 @@ def test_an_older_ip_row_does_not_replace_newer_state() -> None:
     mapper.commit(mapper.map(envelope([ip(ts=T0 - STEP, v4=["203.0.113.1"])]), RECEIVED))
     assert mapper.ip_state()[0][2] == ("203.0.113.50",)
     # a terminal row from before the newest state gets the earliest known state instead
-    rows = mapper.map(envelope([ut(ts=T0 - 10 * STEP)]), 1).rows["telemetry"]
+    rows = mapper.map(envelope([ut(ts=T0 - 10 * STEP)]), 1).tuples("telemetry")
     assert rows[0][5] == ("203.0.113.50",)
 
 
 def test_router_rows_get_no_merged_addresses() -> None:
     router = next(r for r in example_doc()["data"]["values"] if r[0] == "r")
     mapping = StarlinkMapper().map(envelope([ip(dev="ip-" + ROUTER), router]), RECEIVED)
-    assert mapping.rows["telemetry"][0][5:8] == ((), (), ())
+    assert mapping.tuples("telemetry")[0][5:8] == ((), (), ())
 
 
 # -- near-duplicates, purity, commit ----------------------------------------------------------
@@ -545,20 +553,20 @@ def test_near_duplicates_land_once_within_and_across_responses() -> None:
     body = envelope([ut(), ut(), ut(ts=T0 + STEP), ip(), ip(), echo])
     mapping = mapper.map(body, RECEIVED)
     assert mapping.duplicates == 2
-    assert [r[2] for r in mapping.rows["telemetry"]] == [T0, T0 + STEP]
+    assert [r[2] for r in mapping.tuples("telemetry")] == [T0, T0 + STEP]
     assert len(mapping.rows["ip_allocations"]) == 2
     # not committed: the same rows again are not duplicates yet
     assert mapper.map(body, RECEIVED).duplicates == 2
     mapper.commit(mapping)
     again = mapper.map(envelope([ut(), ut(ts=T0 + 2 * STEP), ip()]), RECEIVED)
-    assert again.duplicates == 2 and [r[2] for r in again.rows["telemetry"]] == [T0 + 2 * STEP]
+    assert again.duplicates == 2 and [r[2] for r in again.tuples("telemetry")] == [T0 + 2 * STEP]
 
 
 def test_the_recent_set_is_bounded() -> None:
     mapper = StarlinkMapper(recent_limit=2)
     mapper.commit(mapper.map(envelope([ut(ts=T0 + n * STEP) for n in range(3)]), RECEIVED))
     replay = mapper.map(envelope([ut(ts=T0 + n * STEP) for n in range(3)]), RECEIVED)
-    assert replay.duplicates == 2 and [r[2] for r in replay.rows["telemetry"]] == [T0]
+    assert replay.duplicates == 2 and [r[2] for r in replay.tuples("telemetry")] == [T0]
 
 
 def test_restored_keys_drop_near_duplicates_across_a_restart() -> None:
@@ -571,7 +579,7 @@ def test_restored_keys_drop_near_duplicates_across_a_restart() -> None:
     )
     mapping = fresh.map(envelope([ut(ts=stored_ns), ip(), ut(ts=T0 + STEP)]), RECEIVED)
     assert mapping.duplicates == 2
-    assert [r[2] for r in mapping.rows["telemetry"]] == [T0 + STEP]
+    assert [r[2] for r in mapping.tuples("telemetry")] == [T0 + STEP]
     assert mapping.rows["ip_allocations"] == []
     # the key is per device type: the same id and time as a Router key is not a duplicate
     router = StarlinkMapper()
@@ -614,9 +622,27 @@ def test_a_stale_mapping_cannot_be_committed() -> None:
 # -- generated responses ----------------------------------------------------------------------
 
 
+def _sortable(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v for v in row)
+
+
+def _all_rows(
+    mapping: StarlinkMapping, parts: Sequence[dict[str, Any]] = ()
+) -> dict[str, list[Any]]:
+    """Every table's rows (with those of ``parts``) as sorted tuples, maps as sorted
+    items: comparable whatever the form and row order."""
+    out = {name: list(map(_sortable, mapping.tuples(name))) for name in mapping.rows}
+    for part in parts:
+        for name, data in part.items():
+            table = TABLES_BY_NAME[name]
+            rows = rows_of(table, data) if is_columnar(data) else data
+            out[name].extend(map(_sortable, rows))
+    return {name: sorted(rows) for name, rows in out.items()}
+
+
 def _account(mapping: StarlinkMapping) -> int:
     return (
-        len(mapping.rows["telemetry"])
+        len(mapping.tuples("telemetry"))
         + len(mapping.rows["ip_allocations"])
         + len(mapping.dead)
         + mapping.duplicates
@@ -721,7 +747,7 @@ def test_any_well_formed_response_maps_and_every_row_is_accounted_for(
     assert _account(mapping) == n  # each row: a telemetry or IP row, a dead row, or a duplicate
     for dead in mapping.dead:
         assert dead.reason
-    telemetry: list[Any] = mapping.rows["telemetry"]
+    telemetry: list[Any] = mapping.tuples("telemetry")
     for row in telemetry:
         assert all(type(v) in (int, float) for v in row[3].values())
         assert all(type(v) is str for v in row[4].values())
@@ -730,3 +756,43 @@ def test_any_well_formed_response_maps_and_every_row_is_accounted_for(
     again = mapper.map(body, RECEIVED)  # everything mapped before is now a duplicate
     assert again.row_count == 0 and len(again.dead) == len(mapping.dead)
     assert again.duplicates == _account(mapping) - len(mapping.dead)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(responses(), st.integers(1, 7))
+def test_the_columnar_path_maps_like_the_tuple_path(case: tuple[bytes, int], part: int) -> None:
+    """The columnar mapper (the default), whole or ``part`` rows at a time, gives the
+    rows, dead rows, duplicates and state of the tuple path; twice, so that the second
+    body meets the state (open alerts, IPs, recent keys) the first one left."""
+    body, _ = case
+    reference = StarlinkMapper(columnar=False)
+    fast = StarlinkMapper(columnar_min_rows=0)  # columnar whatever the size
+    for current in (body, _later(body)):
+        want = reference.map(current, RECEIVED)
+        whole = fast.map(current, RECEIVED)
+        job = fast.begin(current, RECEIVED)
+        parts = list(job.parts(part))
+        in_parts = job.finish()
+        for got, got_parts in ((whole, []), (in_parts, parts)):
+            assert _all_rows(got, got_parts) == _all_rows(want)
+            assert sorted(d.reason for d in got.dead) == sorted(d.reason for d in want.dead)
+            assert got.duplicates == want.duplicates
+        reference.commit(want)
+        fast.commit(whole)
+        assert sorted(fast.open_alerts()) == sorted(reference.open_alerts())
+        assert sorted(fast.ip_state()) == sorted(reference.ip_state())
+
+
+def _later(body: bytes) -> bytes:
+    """The same response 15 s later: new row keys, the same devices."""
+    doc = msgspec.json.decode(body)
+    columns = doc["data"]["columnNamesByDeviceType"] or {}
+    for row in doc["data"]["values"] or []:
+        if type(row) is not list or not row or type(row[0]) is not str:
+            continue
+        cols = columns.get(row[0]) or []
+        if "UtcTimestampNs" in cols and len(row) == len(cols):
+            i = cols.index("UtcTimestampNs")
+            if type(row[i]) is int:
+                row[i] += 15_000_000_000
+    return msgspec.json.encode(doc)
