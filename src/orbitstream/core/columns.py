@@ -40,6 +40,7 @@ from orbitstream.core.tables import ColType, Row, Table
 
 __all__ = [
     "ARROW_TYPES",
+    "KeyVocab",
     "MapColumnBuilder",
     "arrow_schema",
     "concat",
@@ -292,33 +293,58 @@ def maps_from_columns(columns: Sequence[Any], names: Sequence[str], value_type: 
     return map_array(offsets, keys, values, value_type)
 
 
+class KeyVocab:
+    """Map keys (column names) interned as small integer ids, stable while it lives (so a
+    row shape can compute its keys' ids once and reuse them for every row)."""
+
+    __slots__ = ("_array", "ids", "names")
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.names: list[str] = []
+        self._array: Any = None
+
+    def ids_of(self, names: Iterable[str]) -> tuple[int, ...]:
+        """Interned ids of ``names``, in order (new names get the next ids)."""
+        out = []
+        for name in names:
+            i = self.ids.get(name)
+            if i is None:
+                i = self.ids[name] = len(self.names)
+                self.names.append(name)
+            out.append(i)
+        return tuple(out)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def keys(self, ids: Sequence[int]) -> Any:
+        """The key strings of ``ids`` as one Arrow string array."""
+        if self._array is None or len(self._array) != len(self.names):
+            self._array = pa.array(self.names, type=pa.string())
+        return self._array.take(pa.array(ids, type=pa.int32()))
+
+
 class MapColumnBuilder:
     """Builds one map column row by row without a dict per row: the keys of a row are
     interned ids (:meth:`key_ids`, once per column list), its values one flat list.
 
     :param value_type: ``pa.float64()`` (``metrics``) or ``pa.string()`` (``info``).
+    :param vocab: the key ids to use (shared by builders); a new one by default.
     """
 
-    __slots__ = ("_ids", "_keys", "_offsets", "_values", "_vocab", "value_type")
+    __slots__ = ("_keys", "_offsets", "_values", "value_type", "vocab")
 
-    def __init__(self, value_type: Any) -> None:
+    def __init__(self, value_type: Any, vocab: KeyVocab | None = None) -> None:
         self.value_type = value_type
-        self._vocab: dict[str, int] = {}
-        self._ids: list[str] = []
+        self.vocab = vocab if vocab is not None else KeyVocab()
         self._keys: list[int] = []
         self._values: list[Any] = []
         self._offsets: list[int] = [0]
 
     def key_ids(self, names: Iterable[str]) -> tuple[int, ...]:
         """Interned ids of ``names`` (call once per shape, reuse for every row)."""
-        out = []
-        for name in names:
-            i = self._vocab.get(name)
-            if i is None:
-                i = self._vocab[name] = len(self._ids)
-                self._ids.append(name)
-            out.append(i)
-        return tuple(out)
+        return self.vocab.ids_of(names)
 
     def append(self, key_ids: Sequence[int], values: Sequence[Any]) -> None:
         """One row: ``values[i]`` under key ``key_ids[i]``."""
@@ -331,7 +357,7 @@ class MapColumnBuilder:
 
     def finish(self) -> Any:
         """The map array (the builder is reset)."""
-        keys = pa.array(self._ids, type=pa.string()).take(pa.array(self._keys, type=pa.int32()))
+        keys = self.vocab.keys(self._keys)
         out = map_array(self._offsets, keys, self._values, self.value_type)
         self._keys, self._values, self._offsets = [], [], [0]
         return out

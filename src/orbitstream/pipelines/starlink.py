@@ -102,11 +102,11 @@ from pydantic import Field, SecretStr
 
 from orbitstream.core import registry
 from orbitstream.core.batch import DeadLetter, Row, RowData, is_columnar, join_parts
-from orbitstream.core.columns import rows_of
+from orbitstream.core.columns import KeyVocab, rows_of
 from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSettings, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Table
 from orbitstream.errors import ConfigError, OrbitStreamError, SourceError
-from orbitstream.pipelines.starlink_columns import KeyVocab, TelemetryColumns
+from orbitstream.pipelines.starlink_columns import TelemetryColumns
 from orbitstream.settings import Settings, env
 
 __all__ = [

@@ -16,52 +16,19 @@ far apart in memory.)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from orbitstream.core.columns import arrow_schema
+from orbitstream.core.columns import KeyVocab, arrow_schema
 from orbitstream.core.tables import Table
 
-__all__ = ["KeyVocab", "TelemetryColumns"]
+__all__ = ["TelemetryColumns"]
 
 _F64 = pa.float64()
 _STR = pa.string()
 _IP_LISTS = pa.list_(pa.string())
-
-
-class KeyVocab:
-    """Map keys (column names) interned as small integer ids, stable while it lives (row
-    signatures cache the ids of their keys)."""
-
-    __slots__ = ("_array", "ids", "names")
-
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-        self.names: list[str] = []
-        self._array: Any = None
-
-    def ids_of(self, names: Iterable[str]) -> tuple[int, ...]:
-        out = []
-        for name in names:
-            i = self.ids.get(name)
-            if i is None:
-                i = self.ids[name] = len(self.names)
-                self.names.append(name)
-                self._array = None
-            out.append(i)
-        return tuple(out)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def keys(self, ids: list[int]) -> Any:
-        """The key strings of ``ids`` as one Arrow string array."""
-        if self._array is None or len(self._array) != len(self.names):
-            self._array = pa.array(self.names, type=_STR)
-        return self._array.take(pa.array(ids, type=pa.int32()))
 
 
 class TelemetryColumns:
