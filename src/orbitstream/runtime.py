@@ -196,6 +196,12 @@ class _Running:
         return self.parts.source
 
 
+def _is_healthy(r: _Running, source: dict[str, object]) -> bool:
+    """A pipeline is healthy when its sinks are up, it has not failed, and its source does
+    not report a problem (``"healthy": False``, e.g. no Kafka broker reachable)."""
+    return r.pipeline.healthy and r.error is None and source.get("healthy") is not False
+
+
 # -- the runtime ------------------------------------------------------------------------
 
 
@@ -299,9 +305,7 @@ class Runtime:
 
     @property
     def healthy(self) -> bool:
-        return all(r.pipeline.healthy for r in self.running) and all(
-            r.error is None for r in self.running
-        )
+        return all(_is_healthy(r, r.context.source_health()) for r in self.running)
 
     def health(self) -> dict[str, Any]:
         sinks: dict[str, dict[str, object]] = {}
@@ -337,7 +341,7 @@ class Runtime:
             if r.error is not None:
                 source["error"] = f"{type(r.error).__name__}: {r.error}"
             pipelines[r.plan.name] = {
-                "status": "healthy" if r.pipeline.healthy and r.error is None else "unhealthy",
+                "status": "healthy" if _is_healthy(r, source) else "unhealthy",
                 "namespace": r.plan.namespace,
                 "sinks": per,
                 "source": source,

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -178,6 +179,78 @@ class KafkaSettings(BaseModel):
             "acks": "all",
             "linger.ms": 5,
             **self.extra,
+        }
+
+
+class BrokerState:
+    """Whether the consumer reaches a broker, from librdkafka's own reports: its
+    statistics (every :attr:`interval_ms`, each broker connection's state) and the
+    ``_ALL_BROKERS_DOWN`` error. Both callbacks run on the poll thread; :meth:`report` is
+    read from the event loop (plain attribute reads)."""
+
+    def __init__(self, interval_ms: int = 2000) -> None:
+        self.interval_ms = interval_ms
+        self.up: int | None = None  # brokers whose connection is UP, at the last report
+        self.known = 0
+        self.down_since: float | None = None  # monotonic time all were found down
+        self.last_error: str | None = None
+
+    def watch(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` with the statistics and error callbacks (a user's own interval
+        stands)."""
+        out = dict(config)
+        out.setdefault("statistics.interval.ms", self.interval_ms)
+        out["stats_cb"] = self._on_stats
+        out["error_cb"] = self._on_error
+        return out
+
+    def _on_stats(self, text: str) -> None:
+        try:
+            brokers = json.loads(text).get("brokers") or {}
+        except ValueError:
+            return
+        # the bootstrap entries (nodeid -1) stand for the address list, not a broker
+        states = [b.get("state") for b in brokers.values() if b.get("nodeid", -1) >= 0]
+        if not states:
+            states = [b.get("state") for b in brokers.values()]
+        self.known = len(states)
+        self.up = sum(1 for st in states if st == "UP")
+        if self.up:
+            if self.down_since is not None:
+                logger.info(
+                    "Kafka broker reachable again.",
+                    extra={"component": "kafka", "down_secs": round(self.down_secs() or 0, 1)},
+                )
+            self.down_since = None
+        elif self.known:
+            self._down("all broker connections down")
+
+    def _on_error(self, err: Any) -> None:
+        self.last_error = str(err)
+        if err.code() == _confluent().KafkaError._ALL_BROKERS_DOWN:
+            self.up = 0
+            self._down(self.last_error)
+
+    def _down(self, reason: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            logger.warning(
+                "No Kafka broker reachable; consuming waits for one.",
+                extra={"component": "kafka", "error": reason},
+            )
+
+    def down_secs(self) -> float | None:
+        """How long no broker has been reachable, ``None`` while one is."""
+        since = self.down_since
+        return None if since is None else time.monotonic() - since
+
+    def report(self) -> dict[str, Any]:
+        down = self.down_secs()
+        return {
+            "up": self.up,
+            "known": self.known,
+            "down_secs": None if down is None else round(down, 1),
+            "last_error": self.last_error,
         }
 
 
@@ -689,6 +762,7 @@ class KafkaReader:
         self._watermarks_at = 0.0
         # written by the poll thread, read by stats():
         self._watermarks: dict[TopicPartitionKey, int] = {}
+        self.brokers = BrokerState()
         self._ops_lock = threading.Lock()
         self._ops: list[tuple[_Partition, bool]] = []  # queued pause (True) / resume
         self._lock = asyncio.Lock()  # cut / record / hand-on rounds, and releases
@@ -711,7 +785,7 @@ class KafkaReader:
         self._loop = loop = asyncio.get_running_loop()
         self._running = True
         try:
-            self._consumer = ck.Consumer(self.settings.consumer_config())
+            self._consumer = ck.Consumer(self.brokers.watch(self.settings.consumer_config()))
         except ck.KafkaException as exc:
             self._running = False
             self._done.set()
@@ -1413,7 +1487,7 @@ class KafkaReader:
                 "paused": p.paused,
                 "lag": None if high is None or nxt is None else max(0, high - nxt),
             }
-        return {**self.counters, "partitions": parts}
+        return {**self.counters, "partitions": parts, "brokers": self.brokers.report()}
 
     def assignment(self) -> list[TopicPartitionKey]:
         return sorted(self._parts)

@@ -56,6 +56,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+BROKER_DOWN_UNHEALTHY_SECS = 5.0
+"""``/health`` reports the pipeline unhealthy once no broker was reachable this long (a
+broker restart or a leader move is shorter)."""
+
 
 class KafkaPipelineSettings(PipelineSettings):
     """Settings of a pipeline that can run on the ``kafka`` source. Pipelines redeclare
@@ -235,6 +239,16 @@ class KafkaSource:
             stats = self.reader.stats()
             out["commits"] = stats["commits"]
             out["dead_letters"] = stats["dead_letters"]
+            brokers = stats["brokers"]
+            out["brokers"] = brokers
+            down = brokers["down_secs"]
+            if down is not None and down >= BROKER_DOWN_UNHEALTHY_SECS:
+                out["healthy"] = False
+                out["problem"] = (
+                    f"no Kafka broker reachable for {down:.0f} s "
+                    f"(KAFKA_BOOTSTRAP_SERVERS={self.settings.bootstrap_servers}): "
+                    f"{brokers['last_error'] or 'all broker connections down'}"
+                )
             out["partitions"] = {
                 k: {"committed": v["committed"], "next_offset": v["next_offset"]}
                 for k, v in stats["partitions"].items()
