@@ -6,7 +6,9 @@ Starlink view is hidden."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,8 +33,7 @@ def test_the_starlink_view_shows_the_fleet(tmp_path: Path) -> None:
         run = Running(_env(threaded.fake, tmp_path), "starlink")
         try:
             wait_until(lambda: threaded.call(lambda: threaded.fake.available()) == 0, 30)
-            _, _, body = http("GET", run.url + "/api/dashboard/starlink")
-            api = json.loads(body)
+            api = _settled(run.url)
             assert api["terminals_online"] == 5 and api["alerts_open"] > 0
             with page_at(run.url) as page:
                 page.wait_for_function(
@@ -67,3 +68,20 @@ def test_without_the_pipeline_the_view_is_hidden(tmp_path: Path) -> None:
             assert page.locator("[data-view='starlink']").first.is_hidden()
     finally:
         run.stop()
+
+
+def _settled(url: str) -> dict[str, Any]:
+    """The Starlink summary once the last body served is durable: the same answer twice,
+    half a second apart (a body is written in parts, so a summary read while it lands
+    can be between two states)."""
+    last: dict[str, Any] | None = None
+    deadline = time.monotonic() + 30
+    while True:
+        _, _, body = http("GET", url + "/api/dashboard/starlink")
+        api: dict[str, Any] = json.loads(body)
+        api.pop("generated_at", None)
+        if last is not None and api == last:
+            return api
+        assert time.monotonic() < deadline, "the summary did not settle"
+        last = api
+        time.sleep(0.5)

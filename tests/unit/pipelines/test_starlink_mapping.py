@@ -758,7 +758,7 @@ def test_any_well_formed_response_maps_and_every_row_is_accounted_for(
     assert again.duplicates == _account(mapping) - len(mapping.dead)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(responses(), st.integers(1, 7))
 def test_the_columnar_path_maps_like_the_tuple_path(case: tuple[bytes, int], part: int) -> None:
     """The columnar mapper (the default), whole or ``part`` rows at a time, gives the
