@@ -117,6 +117,7 @@ __all__ = [
     "IP_KEY",
     "PIPELINE",
     "SPEC",
+    "TABLES_BY_NAME",
     "TELEMETRY_TABLE",
     "DeadRow",
     "IpState",
@@ -124,10 +125,12 @@ __all__ = [
     "RecentKey",
     "StaleMappingError",
     "StarlinkEnvelopeError",
+    "StarlinkJob",
     "StarlinkMapper",
     "StarlinkMapping",
     "StarlinkPipelineSettings",
     "body_digest",
+    "paused_gc",
     "tables",
 ]
 
