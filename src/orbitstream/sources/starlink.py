@@ -245,6 +245,19 @@ class StarlinkIngest:
                 )
         return kept, letters
 
+    def body_letter(self, body: bytes, error: str) -> DeadLetter:
+        """A whole response body (up to 1 MiB of it) as one dead letter."""
+        return DeadLetter(
+            pipeline=self.pipeline,
+            table="telemetry",
+            batch_id=f"{self.pipeline}:{body_digest(body)}",
+            row={
+                "body": body[:_BODY_LETTER_BYTES].decode("utf-8", "replace"),
+                "bytes": len(body),
+            },
+            error=error,
+        )
+
     async def _submit(
         self, ctx: SourceContext, rows: Mapping[str, RowData], ack: Ack, key: str
     ) -> int:
@@ -279,18 +292,7 @@ class StarlinkIngest:
                 "Starlink response is not a stream envelope; kept in dead letters.",
                 extra={"pipeline": self.pipeline, "batch_id": batch_id, "error": exc.reason},
             )
-            text = body[:_BODY_LETTER_BYTES].decode("utf-8", "replace")
-            await ctx.dead_letter(
-                [
-                    DeadLetter(
-                        pipeline=self.pipeline,
-                        table="telemetry",
-                        batch_id=batch_id,
-                        row={"body": text, "bytes": len(body)},
-                        error=str(exc),
-                    )
-                ]
-            )
+            await ctx.dead_letter([self.body_letter(body, str(exc))])
             return Delivered(digest, 0, {}, 1, 0, True)
         now = time.time_ns()
         ack = Ack()
@@ -365,6 +367,7 @@ class StarlinkSource:
             self._deliver,
             archive=self.archive,
             halted_log_secs=self.settings.halted_log_secs,
+            reject=self._reject,
         )
         ctx.on_health(self.health)
         ctx.metrics.add_gauge("source_lag", self._lag)
@@ -390,6 +393,13 @@ class StarlinkSource:
             "Starlink batch durable.",
             extra={"poll_number": number, "batch_id": out.digest, "records": out.values},
         )
+
+    async def _reject(self, raw: bytes, error: str) -> None:
+        """A 200 whose body is not JSON: into the dead letters (up to 1 MiB of it), since
+        the API may have advanced past its rows and will not send them again."""
+        assert self._ctx is not None
+        self.ingest.metrics.inc("source_errors", (self._ctx.pipeline, "invalid_body"))
+        await self._ctx.dead_letter([self.ingest.body_letter(raw, error)])
 
     def _lag(self) -> dict[tuple[str, ...], float]:
         if self._last_durable is None or self._ctx is None:

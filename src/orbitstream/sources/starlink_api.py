@@ -526,6 +526,8 @@ class StarlinkClient:
 
 Deliver = Callable[[bytes, int], Awaitable[None]]
 """``await deliver(body, poll_number)``: returns once the batch is durable."""
+Reject = Callable[[bytes, str], Awaitable[None]]
+"""``await reject(raw, error)``: keep a 200 body that is not JSON."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,6 +562,9 @@ class StarlinkPoller:
     :param retry: backoff for retryable failures without ``Retry-After``.
     :param halted_log_secs: while ``deliver`` has not returned for this long (a sink is
         down), log that polling is halted, and again at this interval.
+    :param reject: ``await reject(raw, error)`` for a 200 whose body is not JSON (the
+        server may have advanced past its rows: they are kept, e.g. in dead letters,
+        before the poll is retried); ``None``: only logged.
     """
 
     def __init__(
@@ -571,10 +576,12 @@ class StarlinkPoller:
         first_poll_number: int = 1,
         retry: RetryPolicy | None = None,
         halted_log_secs: float = 30.0,
+        reject: Reject | None = None,
     ) -> None:
         self.client = client
         self.halted_log_secs = halted_log_secs
         self.deliver = deliver
+        self.reject = reject
         self.archive = archive
         s = client.settings
         self.retry = retry or RetryPolicy(
@@ -657,6 +664,8 @@ class StarlinkPoller:
                     self._errors += 1
                     self._consecutive += 1
                     self._last_error = str(exc)
+                    if isinstance(exc, StarlinkInvalidResponseError) and self.reject is not None:
+                        await self.reject(exc.raw, str(exc))
                     delay = exc.retry_after_secs
                     if delay is None:
                         delay = self.retry.delay(self._consecutive)

@@ -101,3 +101,61 @@ async def test_polling_halts_while_a_sink_is_down_and_resumes(
         store.close_sync()
     stored = [(str(d), int(str(t))) for d, t in res.rows]
     assert len(stored) == len(set(stored)) and set(stored) == set(want["telemetry"])
+
+
+async def test_a_200_body_that_is_not_json_is_kept_in_dead_letters(
+    fake_factory: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API may advance past the rows of a 200 it garbled (a truncated body, an error
+    page): the raw body is kept in the store's dead letters before the poll is retried,
+    and every row served afterwards is stored."""
+    require(_has_chdb(), "chdb (pip install 'orbitstream[chdb]')")
+    from orbitstream.runtime import Runtime
+    from orbitstream.simulate.starlink import Fault
+
+    fake = await fake_factory(fleet=fleet(terminals=4), backlog_ticks=3)
+    fake.inject(Fault.STREAM_TRUNCATE, advance=True)  # its rows are gone from the stream
+    fake.inject(Fault.STREAM_INVALID_JSON)
+    for name, value in {
+        "CLIENT_ID": fake.client_id,
+        "CLIENT_SECRET": fake.client_secret,
+        "STARLINK_TOKEN_URL": fake.token_url,
+        "STARLINK_STREAM_URL": fake.stream_url,
+        "BATCH_SIZE": "10",
+        "MAX_LINGER": "50",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(data_dir=tmp_path / "d", port=free_port(), host="127.0.0.1")
+    svc = Runtime(settings, ["starlink"])
+    await svc.start()
+    try:
+        await _until(lambda: fake.available() == 0, 30)
+        await _until(lambda: svc.running[0].pipeline.health()["chdb"]["buffered_rows"] == 0)
+        store = svc.stores[0]
+        letters = (
+            await store.query(
+                "SELECT error, JSONExtractString(row, 'body'), JSONExtractInt(row, 'bytes') "
+                "FROM default.dead_letters WHERE pipeline = 'starlink'"
+            )
+        ).rows
+        rows = (
+            await store.query(
+                "SELECT device_id, toUnixTimestamp64Nano(ts_ns) FROM starlink.telemetry"
+            )
+        ).rows
+    finally:
+        await svc.stop()
+    assert len(letters) == 2, letters
+    assert all("not JSON" in str(e) and int(str(n)) > 0 for e, _, n in letters)
+    assert any(str(b).startswith("<html>") for _, b, _ in letters)
+    lost = [resp for resp in fake.served if resp.lost]
+    assert len(lost) == 1 and lost[0].rows  # the truncated body's rows left the stream
+    want = {
+        (row["DeviceId"], row["UtcTimestampNs"])
+        for resp in fake.served
+        if not resp.lost
+        for code, row in resp.named_rows()
+        if code != "i"
+    }
+    got = [(str(d), int(str(t))) for d, t in rows]
+    assert len(got) == len(set(got)) and set(got) == want
