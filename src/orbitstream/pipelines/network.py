@@ -45,7 +45,8 @@ since and not rolled back, so a chunk still in flight is the baseline of the nex
 :meth:`~NetworkMapper.rollback` forgets results that were not (a partition revoked, a
 crash): replaying the same messages from the committed state then gives identical rows,
 which is what lets a store drop the replayed batch by its id. After a restart,
-:meth:`~NetworkMapper.restore` reloads the state from the store (:data:`RESTORE_SQL`).
+:meth:`~NetworkMapper.restore` reloads the state from the store (:data:`RESTORE_SQL` on
+ClickHouse and chDB, ``DISTINCT ON`` queries on PostgreSQL: :func:`restore_from`).
 """
 
 from __future__ import annotations
@@ -221,6 +222,23 @@ def _restore_sql(table: Table, latest_by: tuple[str, ...] | None, name: str | No
         return f"SELECT {cols} FROM {name} FINAL"
     keys = ", ".join(f"`{k}`" for k in latest_by)
     return f"SELECT {cols} FROM {name} ORDER BY `{table.time_column}` DESC LIMIT 1 BY {keys}"
+
+
+def _restore_sql_postgres(table: Table, latest_by: tuple[str, ...] | None, name: str) -> str:
+    """:func:`_restore_sql` for PostgreSQL, where every version of a row is kept: the
+    newest row per key (``nodes``: per node, by ``last_seen``); timestamps as epoch ns
+    (``timestamptz`` keeps microseconds)."""
+    cols = ", ".join(
+        f'(EXTRACT(EPOCH FROM "{c.name}") * 1000000)::bigint * 1000'
+        if c.type is ColType.TIMESTAMP
+        else f'"{c.name}"'
+        for c in table.columns
+    )
+    keys = ", ".join(f'"{k}"' for k in (latest_by or table.order_by))
+    return (
+        f"SELECT DISTINCT ON ({keys}) {cols} FROM {name} "
+        f'ORDER BY {keys}, "{table.time_column}" DESC'
+    )
 
 
 # ClickHouse SQL reading back the state a restarted mapper needs (rows in column order,
@@ -825,18 +843,24 @@ class NetworkSettings(KafkaPipelineSettings):
 async def restore_from(
     store: Store, tables_by_name: Mapping[str, Table], mapper: NetworkMapper
 ) -> None:
-    """Reload ``mapper``'s committed state from the store (ClickHouse dialect stores)."""
-    if store.query_dialect != "clickhouse":
+    """Reload ``mapper``'s committed state from the store (ClickHouse or PostgreSQL)."""
+    postgres = store.query_dialect == "postgres"
+    if not postgres and store.query_dialect != "clickhouse":
         logger.warning(
-            "Network state not restored: only ClickHouse-dialect stores are read back.",
+            "Network state not restored: the store's query dialect is not known.",
             extra={"pipeline": PIPELINE, "component": store.name},
         )
         return
     found: dict[str, list[Sequence[Any]]] = {}
     for name, latest_by in _LATEST_BY.items():
         table = tables_by_name[name]
-        qualified = ".".join(f"`{p}`" for p in (table.namespace, table.name) if p)
-        result = await store.query(_restore_sql(table, latest_by, qualified))
+        if postgres:
+            qualified = ".".join(f'"{p}"' for p in (table.namespace, table.name) if p)
+            sql = _restore_sql_postgres(table, latest_by, qualified)
+        else:
+            qualified = ".".join(f"`{p}`" for p in (table.namespace, table.name) if p)
+            sql = _restore_sql(table, latest_by, qualified)
+        result = await store.query(sql)
         found[name] = list(result.rows)
     mapper.restore(found["nodes"], found["interfaces"], found["interface_counters"])
     logger.info(
