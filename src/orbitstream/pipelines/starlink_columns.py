@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from orbitstream.core.columns import KeyVocab, arrow_schema
+from orbitstream.core.columns import KeyVocab, arrow_schema, map_array, string_lists
 from orbitstream.core.tables import Table
 
 __all__ = ["TelemetryColumns"]
@@ -102,14 +102,10 @@ class TelemetryColumns:
     def _map(self, keys: list[int], values: list[Any], counts: list[int], typ: Any) -> Any:
         offsets = np.zeros(len(counts) + 1, dtype=np.int32)
         np.cumsum(np.array(counts, dtype=np.int32), out=offsets[1:])
-        return pa.MapArray.from_arrays(
-            pa.array(offsets), self.vocab.keys(keys), pa.array(values, type=typ)
-        )
+        return map_array(offsets, self.vocab.keys(keys), values, typ)
 
 
 def _lists(values: list[tuple[str, ...]], n: int) -> Any:
-    if not any(values):
-        return pa.ListArray.from_arrays(
-            pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], type=_STR)
-        )
+    if not any(values):  # no addresses at all: n empty lists, from offsets
+        return string_lists(np.zeros(n + 1, dtype=np.int32), pa.array([], type=_STR))
     return pa.array(values, type=_IP_LISTS)
