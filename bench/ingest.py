@@ -1285,9 +1285,17 @@ def run(cfg: Config, only: set[str] | None) -> int:
         vs = ratio(rb.points_per_s, fb)
         if vs is not None:
             parts.append(f"{vs:.2f}× FastAPI batch")
-        parts.append(f"target ≥ {TARGET_BATCH:,.0f}/s")
-        rb.ratio = "; ".join(parts)
-        rb.verdict = "PASS" if rb.points_per_s >= TARGET_BATCH else "FAIL"
+        if key == "batch-pg":
+            # The 150,000/s target is chDB's (the embedded default). Into PostgreSQL the
+            # accepted rate is the store's: under overload the pipeline admits input at
+            # the rate its writers commit (Pipeline.admission), so the row to read is
+            # the committed one below.
+            rb.ratio = "; ".join(parts) or "—"
+            rb.verdict = ""
+        else:
+            parts.append(f"target ≥ {TARGET_BATCH:,.0f}/s")
+            rb.ratio = "; ".join(parts)
+            rb.verdict = "PASS" if rb.points_per_s >= TARGET_BATCH else "FAIL"
         if committed is not None:
             store = "PostgreSQL" if key == "batch-pg" else "chDB"
             rc = Result(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from orbitstream.core.batch import Ack, DeadLetter, Row, RowData
@@ -86,6 +86,9 @@ class PipelineContext:
 
     def has_room(self, rows: int) -> bool:
         return self._pipeline.has_room(rows)
+
+    def admission(self, rows: int) -> Awaitable[None] | None:
+        return self._pipeline.admission(rows)
 
     async def wait_for_room(self, rows: int = 1) -> None:
         await self._pipeline.wait_for_room(rows)

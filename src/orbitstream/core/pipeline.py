@@ -14,12 +14,13 @@ buffer) when a lane is full.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from orbitstream.core.batch import Ack, Batch, DeadLetter, Row, RowData, is_columnar, join_parts
@@ -45,6 +46,8 @@ class PipelineLimits:
     max_merge_rows: int = 50_000
     deployment_retry_secs: float = 300.0
     health_check_secs: float = 5.0
+    # Admission (see Pipeline.admission): the longest a source's input waits for the writers.
+    admit_max_wait_secs: float = 2.0
 
 
 async def start_sink(
@@ -273,6 +276,20 @@ class SinkLane:
         self.deployment_since: float | None = None  # the lane's deployment-error window
         self.give_up_at: float | None = None  # set during shutdown
         self.on_drain: Callable[[], None] | None = None  # rows left the buffer
+        # Backlog above which new input waits (Pipeline.admission): enough queued rows to keep
+        # every writer busy, and to merge a write, a few times over.
+        # Only for sinks whose writes need the event loop (the others write on a thread
+        # of their own, and are behind only when the store is).
+        self.admit_rows = (
+            max(4 * limits.batch_size * self.concurrency, limits.max_merge_rows)
+            if sink.writes_on_event_loop
+            else None
+        )
+
+    def congested(self, rows: int) -> bool:
+        """Whether ``rows`` more would put a sink that is writing (up) over its mark."""
+        mark = self.admit_rows
+        return mark is not None and self.up and self.rows + rows > mark
 
     def has_room(self, rows: int, nbytes: int) -> bool:
         return (
@@ -613,8 +630,10 @@ class Pipeline:
         self._closed = False
         self._watcher: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
+        self._admitting: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
+        self._reserved = 0  # rows of inputs admitted but not yet submitted
         for lane in self.lanes:
-            lane.on_drain = self._room.set
+            lane.on_drain = self._drained
         metrics.add_gauge(
             "buffer_rows",
             lambda: {(name, lane.sink.name): float(lane.rows) for lane in self.lanes},
@@ -700,6 +719,58 @@ class Pipeline:
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), 1.0)
+
+    def _drained(self) -> None:
+        self._room.set()
+        if self._admitting:
+            self._admit_waiting()
+
+    def admission(self, rows: int) -> Awaitable[None] | None:
+        """Flow control for sources that take input faster than the sinks write it (an HTTP
+        server reading requests): ``None`` when input of about ``rows`` rows may be
+        processed now; else an awaitable to wait on first, done once the sinks' backlog is
+        back under its mark (``SinkLane.admit_rows``), in arrival order, or after
+        ``admit_max_wait_secs`` at the latest. While the source waits, the event loop is
+        free for the writers (PostgreSQL's round trips run on it), so under overload the
+        sinks keep writing at their rate instead of the source filling the buffers and
+        answering 503. A sink that is down is not waited for: its buffer takes the input,
+        and refuses it when full, as before."""
+        if not self._admitting and not any(
+            lane.congested(rows + self._reserved) for lane in self.lanes
+        ):
+            return None
+        if not self.accepting or not any(lane.up for lane in self.lanes):
+            return None
+        return self._admit(rows)
+
+    async def _admit(self, rows: int) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._admitting.append((future, rows))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, self.limits.admit_max_wait_secs)
+        finally:
+            if future.done() and not future.cancelled():
+                self._reserved -= rows  # admitted: the caller submits now
+            else:
+                future.cancel()
+            if self._admitting:
+                self._admit_waiting()
+
+    def _admit_waiting(self) -> None:
+        """Admit the waiting inputs, oldest first, while the backlog stays under the mark
+        (counting the rows of inputs admitted but not yet submitted)."""
+        queue = self._admitting
+        while queue:
+            future, rows = queue[0]
+            if future.done():
+                queue.popleft()
+                continue
+            if self.accepting and any(lane.congested(rows + self._reserved) for lane in self.lanes):
+                return
+            queue.popleft()
+            self._reserved += rows
+            future.set_result(None)
 
     def submit_keyed(self, rows: Mapping[str, RowData], key: str, ack: Ack | None = None) -> None:
         """Each table's rows as one batch of their own, with the id
@@ -795,6 +866,7 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        self._admit_waiting()  # not accepting: the waiting inputs are refused now
         if self._watcher is not None:
             self._watcher.cancel()
         deadline = time.monotonic() + timeout_secs

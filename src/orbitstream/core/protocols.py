@@ -10,7 +10,7 @@ may call back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from orbitstream.core.batch import Ack, Batch, DeadLetter, Row, RowData
@@ -50,12 +50,16 @@ class Sink(Protocol):
         as one (for stores that pay a large fixed cost per insert: ClickHouse parts).
     :attr time_range_ns: the timestamps the sink can hold (epoch ns, inclusive); the
         runtime refuses others at the door.
+    :attr writes_on_event_loop: each step of a write (a network round trip) is an event
+        loop callback, so a loop busy with input slows the writes down: while such a sink
+        is behind, sources that ask (``SourceContext.admission``) wait for it.
     """
 
     name: str
     max_concurrent_writes: int
     min_write_interval_secs: float
     time_range_ns: tuple[int, int]
+    writes_on_event_loop: bool
 
     async def start(self, tables: Sequence[Table]) -> None:
         """Connect and create or migrate the tables (the union of every pipeline's that
@@ -107,6 +111,7 @@ class SinkBase:
     max_concurrent_writes: int = 1
     min_write_interval_secs: float = 0.0
     time_range_ns: tuple[int, int] = INT64_NS_RANGE
+    writes_on_event_loop: bool = False
 
     async def maintain(self) -> object:
         return None
@@ -160,6 +165,11 @@ class SourceContext(Protocol):
 
     async def wait_for_room(self, rows: int = 1) -> None:
         """Return once every sink could take ``rows`` rows."""
+
+    def admission(self, rows: int) -> Awaitable[None] | None:
+        """Flow control for input of about ``rows`` rows: ``None`` to go on now, else
+        an awaitable to wait on first (the writers are behind; see
+        :meth:`orbitstream.core.pipeline.Pipeline.admission`)."""
 
     def flush(self) -> None:
         """Cut every open batch now."""

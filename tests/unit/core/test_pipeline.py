@@ -38,6 +38,8 @@ def make(
     max_rows: int = 1_000_000,
     deployment_retry: float = 300.0,
     max_backoff: float = 0.05,
+    max_merge_rows: int = 50_000,
+    admit_max_wait: float = 2.0,
 ) -> Pipeline:
     return Pipeline(
         "p",
@@ -48,6 +50,8 @@ def make(
             linger_secs=linger,
             max_buffer_rows=max_rows,
             deployment_retry_secs=deployment_retry,
+            max_merge_rows=max_merge_rows,
+            admit_max_wait_secs=admit_max_wait,
         ),
         retry=RetryPolicy(base_secs=0.01, max_secs=max_backoff),
         metrics=Metrics(),
@@ -483,4 +487,115 @@ async def test_the_write_interval_does_not_hold_batches_that_cannot_merge(
     p.submit_keyed({"t": rows(4, 100)}, "k-1", keyed)  # keyed: never merged, never held
     await asyncio.wait_for(asyncio.gather(*(a.wait() for a in [*acks, keyed])), 2)
     assert sink.writes == 4 and len(sink.rows("t")) == 34
+    await p.close()
+
+
+# -- admission: input waits while the writers are behind ---------------------------------
+
+
+async def test_input_waits_while_the_writers_are_behind_then_goes_in_arrival_order(
+    tmp_path: Path,
+) -> None:
+    sink = MemorySink()
+    sink.write_delay_secs = 0.05
+    p = make(tmp_path, sink, batch_size=10, linger=60, max_merge_rows=10)
+    await p.start()
+    assert p.lanes[0].admit_rows == 40  # 4 batches per writer
+    assert p.admission(40) is None  # an empty buffer takes it
+    p.submit({"t": rows(40)})
+    order: list[int] = []
+
+    async def source(i: int) -> None:
+        waiting = p.admission(10)
+        assert waiting is not None  # 40 buffered + 10 > the mark
+        await waiting
+        order.append(i)
+        p.submit({"t": rows(10, 100 + 10 * i)})
+
+    tasks = [asyncio.create_task(source(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    assert order == [] and p.lanes[0].rows == 40  # nothing went in ahead of the writers
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert order == [0, 1, 2]
+    await p.close()
+    assert len(sink.rows("t")) == 70
+
+
+async def test_input_waits_behind_earlier_waiters_even_with_room(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.write_delay_secs = 0.05
+    p = make(tmp_path, sink, batch_size=10, linger=60, max_merge_rows=10)
+    await p.start()
+    p.submit({"t": rows(40)})
+    first = p.admission(10)
+    assert first is not None
+    waiting = asyncio.ensure_future(first)
+    await asyncio.sleep(0)
+    later = p.admission(1)
+    assert later is not None  # it queues behind the first, never overtakes it
+    second = asyncio.ensure_future(later)
+    done, _ = await asyncio.wait([waiting, second], return_when=asyncio.FIRST_COMPLETED)
+    assert waiting in done
+    await asyncio.wait_for(second, 5)
+    await p.close()
+
+
+async def test_a_down_sink_is_not_waited_for(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.down = True
+    p = make(tmp_path, sink, batch_size=10, linger=60, max_merge_rows=10)
+    await p.start()
+    p.submit({"t": rows(40)})
+    await wait_for(lambda: not p.lanes[0].up)
+    assert p.admission(10) is None  # the buffer takes it (and refuses it when full)
+    sink.down = False
+    await p.close()
+    assert len(sink.rows("t")) == 40
+
+
+async def test_input_waits_no_longer_than_the_limit(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.write_delay_secs = 1.0  # writing, up, and far behind
+    p = make(tmp_path, sink, batch_size=10, linger=60, max_merge_rows=10, admit_max_wait=0.1)
+    await p.start()
+    p.submit({"t": rows(40)})
+    waiting = p.admission(10)
+    assert waiting is not None
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(waiting, 5)
+    assert asyncio.get_running_loop().time() - started >= 0.09
+    p.submit({"t": rows(10, 40)})  # goes into the buffer, as without admission
+    assert p.lanes[0].rows == 50
+    sink.write_delay_secs = 0.0
+    await p.close()
+    assert len(sink.rows("t")) == 50
+
+
+async def test_closing_releases_the_waiting_input(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.write_delay_secs = 0.05
+    p = make(tmp_path, sink, batch_size=10, linger=60, max_merge_rows=10, admit_max_wait=30)
+    await p.start()
+    p.submit({"t": rows(40)})
+    waiting = p.admission(10)
+    assert waiting is not None
+    task = asyncio.ensure_future(waiting)
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(p.close())
+    await asyncio.wait_for(task, 1)  # released at once, not after the 30 s limit
+    with pytest.raises(BackpressureError):
+        p.submit({"t": rows(10, 40)})
+    await closing
+    assert len(sink.rows("t")) == 40
+
+
+async def test_a_sink_writing_on_its_own_thread_never_makes_input_wait(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.writes_on_event_loop = False  # as chDB's (a writer thread) and ClickHouse's
+    sink.write_delay_secs = 0.05
+    p = make(tmp_path, sink, batch_size=10, linger=60, max_merge_rows=10)
+    await p.start()
+    p.submit({"t": rows(100)})
+    assert p.lanes[0].admit_rows is None
+    assert p.admission(10) is None
     await p.close()

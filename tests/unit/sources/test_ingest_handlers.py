@@ -115,3 +115,36 @@ async def test_sink_mode_202_counts_only_committed_rows(tmp_path: Path) -> None:
     assert single.status == 422 and json.loads(single.body)["dead_lettered"] == {"memory": 1}
     await pipeline.close()
     assert len(sink.rows("telemetry")) == 5
+
+
+async def test_requests_wait_undecoded_while_the_writers_are_behind(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.write_delay_secs = 0.05
+    pipeline = Pipeline(
+        "satellites",
+        satellites.tables(),
+        [sink],
+        limits=PipelineLimits(batch_size=10, linger_secs=60, max_merge_rows=10),
+        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
+        metrics=Metrics(),
+        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
+    )
+    await pipeline.start()
+    mapper = satellites.SatelliteMapper(satellites.threshold_rules(), pipeline.metrics)
+    handlers = IngestHandlers(
+        context(pipeline, sink), satellites.SatelliteIngest(mapper), pipeline.metrics, "memory"
+    )
+    ok = {**POINT, "battery_charge_percent": 50.0}
+    filler = msgspec.convert({**ok, "satellite_id": "F-1"}, satellites.Point)
+    pipeline.submit(mapper.map([filler] * 40).rows)  # the mark: 4 batches of 10
+    batch = [{**ok, "satellite_id": f"W-{i}"} for i in range(20)]
+    waiting = handlers.batch(request("/telemetry/batch", batch))
+    single = handlers.telemetry(request("/telemetry", {**ok, "satellite_id": "S-1"}))
+    assert not isinstance(waiting, Response) and not isinstance(single, Response)
+    received = pipeline.metrics.counters["received"][("satellites",)]
+    assert received == 0  # neither was read yet: the writers have the loop
+    answers = await asyncio.gather(answer(waiting), answer(single))
+    assert [a.status for a in answers] == [202, 202], [a.body for a in answers]
+    await pipeline.close()
+    ids = {r[1] for r in sink.rows("telemetry")}
+    assert len(sink.rows("telemetry")) == 61 and {"W-0", "W-19", "S-1"} <= ids

@@ -58,6 +58,7 @@ from orbitstream.sinks.results import QueryError, Rows
 
 try:
     import psycopg
+    from psycopg.pq import TransactionStatus
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
@@ -110,7 +111,12 @@ _LEDGER_INSERT_PENDING = (
     "SELECT u.r, to_timestamp(u.b) FROM unnest(%s::text[], %s::bigint[]) AS u(r, b) "
     "WHERE EXISTS (SELECT 1 FROM l)) SELECT 1 FROM l"
 )
+# The same with {} placeholders for literals (sent with BEGIN as one simple query, which
+# cannot carry parameters; see _text).
+_LEDGER_INSERT_LITERAL = _LEDGER_INSERT.replace("%s", "{}")
+_LEDGER_INSERT_PENDING_LITERAL = _LEDGER_INSERT_PENDING.replace("%s", "{}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_OPEN_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 ROLLUP_GRACE_SECS = 60  # a bucket is materialized once it ended this long ago
 _DEAD_LETTER_INSERT = (
     f"INSERT INTO {ddl.quote_ident(ddl.DEAD_LETTERS)} "
@@ -257,6 +263,7 @@ class PostgresSink(SinkBase):
 
     name = "postgres"
     query_dialect: Dialect = "postgres"
+    writes_on_event_loop = True  # psycopg's async round trips (decisions §29)
 
     def __init__(self, settings: PostgresSettings, query_tables: Sequence[Table] = ()) -> None:
         self.settings = settings
@@ -483,26 +490,27 @@ class PostgresSink(SinkBase):
         duplicate = False
         nbytes = 0
         try:
-            async with self.pool.connection() as conn, conn.transaction():
-                if plan.rollups:
-                    keys, starts = plan.buckets(batch)
-                    cur = await conn.execute(
-                        _LEDGER_INSERT_PENDING,
-                        (batch.batch_id, table.name, batch.size, keys, starts),
-                    )
-                else:
-                    cur = await conn.execute(
-                        _LEDGER_INSERT, (batch.batch_id, table.name, batch.size)
-                    )
-                if await cur.fetchone() is None:
-                    duplicate = True
-                else:
-                    async with conn.cursor() as copy_cur, copy_cur.copy(plan.copy_sql) as copy:
-                        # Encoded piece by piece: the server inserts one while the next is
-                        # encoded.
-                        for piece in plan.pieces(batch):
-                            nbytes += len(piece)
-                            await copy.write(piece)
+            async with self.pool.connection() as conn:
+                # Three round trips, as a bare COPY needs (BEGIN, COPY, COMMIT): the
+                # ledger row is claimed in BEGIN's, the rows then copied, then committed.
+                # A replayed id finds its ledger row taken and copies nothing.
+                try:
+                    duplicate = not await self._begin_claim(conn, plan, batch)
+                    if not duplicate:
+                        async with conn.cursor() as copy_cur, copy_cur.copy(plan.copy_sql) as copy:
+                            # Encoded piece by piece: the server inserts one while the
+                            # next is encoded.
+                            for piece in plan.pieces(batch):
+                                nbytes += len(piece)
+                                await copy.write(piece)
+                    await conn.execute(b"ROLLBACK" if duplicate else b"COMMIT")
+                except BaseException:
+                    # As psycopg's transaction block would: roll back what is open (a
+                    # connection busy mid-query is discarded by the pool instead).
+                    if conn.info.transaction_status in _OPEN_TRANSACTION:
+                        with contextlib.suppress(psycopg.Error, OSError):
+                            await conn.execute(b"ROLLBACK")
+                    raise
 
         except EncodeError as exc:
             raise PostgresRejectedError(
@@ -527,6 +535,24 @@ class PostgresSink(SinkBase):
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
+
+    @staticmethod
+    async def _begin_claim(conn: Any, plan: _TablePlan, batch: Batch) -> bool:
+        """Open a transaction and claim ``batch``'s ledger row in one round trip (a
+        simple query of two statements, values as literals); False when the id is
+        already committed (the transaction stays open: the caller rolls it back)."""
+        table = batch.table
+        values = [_text(batch.batch_id), _text(table.name), str(int(batch.size))]
+        if plan.rollups:
+            keys, starts = plan.buckets(batch)
+            values.append("ARRAY[" + ",".join(map(_text, keys)) + "]::text[]")
+            values.append("ARRAY[" + ",".join(str(int(b)) for b in starts) + "]::bigint[]")
+            claim = _LEDGER_INSERT_PENDING_LITERAL.format(*values)
+        else:
+            claim = _LEDGER_INSERT_LITERAL.format(*values)
+        cur = await conn.execute(("BEGIN; " + claim).encode())
+        # The cursor stands on BEGIN's result; the claim's is the next one.
+        return bool(cur.nextset()) and await cur.fetchone() is not None
 
     async def _drop_broken_connections(self) -> None:
         """After a lost connection (server restart, terminated backend), test the idle
@@ -699,6 +725,13 @@ class PostgresSink(SinkBase):
         except (psycopg.Error, OSError) as exc:
             raise QueryError(f"PostgreSQL not reachable: {_message(exc)}") from exc
         self._reader_dsn, self._reader_problem = access.dsn, access.problem
+
+
+def _text(value: str) -> str:
+    """``value`` as a PostgreSQL string constant, whatever ``standard_conforming_strings``
+    says (an escape string: backslashes and quotes doubled). Only for our own values
+    (batch ids, table and rollup names), which hold no NUL."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _dumps(value: object) -> str:

@@ -223,8 +223,27 @@ class IngestHandlers:
             )
         return None
 
+    async def _admitted(
+        self,
+        admission: Awaitable[None],
+        handler: Callable[[Request], Response | Awaitable[Response]],
+        request: Request,
+    ) -> Response:
+        """``handler(request)`` once the pipeline admits it (its writers are behind: see
+        ``Pipeline.admission``): its body waits undecoded, so decoding it does not take
+        the event loop from them."""
+        await admission
+        result = handler(request)
+        return result if isinstance(result, Response) else await result
+
     # -- POST /telemetry --------------------------------------------------------------
     def telemetry(self, request: Request) -> Response | Awaitable[Response]:
+        admission = self.ctx.admission(1)
+        if admission is not None:
+            return self._admitted(admission, self._telemetry, request)
+        return self._telemetry(request)
+
+    def _telemetry(self, request: Request) -> Response | Awaitable[Response]:
         bad = self._check_type(request, _JSON_TYPES)
         if bad is not None:
             return bad
@@ -325,6 +344,13 @@ class IngestHandlers:
 
     # -- POST /telemetry/batch --------------------------------------------------------
     def batch(self, request: Request) -> Response | Awaitable[Response]:
+        # about 100 bytes of JSON per point
+        admission = self.ctx.admission(max(1, len(request.body) // 100))
+        if admission is not None:
+            return self._admitted(admission, self._batch, request)
+        return self._batch(request)
+
+    def _batch(self, request: Request) -> Response | Awaitable[Response]:
         bad = self._check_type(request, _JSON_TYPES)
         if bad is not None:
             return bad
