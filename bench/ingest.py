@@ -309,9 +309,14 @@ class CpuUse:
     server: float
     client: float
     other: float
+    store: float = 0.0  # a server store's processes (PostgreSQL backends): not "other"
 
     def __str__(self) -> str:
-        return f"server {self.server:.2f}, client {self.client:.2f}, other {self.other:.2f} cores"
+        store = f", store {self.store:.2f}" if self.store else ""
+        return (
+            f"server {self.server:.2f}, client {self.client:.2f}{store}, "
+            f"other {self.other:.2f} cores"
+        )
 
 
 def wait_quiet(max_wait: float, threshold: float = 0.25) -> tuple[float, float]:
@@ -329,20 +334,47 @@ def wait_quiet(max_wait: float, threshold: float = 0.25) -> tuple[float, float]:
             return other, time.monotonic() - start
 
 
+def _comm_cpu(comm: str) -> dict[int, float]:
+    """CPU seconds of every process named ``comm``, by pid."""
+    out: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        if head.split("(", 1)[-1] == comm:
+            fields = rest.split()
+            out[int(entry)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 class CpuMeter:
-    def __init__(self, server_pid: int) -> None:
+    """:param store_comm: the process name of a server store the service writes to
+    (``postgres``): its CPU is the scenario's, counted apart from "other"."""
+
+    def __init__(self, server_pid: int, store_comm: str | None = None) -> None:
         self.pid = server_pid
+        self.store_comm = store_comm
         self.t0 = time.monotonic()
         self.busy0 = _proc_stat_busy()
         self.server0 = _pid_cpu(server_pid)
         self.own0 = _own_cpu()
+        self.store0 = _comm_cpu(store_comm) if store_comm else {}
 
     def stop(self) -> CpuUse:
         wall = max(1e-9, time.monotonic() - self.t0)
         busy = _proc_stat_busy() - self.busy0
         srv = _pid_cpu(self.pid) - self.server0
         own = _own_cpu() - self.own0
-        return CpuUse(srv / wall, own / wall, max(0.0, busy - srv - own) / wall)
+        store = 0.0
+        if self.store_comm:
+            now = _comm_cpu(self.store_comm)
+            store = sum(t - self.store0.get(pid, 0.0) for pid, t in now.items())
+        other = max(0.0, busy - srv - own - store)
+        return CpuUse(srv / wall, own / wall, other / wall, store / wall)
 
 
 # -- wrk -------------------------------------------------------------------------------------
@@ -519,7 +551,7 @@ def orbitstream_wrk(
             wait_committed(server, flush_timeout)
         before = metrics(server)
         rows0 = store_count(server)
-        meter = CpuMeter(server.pid)
+        meter = CpuMeter(server.pid, "postgres" if "DATABASE_URL" in env else None)
         log(f"{result.key}: wrk {cfg.duration:g} s ...")
         w = run_wrk(server.base, cfg.duration, mode, cfg.connections)
         cpu = result.cpu = meter.stop()

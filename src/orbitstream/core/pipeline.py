@@ -632,6 +632,7 @@ class Pipeline:
         self._room = asyncio.Event()
         self._admitting: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
         self._reserved = 0  # rows of inputs admitted but not yet submitted
+        self._admits = any(lane.admit_rows is not None for lane in self.lanes)
         for lane in self.lanes:
             lane.on_drain = self._drained
         metrics.add_gauge(
@@ -735,8 +736,9 @@ class Pipeline:
         sinks keep writing at their rate instead of the source filling the buffers and
         answering 503. A sink that is down is not waited for: its buffer takes the input,
         and refuses it when full, as before."""
-        if not self._admitting and not any(
-            lane.congested(rows + self._reserved) for lane in self.lanes
+        if not self._admits or (
+            not self._admitting
+            and not any(lane.congested(rows + self._reserved) for lane in self.lanes)
         ):
             return None
         if not self.accepting or not any(lane.up for lane in self.lanes):
