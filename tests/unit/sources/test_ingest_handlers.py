@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -37,6 +38,27 @@ def context(pipeline: Pipeline, sink: MemorySink) -> PipelineContext:
     )
 
 
+async def started(
+    tmp_path: Path, sink: MemorySink, limits: PipelineLimits, ack_mode: Literal["memory", "sink"]
+) -> tuple[Pipeline, satellites.SatelliteMapper, IngestHandlers]:
+    """A started satellites pipeline on ``sink``, its mapper and its HTTP handlers."""
+    pipeline = Pipeline(
+        "satellites",
+        satellites.tables(),
+        [sink],
+        limits=limits,
+        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
+        metrics=Metrics(),
+        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
+    )
+    await pipeline.start()
+    mapper = satellites.SatelliteMapper(satellites.threshold_rules(), pipeline.metrics)
+    handlers = IngestHandlers(
+        context(pipeline, sink), satellites.SatelliteIngest(mapper), pipeline.metrics, ack_mode
+    )
+    return pipeline, mapper, handlers
+
+
 def request(path: str, doc: object) -> Request:
     return Request(
         "POST", path, "", {"content-type": "application/json"}, msgspec.json.encode(doc), "::1"
@@ -55,19 +77,8 @@ async def answer(result: Response | object) -> Response:
 async def test_an_alert_refused_with_503_fires_when_the_point_is_accepted(tmp_path: Path) -> None:
     sink = MemorySink()
     sink.down = True
-    pipeline = Pipeline(
-        "satellites",
-        satellites.tables(),
-        [sink],
-        limits=PipelineLimits(batch_size=10, linger_secs=0.01, max_buffer_rows=3),
-        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
-        metrics=Metrics(),
-        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
-    )
-    await pipeline.start()
-    mapper = satellites.SatelliteMapper(satellites.threshold_rules(), pipeline.metrics)
-    handlers = IngestHandlers(
-        context(pipeline, sink), satellites.SatelliteIngest(mapper), pipeline.metrics, "memory"
+    pipeline, mapper, handlers = await started(
+        tmp_path, sink, PipelineLimits(batch_size=10, linger_secs=0.01, max_buffer_rows=3), "memory"
     )
     filler = msgspec.convert(
         {**POINT, "satellite_id": "F-1", "battery_charge_percent": 50.0}, satellites.Point
@@ -91,19 +102,8 @@ async def test_an_alert_refused_with_503_fires_when_the_point_is_accepted(tmp_pa
 async def test_sink_mode_202_counts_only_committed_rows(tmp_path: Path) -> None:
     sink = MemorySink()
     sink.reject = lambda r: r[1] == "BAD"  # the store refuses one satellite's rows
-    pipeline = Pipeline(
-        "satellites",
-        satellites.tables(),
-        [sink],
-        limits=PipelineLimits(batch_size=100, linger_secs=0.01),
-        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
-        metrics=Metrics(),
-        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
-    )
-    await pipeline.start()
-    mapper = satellites.SatelliteMapper(satellites.threshold_rules(), pipeline.metrics)
-    handlers = IngestHandlers(
-        context(pipeline, sink), satellites.SatelliteIngest(mapper), pipeline.metrics, "sink"
+    pipeline, _, handlers = await started(
+        tmp_path, sink, PipelineLimits(batch_size=100, linger_secs=0.01), "sink"
     )
     ok = {**POINT, "battery_charge_percent": 50.0}
     batch = [{**ok, "satellite_id": f"G-{i}"} for i in range(5)] + [{**ok, "satellite_id": "BAD"}]
@@ -120,19 +120,8 @@ async def test_sink_mode_202_counts_only_committed_rows(tmp_path: Path) -> None:
 async def test_requests_wait_undecoded_while_the_writers_are_behind(tmp_path: Path) -> None:
     sink = MemorySink()
     sink.write_delay_secs = 0.05
-    pipeline = Pipeline(
-        "satellites",
-        satellites.tables(),
-        [sink],
-        limits=PipelineLimits(batch_size=10, linger_secs=60, max_merge_rows=10),
-        retry=RetryPolicy(base_secs=0.01, max_secs=0.02),
-        metrics=Metrics(),
-        dead_letters=FileDeadLetters(tmp_path / "dl.jsonl"),
-    )
-    await pipeline.start()
-    mapper = satellites.SatelliteMapper(satellites.threshold_rules(), pipeline.metrics)
-    handlers = IngestHandlers(
-        context(pipeline, sink), satellites.SatelliteIngest(mapper), pipeline.metrics, "memory"
+    pipeline, mapper, handlers = await started(
+        tmp_path, sink, PipelineLimits(batch_size=10, linger_secs=60, max_merge_rows=10), "memory"
     )
     ok = {**POINT, "battery_charge_percent": 50.0}
     filler = msgspec.convert({**ok, "satellite_id": "F-1"}, satellites.Point)
