@@ -73,6 +73,8 @@ the body was mapped)."""
 PART_ROWS = 16_384
 """Body rows per part of a delivery: a 65,000-row body goes to the stores in 4 parts."""
 RECENT_WINDOW_SECS = 3600.0
+# Polls failed in a row after which /health reports the source unhealthy (503).
+UNHEALTHY_AFTER_ERRORS = 5
 """At start, near-duplicate keys are read back for rows this close to the newest one."""  # a body that is not an envelope is kept up to this size
 
 
@@ -425,6 +427,15 @@ class StarlinkSource:
             "last_poll_ns": st.last_poll_ns,
             "stream_url": self.client_settings.stream_url,
         }
+        if st.consecutive_errors >= UNHEALTHY_AFTER_ERRORS:
+            # The API has failed several polls in a row (unreachable, refusing the token,
+            # 5xx): nothing is being read. /health says so (503), as it does for Kafka.
+            out["healthy"] = False
+            out["problem"] = (
+                f"the Starlink API failed {st.consecutive_errors} polls in a row "
+                f"({st.last_error}); check STARLINK_TOKEN_URL, STARLINK_STREAM_URL, "
+                "CLIENT_ID and CLIENT_SECRET"
+            )
         if halted:
             out["halted_secs"] = round(in_state, 1)
             out["halted_reason"] = "the last batch is not durable in every store yet"

@@ -445,7 +445,8 @@ class StarlinkClient:
         """One poll of the stream (a 401 mints a new token and retries once).
 
         :raises StarlinkRetryableError: back off and poll again (no new token needed).
-        :raises StarlinkAuthError: a fresh token was refused too.
+        :raises StarlinkAuthError: a fresh token was refused too (the poller backs off and
+            tries again with another token).
         :raises StarlinkPermissionError: 403.
         :raises StarlinkRequestError: another 4xx.
         :raises StarlinkTokenError: the credentials were refused.
@@ -660,6 +661,30 @@ class StarlinkPoller:
                 self._set("polling")
                 try:
                     batch = await self.client.fetch()
+                except StarlinkAuthError as exc:
+                    # A fresh token refused too: the token service and the stream disagree
+                    # for now (a rotation, clock skew), or the account is not a V2 one.
+                    # Not a reason to stop reading for good: back off and try again with
+                    # another token (at most two token requests per attempt, attempts
+                    # spaced by the backoff); /health says so meanwhile.
+                    self._errors += 1
+                    self._consecutive += 1
+                    self._last_error = str(exc)
+                    backoff = self.retry.delay(self._consecutive)
+                    logger.warning(
+                        "Stream refused a freshly minted token; backing off (check that "
+                        "CLIENT_ID is a V2 service account with telemetry access).",
+                        extra={
+                            "endpoint": exc.endpoint,
+                            "status": exc.status,
+                            "error": str(exc),
+                            "retry_in_secs": round(backoff, 3),
+                            "attempt": self._consecutive,
+                        },
+                    )
+                    self._set("backing_off")
+                    await self._pause(backoff)
+                    continue
                 except StarlinkRetryableError as exc:
                     self._errors += 1
                     self._consecutive += 1

@@ -416,3 +416,14 @@ async def test_an_archive_failure_still_delivers(fake_factory: FakeFactory, tmp_
         ref.append(poller)
         await asyncio.wait_for(poller.run(), 10)
     assert delivered == [1]
+
+
+async def test_a_refused_fresh_token_backs_off_and_reading_goes_on(
+    fake_factory: FakeFactory,
+) -> None:
+    fake = await fake_factory(backlog_ticks=1)
+    fake.inject(Fault.STREAM_401, count=4)  # two polls whose fresh token is refused too
+    poller, collector, client = await run_poller(fake, stop_after=1)
+    assert len(collector.bodies) == 1  # it went on reading
+    assert poller.status.errors == 2
+    assert client.token_requests <= 5  # two per refused attempt, one that worked

@@ -221,3 +221,29 @@ def test_bad_settings_stop_start_up_naming_the_variable(tmp_path: Path) -> None:
     assert out.returncode == 2 and "CLIENT_ID" in out.stderr
     out = cli(env, "pipelines")
     assert out.returncode == 0 and "starlink" in out.stdout
+
+
+def test_health_says_so_while_the_api_keeps_failing_then_recovers(
+    fake: ThreadedFake, tmp_path: Path
+) -> None:
+    f = fake.fake
+    env = _env(f, tmp_path)
+    # every poll: a 401 for the cached token and for a fresh one, for a while
+    fake.call(lambda: f.inject(Fault.STREAM_401, count=14))
+    run = Running(env, "starlink")
+    try:
+
+        def unhealthy() -> bool:
+            status, _, body = http("GET", run.url + "/health")
+            source = json.loads(body)["pipelines"]["starlink"]["source"]
+            return status == 503 and "CLIENT_ID" in str(source.get("problem"))
+
+        wait_until(unhealthy, 30)
+        # it kept trying with new tokens (bounded: two per refused poll) and reads on
+        wait_until(lambda: fake.call(lambda: f.available()) == 0, 30)
+        status, _, body = http("GET", run.url + "/health")
+        source = json.loads(body)["pipelines"]["starlink"]["source"]
+        assert status == 200 and "problem" not in source, source
+        assert source["token_requests"] <= 2 * 7 + 2
+    finally:
+        assert run.stop() == 0, run.log.read_text()[-3000:]
