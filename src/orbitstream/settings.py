@@ -432,7 +432,32 @@ class KafkaSection(Section):
                 "Kafka needs KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP) = host:port[,host:port]",
                 setting=setting,
             )
-        return self.bootstrap_servers.strip()
+        servers = self.bootstrap_servers.strip()
+        for entry in servers.split(","):
+            problem = _broker_problem(entry.strip())
+            if problem is not None:
+                raise ConfigError(
+                    f"KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP): {entry.strip()!r} {problem}; "
+                    "expected host:port[,host:port]",
+                    setting=setting,
+                )
+        return servers
+
+
+def _broker_problem(entry: str) -> str | None:
+    """Why ``entry`` (``host``, ``host:port``, ``[v6]:port``, optionally ``scheme://``) is
+    not a broker address, or None."""
+    address = entry.split("://", 1)[-1]
+    if not address:
+        return "is empty"
+    host, sep, port = address.rpartition(":")
+    if not sep or (address.startswith("[") and not host.endswith("]")):
+        return None  # a host alone: the default port
+    if not host or host == "[]":
+        return "has no host"
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        return f"has port {port!r}, not a number from 1 to 65535"
+    return None
 
 
 # -- the root ---------------------------------------------------------------------------

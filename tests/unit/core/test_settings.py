@@ -162,3 +162,33 @@ def test_nested_setting_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert info.value.setting == "MAX_CONNECTIONS" and "pa/ss" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "servers",
+    ["127.0.0.1:9092", "a:1,b:65535", "broker", "[::1]:9092", "[::1]", "PLAINTEXT://k:9092"],
+)
+def test_kafka_bootstrap_servers_that_are_addresses_are_taken(
+    servers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
+    assert load_settings().kafka.servers() == servers
+
+
+@pytest.mark.parametrize(
+    ("servers", "why"),
+    [
+        ("127.0.0.1:abc", "has port 'abc'"),
+        ("k:0", "has port '0'"),
+        ("k:70000", "has port '70000'"),
+        ("a:1,,b:2", "is empty"),
+        (":9092", "has no host"),
+    ],
+)
+def test_a_bad_kafka_bootstrap_server_is_refused_naming_the_setting(
+    servers: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
+    with pytest.raises(ConfigError) as err:
+        load_settings().kafka.servers()
+    assert "KAFKA_BOOTSTRAP_SERVERS" in str(err.value) and why in str(err.value)
