@@ -24,8 +24,10 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     for key, value in record.__dict__.items():
         if key in _RESERVED or key.startswith("_"):
             continue
-        if any(h in key.lower() for h in _SECRET_HINTS):
-            value = "***"
+        if any(h in key.lower() for h in _SECRET_HINTS) and not isinstance(
+            value, int | float | None
+        ):
+            value = "***"  # a secret is text: counts and durations (token_requests) show
         out[key] = value
     return out
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 
 from orbitstream.errors import ConfigError
+from orbitstream.logging import JsonFormatter
 from orbitstream.redaction import redact_url
 from orbitstream.sinks.clickhouse.settings import ClickHouseSettings
 from orbitstream.sinks.postgres.settings import PostgresSettings
@@ -36,3 +40,14 @@ def test_settings_errors_and_reprs_never_show_the_password(password: str) -> Non
     with pytest.raises(ConfigError) as info:
         ClickHouseSettings.from_url(f"clickhouse://alice:{password}@db.example:0/x")
     assert password not in str(info.value)
+
+
+def test_log_fields_named_like_secrets_are_masked_unless_numbers() -> None:
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "Token minted.", None, None)
+    record.__dict__.update(
+        {"token_requests": 3, "access_token": "eyJ.secret", "client_secret": "s3", "x": 1}
+    )
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["token_requests"] == 3 and doc["x"] == 1
+    assert doc["access_token"] == "***" and doc["client_secret"] == "***"
+    assert "eyJ" not in JsonFormatter().format(record)
