@@ -19,6 +19,7 @@ from the pipeline's settings (:class:`KafkaPipelineSettings`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -295,6 +296,7 @@ class KafkaSource:
         self.counters["messages"] += len(chunk.messages)
         self.counters["rows"] += n
         dead = self._dead(chunk, result.dead)
+        self._count(ctx, len(chunk.messages), result.dead)
         if ack is None:
             self.mapping.commit(result)
             return Pending(dead=dead)
@@ -306,6 +308,18 @@ class KafkaSource:
         if ack.spilled:
             raise SourceError(f"rows not written before shutdown: {ack.spilled}")
         self.mapping.commit(result)
+
+    @staticmethod
+    def _count(ctx: SourceContext, messages: int, dead: list[DeadRecord]) -> None:
+        """``/metrics``: messages received, accepted and rejected (dead-lettered), and the
+        rejections by kind, as the HTTP and Starlink sources count theirs."""
+        labels = (ctx.pipeline,)
+        ctx.metrics.inc("received", labels, messages)
+        ctx.metrics.inc("accepted", labels, messages - len(dead))
+        if dead:
+            ctx.metrics.inc("rejected", labels, len(dead))
+            for kind, n in collections.Counter(rec.kind for rec in dead).items():
+                ctx.metrics.inc("source_errors", (ctx.pipeline, kind), n)
 
     def _dead(self, chunk: Chunk, records: list[DeadRecord]) -> list[tuple[KafkaMessage, str]]:
         if not records:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 import uuid
 from collections import Counter
@@ -23,6 +24,7 @@ import pytest
 from orbitstream.pipelines.network import NetworkMapper
 from orbitstream.pipelines.sessions import SessionsMapper
 from orbitstream.sources.kafka import KafkaMessage
+from tests.conftest import http
 from tests.integration.kafka.support import SESSION_TIMEOUT_MS, header_map, read_all
 from tests.support.moto_server import CREDENTIALS, REGION, aws_client
 from tests.support.runner import Running, cli
@@ -186,6 +188,23 @@ def _wait_counts(run: Running, want: dict[str, int], timeout: float = 60) -> Non
     assert have == want, run.log.read_text()[-4000:]
 
 
+def _metric_values(text: str) -> dict[tuple[str, str], float]:
+    """``orbitstream_<name>_total{pipeline="P"…}`` samples by (name, pipeline); source
+    errors as ("source_errors:<kind>", pipeline)."""
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        m = re.match(r"orbitstream_(\w+)_total\{([^}]*)\} (\S+)$", line)
+        if m is None:
+            continue
+        name, labels, value = m.groups()
+        tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if "pipeline" not in tags:
+            continue
+        key = f"{name}:{tags['kind']}" if "kind" in tags else name
+        out[(key, tags["pipeline"])] = out.get((key, tags["pipeline"]), 0.0) + float(value)
+    return out
+
+
 def _sns_messages(moto: str, queue_url: str, at_least: int, timeout: float = 20) -> list[Any]:
     sqs = aws_client("sqs", moto)
     got: list[Any] = []
@@ -218,6 +237,16 @@ def test_simulate_run_both_pipelines_restart_without_duplicates(
     try:
         want = _want(sessions, network)
         _wait_counts(run, want)
+        # /metrics counts each source's messages, and the rejected ones by kind
+        _, _, text = http("GET", run.url + "/metrics")
+        got = _metric_values(text.decode())
+        assert got[("received", "sessions")] == 1500
+        assert got[("rejected", "sessions")] == sessions["dead"]
+        assert got[("accepted", "sessions")] == 1500 - sessions["dead"]
+        assert got[("received", "network")] == 300
+        assert got[("rejected", "network")] == network["dead"]
+        errors = sum(v for (name, _), v in got.items() if name.startswith("source_errors:"))
+        assert errors == sessions["dead"] + network["dead"]
         # one SNS message per error kind (the rate limit holds the rest for a minute)
         alerts = _sns_messages(moto_endpoint, names.queue_url, len(kinds))
         assert Counter(a["kind"] for a in alerts) == Counter(dict.fromkeys(kinds, 1))
