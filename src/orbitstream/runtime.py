@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -202,6 +203,25 @@ def _is_healthy(r: _Running, source: dict[str, object]) -> bool:
     return r.pipeline.healthy and r.error is None and source.get("healthy") is not False
 
 
+def _check_port(host: str, port: int) -> None:
+    """:raises ConfigError: something already listens on ``host:port`` (0: any port)."""
+    if not port:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # the server's own bind reports it
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc} (PORT, --port)", setting="PORT"
+            ) from exc
+
+
 # -- the runtime ------------------------------------------------------------------------
 
 
@@ -365,6 +385,10 @@ class Runtime:
                 setting="ORBITSTREAM_DATA_DIR",
             )
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+        # A port another process listens on is found before anything starts: stopping
+        # stores and sources half-started (a poll in hand, chDB's threads) is what a
+        # clear "cannot listen" must not cost.
+        _check_port(s.host, s.port)
         timeout = s.engine.start_timeout_secs
         tables = [t for r in self.running for t in r.plan.tables]
         for shared in (*self.stores, *self.extra_sinks):  # once each, every pipeline's tables

@@ -16,7 +16,10 @@ from tests.support.runner import cli
 pytestmark = pytest.mark.integration
 
 
-def test_a_taken_port_names_the_port_setting(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "argv", [("serve",), ("run", "starlink"), ("demo", "--pipeline", "starlink")]
+)
+def test_a_taken_port_names_the_port_setting(tmp_path: Path, argv: tuple[str, ...]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -26,12 +29,19 @@ def test_a_taken_port_names_the_port_setting(tmp_path: Path) -> None:
             "ORBITSTREAM_DATA_DIR": str(tmp_path),
             "ORBITSTREAM_HOST": "127.0.0.1",
             "PORT": str(port),
+            "CLIENT_ID": "id",
+            "CLIENT_SECRET": "secret",
+            "STARLINK_TOKEN_URL": f"http://127.0.0.1:{port}/token",
+            "STARLINK_STREAM_URL": f"http://127.0.0.1:{port}/stream",
         }
-        done = cli(env, "serve")
+        done = (
+            cli(env, *argv, "--data-dir", str(tmp_path)) if argv[0] == "demo" else cli(env, *argv)
+        )
     out = done.stdout + done.stderr
-    assert done.returncode == 2, out
+    assert done.returncode == 2, out  # not a crash (a segfault was 139) or a hang
     assert f"cannot listen on 127.0.0.1:{port}" in out and "PORT" in out, out
     assert "Traceback" not in out
+    assert "poll" not in out.lower()  # found before anything started (nothing was read)
 
 
 def test_an_unreachable_broker_is_a_source_error_naming_the_setting() -> None:
