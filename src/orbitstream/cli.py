@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import sys
 import urllib.error
 import urllib.request
@@ -28,7 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are never wrapped mid-line
 
 DataDir = Annotated[
     Path | None,
@@ -432,10 +433,10 @@ def deadletters(
                 json.dumps(letter.get("row")),
             )
         )
-    if not rows:
+    if not rows and fmt is not OutputFormat.json:
         console.print("no dead letters")
         return
-    _print_rows(columns, rows, fmt)
+    _print_rows(columns, rows, fmt)  # JSON: [] when there are none, as `query` prints
 
 
 class DemoPipeline(StrEnum):
@@ -484,8 +485,9 @@ def _demo_starlink(settings: Settings, terminals: int) -> None:
             f"({terminals} terminals, a 15-s tick)"
         )
         console.print(
-            'try: orbitstream query --pipeline starlink "SELECT device_type, count() '
-            'FROM telemetry GROUP BY 1"'
+            f"try: orbitstream query --data-dir {shlex.quote(str(settings.data_dir))} "
+            '--pipeline starlink "SELECT device_type, count() FROM telemetry GROUP BY 1"',
+            markup=False,
         )
         console.print("Ctrl-C stops the fake API and the service.")
         try:

@@ -63,3 +63,19 @@ def test_deadletters_lists_table_and_file(tmp_path: Path) -> None:
         "n": 1,
     }
     assert "shutdown" in rows[1]["error"]
+
+
+def test_no_dead_letters_is_an_empty_json_list(tmp_path: Path) -> None:
+    async def seed() -> None:
+        store = ChdbSink(tmp_path / "chdb")
+        await store.start(list(tables()))
+        await store.close()
+
+    asyncio.run(seed())
+    env = {**os.environ, "ORBITSTREAM_DATA_DIR": str(tmp_path)}
+    run = [sys.executable, "-m", "orbitstream", "deadletters"]
+    out = subprocess.run([*run, "-f", "json"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []  # parseable, as `query -f json` prints
+    out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "no dead letters" in out.stderr and not out.stdout
