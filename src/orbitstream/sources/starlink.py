@@ -54,6 +54,7 @@ from orbitstream.pipelines.starlink import (
     paused_gc,
 )
 from orbitstream.sources.starlink_api import (
+    HALTED_AFTER_SECS,
     RawArchive,
     StarlinkClient,
     StarlinkPoller,
@@ -415,7 +416,7 @@ class StarlinkSource:
             return {"state": "starting"}
         st = self.poller.status
         in_state = time.monotonic() - st.since
-        halted = st.state == "delivering" and in_state >= 2.0
+        halted = st.state == "delivering" and in_state >= HALTED_AFTER_SECS
         out: dict[str, object] = {
             "state": st.state,
             "halted": halted,

@@ -251,6 +251,9 @@ class _Peek(msgspec.Struct):
     data: _PeekData | None = None
 
 
+# A poll whose batch has waited this long to be durable: polling is "halted" (/health,
+# and the first log line).
+HALTED_AFTER_SECS = 2.0
 _PEEK = msgspec.json.Decoder(_Peek)
 _RAW = msgspec.json.Decoder(msgspec.Raw)
 
@@ -634,11 +637,17 @@ class StarlinkPoller:
     async def _deliver(self, body: bytes, number: int) -> None:
         task = asyncio.ensure_future(self.deliver(body, number))
         started = time.monotonic()
+        # The first warning when /health starts saying "halted" (2 s), then one per
+        # halted_log_secs; and one line when polling resumes.
+        wait = min(HALTED_AFTER_SECS, self.halted_log_secs)
+        halted = False
         try:
             while True:
-                done, _ = await asyncio.wait({task}, timeout=self.halted_log_secs)
+                done, _ = await asyncio.wait({task}, timeout=wait)
                 if done:
                     break
+                halted = True
+                wait = self.halted_log_secs
                 logger.warning(
                     "Starlink polling halted: the last batch is not durable yet.",
                     extra={
@@ -650,6 +659,14 @@ class StarlinkPoller:
             task.cancel()
             raise
         await task
+        if halted:
+            logger.info(
+                "Starlink polling resumed: the batch is durable.",
+                extra={
+                    "poll_number": number,
+                    "waited_secs": round(time.monotonic() - started, 1),
+                },
+            )
 
     async def run(self) -> None:
         """Poll until :meth:`stop`; raises the first non-retryable :class:`StarlinkError`."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,11 +36,15 @@ async def _health(url: str) -> tuple[int, dict[str, object]]:
 
 
 async def test_polling_halts_while_a_sink_is_down_and_resumes(
-    fake_factory: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_factory: FakeFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     require(_has_chdb(), "chdb (pip install 'orbitstream[chdb]')")
     from orbitstream.runtime import Runtime
 
+    caplog.set_level(logging.INFO, logger="orbitstream.sources.starlink_api")
     fake = await fake_factory(fleet=fleet(terminals=6), backlog_ticks=4)
     for name, value in {
         "CLIENT_ID": fake.client_id,
@@ -76,6 +81,8 @@ async def test_polling_halts_while_a_sink_is_down_and_resumes(
         assert status == 503 and pipeline["status"] == "unhealthy"
         assert pipeline["sinks"]["flaky"]["status"] == "down"
         assert pipeline["source"]["state"] == "delivering" and pipeline["source"]["halted"]
+        # the log says so too, at once (not after the 30 s between repeats)
+        assert any("polling halted" in r.getMessage() for r in caplog.records)
 
         flaky.down = False
         await _until(lambda: fake.available() == 0)
@@ -83,6 +90,7 @@ async def test_polling_halts_while_a_sink_is_down_and_resumes(
         status, doc = await _health(url)
         assert status == 200
         assert doc["pipelines"]["starlink"]["source"]["halted"] is False  # type: ignore[index]
+        assert any("polling resumed" in r.getMessage() for r in caplog.records)
         await _until(lambda: svc.running[0].pipeline.health()["flaky"]["buffered_rows"] == 0)
     finally:
         await svc.stop()
