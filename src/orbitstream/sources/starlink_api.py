@@ -668,6 +668,26 @@ class StarlinkPoller:
                 },
             )
 
+    async def _back_off(self, exc: StarlinkError, delay: float | None, message: str) -> None:
+        """Count a failed poll, log it, and wait ``delay`` (None: the retry policy's)."""
+        self._errors += 1
+        self._consecutive += 1
+        self._last_error = str(exc)
+        if delay is None:
+            delay = self.retry.delay(self._consecutive)
+        logger.warning(
+            message,
+            extra={
+                "endpoint": exc.endpoint,
+                "status": exc.status,
+                "error": str(exc),
+                "retry_in_secs": round(delay, 3),
+                "attempt": self._consecutive,
+            },
+        )
+        self._set("backing_off")
+        await self._pause(delay)
+
     async def run(self) -> None:
         """Poll until :meth:`stop`; raises the first non-retryable :class:`StarlinkError`."""
         s = self.client.settings
@@ -684,45 +704,19 @@ class StarlinkPoller:
                     # Not a reason to stop reading for good: back off and try again with
                     # another token (at most two token requests per attempt, attempts
                     # spaced by the backoff); /health says so meanwhile.
-                    self._errors += 1
-                    self._consecutive += 1
-                    self._last_error = str(exc)
-                    backoff = self.retry.delay(self._consecutive)
-                    logger.warning(
+                    await self._back_off(
+                        exc,
+                        None,
                         "Stream refused a freshly minted token; backing off (check that "
                         "CLIENT_ID is a V2 service account with telemetry access).",
-                        extra={
-                            "endpoint": exc.endpoint,
-                            "status": exc.status,
-                            "error": str(exc),
-                            "retry_in_secs": round(backoff, 3),
-                            "attempt": self._consecutive,
-                        },
                     )
-                    self._set("backing_off")
-                    await self._pause(backoff)
                     continue
                 except StarlinkRetryableError as exc:
-                    self._errors += 1
-                    self._consecutive += 1
-                    self._last_error = str(exc)
                     if isinstance(exc, StarlinkInvalidResponseError) and self.reject is not None:
                         await self.reject(exc.raw, str(exc))
-                    delay = exc.retry_after_secs
-                    if delay is None:
-                        delay = self.retry.delay(self._consecutive)
-                    logger.warning(
-                        "Starlink poll failed; backing off.",
-                        extra={
-                            "endpoint": exc.endpoint,
-                            "status": exc.status,
-                            "error": str(exc),
-                            "retry_in_secs": round(delay, 3),
-                            "attempt": self._consecutive,
-                        },
+                    await self._back_off(
+                        exc, exc.retry_after_secs, "Starlink poll failed; backing off."
                     )
-                    self._set("backing_off")
-                    await self._pause(delay)
                     continue
                 self._consecutive = 0
                 number = self.next_poll_number
