@@ -318,8 +318,9 @@ class KeyVocab:
     def __len__(self) -> int:
         return len(self.names)
 
-    def keys(self, ids: Sequence[int]) -> Any:
-        """The key strings of ``ids`` as one Arrow string array."""
+    def keys(self, ids: Any) -> Any:
+        """The key strings of ``ids`` (a sequence or numpy array of ids) as one Arrow
+        string array."""
         if self._array is None or len(self._array) != len(self.names):
             self._array = pa.array(self.names, type=pa.string())
         return self._array.take(pa.array(ids, type=pa.int32()))

@@ -92,7 +92,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import islice, pairwise
 from operator import itemgetter
 from typing import Any, Final
 
@@ -106,7 +106,7 @@ from orbitstream.core.columns import KeyVocab, rows_of
 from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSettings, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Table
 from orbitstream.errors import ConfigError, OrbitStreamError, SourceError
-from orbitstream.pipelines.starlink_columns import TelemetryColumns
+from orbitstream.pipelines.starlink_columns import TelemetryColumns, TelemetryRecord
 from orbitstream.settings import Settings, env
 
 __all__ = [
@@ -424,15 +424,34 @@ class _Shape:
     """How to map the rows of one plan whose values have one tuple of types (a signature).
 
     Rows of a type come in few signatures (a column is ``0`` or ``0.01``, null or not), so
-    the per-value type dispatch of rule 4 is done once per signature: :attr:`build` is a
-    function compiled for it, ``row -> (metrics, info)``, made of two dict displays
-    (``{"DownlinkThroughput": row[3], …}``). It is built as an AST whose keys are
-    ``ast.Constant`` nodes, so no text from a response is ever parsed as code.
+    the per-value type dispatch of rule 4 is done once per signature. The tuple path's
+    :attr:`build` is a function compiled for it, ``row -> (metrics, info)``, made of two
+    dict displays (``{"DownlinkThroughput": row[3], …}``), built as an AST whose keys are
+    ``ast.Constant`` nodes, so no text from a response is ever parsed as code. The
+    columnar path takes the same values in the same order without a Python frame where it
+    can: :attr:`metric_get` and :attr:`info_get` are ``itemgetter`` objects over the numeric and
+    string columns, :attr:`info_convert` (compiled like :attr:`build`, ``None`` when there
+    is nothing to convert) makes the info values that are converted (booleans, H3 cell,
+    JSON text), which come after the plain strings.
     """
 
-    __slots__ = ("alert_cols", "bad", "build", "info_ids", "int_get", "metric_ids", "values")
+    __slots__ = (
+        "alert_cols",
+        "bad",
+        "build",
+        "device_type",
+        "info_convert",
+        "info_get",
+        "info_ids",
+        "int_get",
+        "metric_get",
+        "metric_ids",
+        "plan",
+    )
 
     def __init__(self, plan: _Plan, sig: tuple[type, ...]) -> None:
+        self.plan = plan
+        self.device_type = plan.device_type
         self.bad = (
             plan.error is not None
             or len(sig) != plan.width
@@ -441,35 +460,40 @@ class _Shape:
         )
         self.alert_cols: tuple[tuple[int, str], ...] = ()
         self.int_get: Callable[[list[Any]], tuple[Any, ...]] | None = None
-        metrics: list[tuple[str, ast.expr]] = []
-        info: list[tuple[str, ast.expr]] = []
+        metrics: list[tuple[str, int]] = []
+        plain: list[tuple[str, int]] = []
+        converted: list[tuple[str, ast.expr]] = []
         if not self.bad:
             ints: list[int] = []
             for i in plan.value_idx:
                 t = sig[i]
                 name = plan.columns[i]
                 if t is float or t is int:
-                    metrics.append((name, _item(i)))
+                    metrics.append((name, i))
                     if t is int:
                         ints.append(i)
                 elif t is str:
-                    info.append((name, _item(i)))
+                    plain.append((name, i))
                 elif t is bool:
-                    info.append((name, _call("B", i)))
+                    converted.append((name, _call("B", i)))
                 elif t is not _NONE:
-                    info.append((name, _call("J", i)))
+                    converted.append((name, _call("J", i)))
             h3 = plan.h3_idx
             if h3 >= 0 and sig[h3] is not _NONE:
-                value = _item(h3) if sig[h3] is str else _call("X" if sig[h3] is int else "J", h3)
-                info.append(("H3CellId", value))
+                if sig[h3] is str:
+                    plain.append(("H3CellId", h3))
+                else:
+                    converted.append(("H3CellId", _call("X" if sig[h3] is int else "J", h3)))
             self.alert_cols = tuple((i, c) for i, c in plan.alert_idx if sig[i] is not _NONE)
             self.int_get = _getter(ints) if ints else None
+        info = [(k, _item(i)) for k, i in plain] + converted
         self.build: Callable[[list[Any]], tuple[dict[str, float], dict[str, str]]] = _compile(
-            metrics, info, dicts=True
+            [(k, _item(i)) for k, i in metrics], info
         )
-        # the columnar path: the two maps' values as tuples, their keys as interned ids
-        self.values: Callable[[list[Any]], tuple[tuple[Any, ...], tuple[Any, ...]]] = _compile(
-            metrics, info, dicts=False
+        self.metric_get = _getter([i for _, i in metrics])
+        self.info_get = _getter([i for _, i in plain])
+        self.info_convert: Callable[[list[Any]], tuple[str, ...]] | None = (
+            _compile_tuple(converted) if converted else None
         )
         self.metric_ids = plan.vocab.ids_of(k for k, _ in metrics)
         self.info_ids = plan.vocab.ids_of(k for k, _ in info)
@@ -488,21 +512,29 @@ def _hex(h3: int) -> str:
 
 
 def _compile(
-    metrics: list[tuple[str, ast.expr]], info: list[tuple[str, ast.expr]], *, dicts: bool
+    metrics: list[tuple[str, ast.expr]], info: list[tuple[str, ast.expr]]
 ) -> Callable[[list[Any]], Any]:
-    """``row -> (metrics, info)``: two dict displays, or (``dicts=False``) two tuple
-    displays of the same values in the same order."""
+    """``row -> (metrics, info)``: two dict displays."""
 
     def display(items: list[tuple[str, ast.expr]]) -> ast.expr:
-        if not dicts:
-            return ast.Tuple([v for _, v in items], ast.Load())
         return ast.Dict([ast.Constant(k) for k, _ in items], [v for _, v in items])
 
+    return _function(ast.Tuple([display(metrics), display(info)], ast.Load()))
+
+
+def _compile_tuple(items: list[tuple[str, ast.expr]]) -> Callable[[list[Any]], Any]:
+    """``row -> tuple of the items' values``."""
+    return _function(ast.Tuple([v for _, v in items], ast.Load()))
+
+
+def _function(value: ast.expr) -> Callable[[list[Any]], Any]:
+    """``lambda row: value``, compiled from the AST (no response text is parsed)."""
     args = ast.arguments(
         posonlyargs=[], args=[ast.arg("row")], kwonlyargs=[], kw_defaults=[], defaults=[]
     )
-    body = ast.Return(ast.Tuple([display(metrics), display(info)], ast.Load()))
-    fn = ast.FunctionDef(name="build", args=args, body=[body], decorator_list=[], returns=None)
+    fn = ast.FunctionDef(
+        name="build", args=args, body=[ast.Return(value)], decorator_list=[], returns=None
+    )
     module = ast.fix_missing_locations(ast.Module([fn], type_ignores=[]))
     namespace: dict[str, Any] = {"B": _BOOL_TEXT.__getitem__, "J": _json_text, "X": _hex}
     exec(compile(module, "<starlink-shape>", "exec"), namespace)
@@ -999,14 +1031,32 @@ class StarlinkJob:
         self._restored, self._unit = mapper._restored, mapper._restored_unit
 
     # -- parts ---------------------------------------------------------------------------
-    def parts(self, size: int | None = None) -> Iterator[dict[str, RowData]]:
+    def parts(self, size: int | None = None, tail: int = 0) -> Iterator[dict[str, RowData]]:
         """The ``telemetry`` and ``alerts`` rows of the next ``size`` body rows at a time
-        (all remaining rows when ``None``), until the body is covered."""
-        while self._pos < self.total:
-            lo = self._pos
-            hi = self.total if size is None else min(self.total, lo + max(1, size))
+        (all remaining rows when ``None``), until the body is covered.
+
+        :param tail: with a ``size``, the last part of a body longer than ``size`` has
+            this many rows (the others are cut evenly): it is the one whose insert
+            nothing overlaps, so it is kept small. The cuts depend only on the body's
+            length and these two numbers, so a replayed body is cut the same way.
+        """
+        for lo, hi in self._ranges(size, tail):
             self._pos = hi
             yield self._part(self.values if (lo, hi) == (0, self.total) else self.values[lo:hi])
+
+    def _ranges(self, size: int | None, tail: int) -> list[tuple[int, int]]:
+        lo, total = self._pos, self.total
+        if lo >= total:
+            return []
+        if size is None or total - lo <= size:
+            return [(lo, total)]
+        size = max(1, size)
+        tail = max(0, min(tail, size))
+        head = total - lo - tail
+        count = -(-head // size)
+        cuts = [lo + head * k // count for k in range(count + 1)]
+        ranges = list(pairwise(cuts))
+        return [*ranges, (cuts[-1], total)] if tail else ranges
 
     def finish(self) -> StarlinkMapping:
         """The mapping: ``ip_allocations``, ``alert_events`` and the ``telemetry`` /
@@ -1035,20 +1085,20 @@ class StarlinkJob:
         alerts: list[Row] = []
         telemetry: list[Row] = []
         if not self.mapper.columnar or len(chunk) < self.mapper.columnar_min_rows:
-            self._loop(chunk, alerts, telemetry, None)
+            self._loop(chunk, alerts, telemetry, False)
             return {TELEMETRY_TABLE.name: telemetry, ALERTS_TABLE.name: alerts}
-        columns = TelemetryColumns(self.mapper._vocab)
-        kept: list[tuple[_Plan, list[Any], _IpTriple]] = []
-        self._loop(chunk, alerts, kept, columns)
+        records: list[TelemetryRecord] = []
+        self._loop(chunk, alerts, records, True)
         data: RowData = []
-        if kept:
+        if records:
             try:
-                data = columns.finish(TELEMETRY_TABLE, self.received_ns)
+                data = TelemetryColumns(self.mapper._vocab, records).finish(
+                    TELEMETRY_TABLE, self.received_ns
+                )
             except (pa.ArrowException, OverflowError, TypeError, ValueError):
-                # a value no Arrow column holds: tuple rows, so the sink names the row
-                data = [
-                    _tuple_row(p, p.shape_of(r), r, ips, self.received_ns) for p, r, ips in kept
-                ]
+                # a value no Arrow column holds (an integer metric beyond 2**53, say):
+                # tuple rows, which keep such integers exact and let the sink name a row
+                data = [_tuple_row(r[0].plan, r[0], r[6], r[5], self.received_ns) for r in records]
         return {TELEMETRY_TABLE.name: data, ALERTS_TABLE.name: alerts}
 
     def _ips_at(self, dev: str, ts: int) -> _IpTriple:
@@ -1068,38 +1118,16 @@ class StarlinkJob:
         rows: Iterable[Any],
         alerts: list[Row],
         telemetry: list[Any],
-        columns: TelemetryColumns | None,
+        columnar: bool,
     ) -> None:
-        """Map rows one at a time. Tuple path (``columns`` is ``None``): telemetry rows
-        are appended to ``telemetry``; columnar: their values to ``columns``, and
-        ``(plan, row, addresses)`` to ``telemetry`` (to rebuild them as tuples should
-        the record batch fail)."""
+        """Map rows one at a time. Tuple path: telemetry rows are appended to
+        ``telemetry``; columnar: their :data:`TelemetryRecord`, for
+        :class:`TelemetryColumns` (which keep the body row, to rebuild the rows as tuples
+        should the record batch fail)."""
         plans, seen, dead = self.plans, self.seen, self.dead
         recent, restored, unit = self._recent, self._restored, self._unit
         received_ns = self.received_ns
         min_ns, max_ns = _MIN_NS, _MAX_NS
-        vocab = self.mapper._vocab
-        if columns is not None:
-            add_type, add_dev, add_ts = (
-                columns.device_types.append,
-                columns.devices.append,
-                columns.times.append,
-            )
-            add_mkeys, add_mvals, add_mcount = (
-                columns.metric_keys.extend,
-                columns.metric_values.extend,
-                columns.metric_counts.append,
-            )
-            add_ikeys, add_ivals, add_icount = (
-                columns.info_keys.extend,
-                columns.info_values.extend,
-                columns.info_counts.append,
-            )
-            add_v4, add_ue, add_cpe = (
-                columns.ipv4.append,
-                columns.ipv6_ue.append,
-                columns.ipv6_cpe.append,
-            )
         for row in rows:
             if type(row) is not list or not row:
                 dead.append(DeadRow("", f"row is not a non-empty array: {_short(row)}", row))
@@ -1148,30 +1176,13 @@ class StarlinkJob:
             seen[key] = None
             dtype = plan.device_type
             ips = self._ips_at(dev, ts) if plan.role == _TERMINAL else _NO_IP_TRIPLE
-            if columns is None:
+            if not columnar:
                 telemetry.append(_tuple_row(plan, shape, row, ips, received_ns))
             else:
-                if shape.int_get is not None and _beyond_exact(shape.int_get(row)):
-                    metrics, info = shape.build(row)
-                    _inexact(metrics, info)
-                    m_ids, m_vals = vocab.ids_of(metrics), tuple(metrics.values())
-                    i_ids, i_vals = vocab.ids_of(info), tuple(info.values())
-                else:
-                    m_ids, i_ids = shape.metric_ids, shape.info_ids
-                    m_vals, i_vals = shape.values(row)
-                add_type(dtype)
-                add_dev(dev)
-                add_ts(ts)
-                add_mkeys(m_ids)
-                add_mvals(m_vals)
-                add_mcount(len(m_ids))
-                add_ikeys(i_ids)
-                add_ivals(i_vals)
-                add_icount(len(i_ids))
-                add_v4(ips[0])
-                add_ue(ips[1])
-                add_cpe(ips[2])
-                telemetry.append((plan, row, ips))
+                i_vals = shape.info_get(row)
+                if shape.info_convert is not None:
+                    i_vals += shape.info_convert(row)
+                telemetry.append((shape, dev, ts, shape.metric_get(row), i_vals, ips, row))
             if codes:
                 self.alerting.add(dev)
                 names = self.names_by_code[code]

@@ -759,11 +759,14 @@ def test_any_well_formed_response_maps_and_every_row_is_accounted_for(
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(responses(), st.integers(1, 7))
-def test_the_columnar_path_maps_like_the_tuple_path(case: tuple[bytes, int], part: int) -> None:
-    """The columnar mapper (the default), whole or ``part`` rows at a time, gives the
-    rows, dead rows, duplicates and state of the tuple path; twice, so that the second
-    body meets the state (open alerts, IPs, recent keys) the first one left."""
+@given(responses(), st.integers(1, 7), st.integers(0, 7))
+def test_the_columnar_path_maps_like_the_tuple_path(
+    case: tuple[bytes, int], part: int, tail: int
+) -> None:
+    """The columnar mapper (the default), whole or ``part`` rows at a time (the last part
+    ``tail`` rows), gives the rows, dead rows, duplicates and state of the tuple path;
+    twice, so that the second body meets the state (open alerts, IPs, recent keys) the
+    first one left."""
     body, _ = case
     reference = StarlinkMapper(columnar=False)
     fast = StarlinkMapper(columnar_min_rows=0)  # columnar whatever the size
@@ -771,7 +774,7 @@ def test_the_columnar_path_maps_like_the_tuple_path(case: tuple[bytes, int], par
         want = reference.map(current, RECEIVED)
         whole = fast.map(current, RECEIVED)
         job = fast.begin(current, RECEIVED)
-        parts = list(job.parts(part))
+        parts = list(job.parts(part, tail))
         in_parts = job.finish()
         for got, got_parts in ((whole, []), (in_parts, parts)):
             assert _all_rows(got, got_parts) == _all_rows(want)
@@ -796,3 +799,33 @@ def _later(body: bytes) -> bytes:
             if type(row[i]) is int:
                 row[i] += 15_000_000_000
     return msgspec.json.encode(doc)
+
+
+@pytest.mark.parametrize(
+    ("total", "size", "tail", "sizes"),
+    [
+        (65_000, 16_384, 4_096, [15_226, 15_226, 15_226, 15_226, 4_096]),
+        (65_000, 16_384, 0, [16_250, 16_250, 16_250, 16_250]),
+        (16_384, 16_384, 4_096, [16_384]),  # no longer than a part: one part
+        (16_385, 16_384, 4_096, [12_289, 4_096]),
+        (10, 3, 5, [2, 2, 3, 3]),  # a tail longer than a part is a part
+    ],
+)
+def test_parts_cover_the_body_once_with_a_short_last_part(
+    total: int, size: int, tail: int, sizes: list[int]
+) -> None:
+    """Parts are consecutive ranges of the body (so a replay is cut the same way), none
+    longer than ``size``, the last one ``tail`` rows."""
+    columns = {"u": ["DeviceType", "UtcTimestampNs", "DeviceId", "DownlinkThroughput"]}
+    values = [["u", 1_767_225_600_000_000_000 + i, f"ut-{i}", 1.0] for i in range(total)]
+    body = msgspec.json.encode(
+        {"data": {"values": values, "columnNamesByDeviceType": columns}, "metadata": {}}
+    )
+    job = StarlinkMapper(columnar_min_rows=0).begin(body, RECEIVED)
+    parts = list(job.parts(size, tail))
+    assert [len(p["telemetry"]) for p in parts] == sizes
+    mapping = job.finish()
+    assert len(mapping.rows["telemetry"]) == 0  # the parts covered everything
+    telemetry = TABLES_BY_NAME["telemetry"]
+    devices = [r for p in parts for r in rows_of(telemetry, p["telemetry"])]
+    assert [r[1] for r in devices] == [f"ut-{i}" for i in range(total)]
