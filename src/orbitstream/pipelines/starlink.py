@@ -146,6 +146,7 @@ _MIN_CODE: Final = -(2**63)  # alert codes are Int64 in the stores
 _MAX_CODE: Final = 2**63 - 1
 _NO_IPS: Final[tuple[str, ...]] = ()
 _NO_IP_TRIPLE: Final = (_NO_IPS, _NO_IPS, _NO_IPS)
+_NO_STATE: Final = (0, _NO_IPS, _NO_IPS, _NO_IPS)  # a terminal without addresses
 _IP_PREFIX: Final = "ip-"
 
 OpenAlert = tuple[str, str, int, str, int]
@@ -860,7 +861,7 @@ class StarlinkMapper:
         seen: dict[tuple[str, str, int], None],
         dead: list[DeadRow],
         delta: _Delta,
-    ) -> tuple[list[Row], dict[str, tuple[list[int], list[tuple[tuple[str, ...], ...]]]], int]:
+    ) -> tuple[list[Row], dict[str, tuple[list[int], list[_IpTriple]]], int]:
         """Pass 1: IpAllocs rows, so that terminal rows anywhere in the response see them.
 
         Returns the ``ip_allocations`` rows, per terminal its timeline (sorted times and
@@ -908,7 +909,7 @@ class StarlinkMapper:
             rows.append((dev, ts, v4, ue, cpe))
             events.setdefault(dev, []).append((ts, v4, ue, cpe))
         committed = self._ips
-        timelines: dict[str, tuple[list[int], list[tuple[tuple[str, ...], ...]]]] = {}
+        timelines: dict[str, tuple[list[int], list[_IpTriple]]] = {}
         for dev, evs in events.items():
             base = committed.get(dev)
             merged = [base, *evs] if base is not None else evs
@@ -1101,17 +1102,6 @@ class StarlinkJob:
                 data = [_tuple_row(r[0].plan, r[0], r[6], r[5], self.received_ns) for r in records]
         return {TELEMETRY_TABLE.name: data, ALERTS_TABLE.name: alerts}
 
-    def _ips_at(self, dev: str, ts: int) -> _IpTriple:
-        """The addresses a terminal row at ``ts`` gets (rule 9)."""
-        tl = self.timelines.get(dev) if self.timelines else None
-        if tl is not None:
-            pos = bisect.bisect_right(tl[0], ts) - 1
-            return tl[1][pos if pos >= 0 else 0]  # type: ignore[return-value]
-        state = self.mapper._ips.get(dev)
-        if state is not None:
-            return state[1], state[2], state[3]
-        return _NO_IPS, _NO_IPS, _NO_IPS
-
     # -- the row-by-row loop -----------------------------------------------------------
     def _loop(
         self,
@@ -1128,6 +1118,8 @@ class StarlinkJob:
         recent, restored, unit = self._recent, self._restored, self._unit
         received_ns = self.received_ns
         min_ns, max_ns = _MIN_NS, _MAX_NS
+        timelines_get, committed_ips = self.timelines.get, self.mapper._ips.get
+        bisect_right = bisect.bisect_right
         for row in rows:
             if type(row) is not list or not row:
                 dead.append(DeadRow("", f"row is not a non-empty array: {_short(row)}", row))
@@ -1175,7 +1167,14 @@ class StarlinkJob:
                 continue
             seen[key] = None
             dtype = plan.device_type
-            ips = self._ips_at(dev, ts) if plan.role == _TERMINAL else _NO_IP_TRIPLE
+            if plan.role != _TERMINAL:
+                ips = _NO_IP_TRIPLE
+            elif (tl := timelines_get(dev)) is not None:  # the addresses at ts (rule 9)
+                pos = bisect_right(tl[0], ts) - 1
+                ips = tl[1][pos if pos >= 0 else 0]
+            else:
+                state = committed_ips(dev, _NO_STATE)
+                ips = (state[1], state[2], state[3])
             if not columnar:
                 telemetry.append(_tuple_row(plan, shape, row, ips, received_ns))
             else:
