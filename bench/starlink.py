@@ -4,7 +4,7 @@ Per round: the fake Starlink API (``orbitstream.simulate.starlink``, real loopba
 serves a full 65,000-row response; :class:`StarlinkClient` fetches it (token already
 minted: the steady state) and :meth:`StarlinkIngest.deliver` — the service's own path —
 maps it and makes it durable in a :class:`ChdbSink` through a real :class:`Pipeline`
-(parts of 16,384 rows handed to the sink as they are mapped; batch ids, dedup tokens,
+(parts of ~20,000 rows handed to the sink as they are mapped; batch ids, dedup tokens,
 acks). Printed beside the total, measured in the same run on the same body:
 
 - **map alone** — :meth:`StarlinkMapper.map` of the body (decode included), columnar

@@ -74,13 +74,15 @@ _HANDOFF_TURNS = 8
 the store's writer thread before the next part is mapped (a lane needs ~5 turns from its
 queue to the thread; with one turn the parts' inserts were measured to start only after
 the body was mapped)."""
-PART_ROWS = 16_384
-"""Body rows per part of a delivery: a 65,000-row body goes to the stores in 4 parts of
-~15,200 rows and a last one of :data:`TAIL_ROWS`."""
+PART_ROWS = 24_000
+"""Body rows per part of a delivery: a 65,000-row body goes to the stores in 3 parts of
+~20,300 rows and a last one of :data:`TAIL_ROWS`. Measured on that body (bench/starlink.py,
+runs alternated): 24,000 took 0.85-0.9x the time of 16,384 and about as long as 32,768;
+8,192 took 1.3x (each insert pays a fixed cost, mostly the dedup log, and makes a part the
+store merges later on the same two cores)."""
 TAIL_ROWS = 4_096
 """Rows of the last part of a longer body: its insert is the one no mapping overlaps
-(measured on a 65,000-row body: smaller parts throughout made more inserts than the
-store's writer keeps up with, 8,192 rows took 1.3x as long as 16,384)."""
+(2,048 measured no different)."""
 RECENT_WINDOW_SECS = 3600.0
 """At start, near-duplicate keys are read back for rows this close to the newest one."""
 UNHEALTHY_AFTER_ERRORS = 5
