@@ -401,6 +401,10 @@ def replay(
     console.print(
         f"replayed {report.bodies:,} responses from {path}; {report.dead:,} rows to dead letters"
     )
+    if report.unreadable:
+        for file, reason in report.unreadable:
+            console.print(f"[red]error:[/red] skipped unreadable archive file {file}: {reason}")
+        raise typer.Exit(1)
 
 
 @app.command()

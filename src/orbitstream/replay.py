@@ -39,13 +39,14 @@ logger = logging.getLogger(__name__)
 @dataclass(slots=True)
 class ReplayReport:
     """What a replay did: bodies read, rows submitted per table, rows kept in dead
-    letters, and rows each table gained (``added``: 0 everywhere when every batch was
-    already stored)."""
+    letters, rows each table gained (``added``: 0 everywhere when every batch was
+    already stored), and the archive files skipped as unreadable (file, reason)."""
 
     bodies: int = 0
     rows: dict[str, int] = field(default_factory=dict)
     dead: int = 0
     added: dict[str, int] = field(default_factory=dict)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
 async def replay_starlink(
@@ -57,8 +58,11 @@ async def replay_starlink(
     """Replay an archive directory (or one archived file) into the configured stores.
 
     :param progress: called with (bodies done, rows submitted) after each body.
+    An unreadable file of a directory (say truncated by a full disk) is skipped, logged
+    and listed in :attr:`ReplayReport.unreadable`; the other files are still replayed.
+
     :raises ConfigError: the path holds no archive, or the settings are invalid.
-    :raises SourceError: an archive file is unreadable.
+    :raises SourceError: the one archived file given is unreadable.
     """
     from orbitstream.pipelines.starlink import StarlinkMapper
     from orbitstream.runtime import pipeline_limits, plan_pipelines, registered_tables
@@ -109,7 +113,16 @@ async def replay_starlink(
         await pipeline.start(engine.start_timeout_secs, start_sinks=False)
         before = await _counts(stores[0], tables)
         found = False
-        for poll in RawArchive.read(path):
+
+        def unreadable(file: Path, reason: str) -> None:
+            nonlocal found
+            found = True
+            report.unreadable.append((str(file), reason))
+            logger.warning(
+                "Archive file unreadable; skipped.", extra={"file": str(file), "error": reason}
+            )
+
+        for poll in RawArchive.read(path, unreadable if path.is_dir() else None):
             found = True
             out = await ingest.deliver(ctx, poll.body, poll.poll_ns)
             report.bodies += 1

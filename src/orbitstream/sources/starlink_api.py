@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -817,9 +818,14 @@ class RawArchive:
         return self.read(self.directory)
 
     @staticmethod
-    def read(path: Path) -> Iterator[ArchivedPoll]:
+    def read(
+        path: Path, on_unreadable: Callable[[Path, str], None] | None = None
+    ) -> Iterator[ArchivedPoll]:
         """Archived polls in poll order, from a directory (or one archived file).
 
+        :param on_unreadable: called with the file and the reason when an archive file
+            cannot be read (truncated, not gzip), which is then skipped; without it, such a
+            file raises.
         :raises SourceError: a file is not a readable archive entry.
         """
         path = Path(path)
@@ -838,6 +844,9 @@ class RawArchive:
         for poll_ns, number, file in entries:
             try:
                 body = gzip.decompress(file.read_bytes())
-            except (OSError, EOFError, gzip.BadGzipFile) as exc:
-                raise SourceError(f"archive file {file} is unreadable: {exc}") from exc
+            except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                if on_unreadable is None:
+                    raise SourceError(f"archive file {file} is unreadable: {exc}") from exc
+                on_unreadable(file, f"{type(exc).__name__}: {exc}")
+                continue
             yield ArchivedPoll(poll_ns, number, body, file)

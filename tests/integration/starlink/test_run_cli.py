@@ -202,6 +202,22 @@ def test_run_restart_and_replay_store_every_served_row_once(
     assert out.returncode == 0, out.stderr
     assert {t: _count(fresh, t) for t in TABLES} == before
 
+    # a truncated file: named, exit 1, and the other files are still replayed
+    files = sorted(archive.glob("*.json.gz"))
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for archived in files:
+        (damaged / archived.name).write_bytes(archived.read_bytes())
+    torn = damaged / files[0].name
+    torn.write_bytes(torn.read_bytes()[:40])
+    other = {**env, "ORBITSTREAM_DATA_DIR": str(tmp_path / "other")}
+    out = cli(other, "replay", "starlink", str(damaged))
+    assert out.returncode == 1, out.stderr
+    text = " ".join(out.stderr.split())
+    assert f"skipped unreadable archive file {torn}" in text
+    assert f"replayed {len(served) - 1} responses" in text.replace(",", "")
+    assert 0 < _count(other, "telemetry") <= before["telemetry"]
+
 
 def _query(env: dict[str, str], sql: str) -> list[dict[str, Any]]:
     out = cli(env, "query", "-p", "starlink", "-f", "json", sql)

@@ -129,3 +129,19 @@ def test_archive_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     other.write_text("{}")
     with pytest.raises(SourceError, match="not a Starlink archive file"):
         list(RawArchive.read(other))
+
+
+def test_archive_skips_unreadable_files_when_told_and_reads_the_rest(tmp_path: Path) -> None:
+    archive = RawArchive(tmp_path / "raw")
+    bodies = [b'{"n": 1}', b'{"n": 2}' * 500, b'{"n": 3}']
+    files = [archive.append(b, 1_900_000_000_000_000_000 + i, i) for i, b in enumerate(bodies)]
+    whole = files[1].read_bytes()
+    files[1].write_bytes(whole[: len(whole) // 2])  # truncated (a full disk, a torn copy)
+    files[2].write_bytes(b"\x1f\x8b" + b"\x00" * 20)  # a gzip header, then garbage
+    skipped: list[tuple[Path, str]] = []
+    polls = list(RawArchive.read(tmp_path / "raw", lambda f, why: skipped.append((f, why))))
+    assert [p.body for p in polls] == [bodies[0]]
+    assert [f for f, _ in skipped] == files[1:]
+    assert all(why for _, why in skipped)
+    with pytest.raises(SourceError, match="unreadable"):  # without the callback: raises
+        list(RawArchive.read(tmp_path / "raw"))
