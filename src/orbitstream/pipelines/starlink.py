@@ -131,6 +131,7 @@ __all__ = [
     "StarlinkPipelineSettings",
     "body_digest",
     "paused_gc",
+    "resumed_gc",
     "tables",
 ]
 
@@ -977,6 +978,18 @@ def paused_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+@contextmanager
+def resumed_gc() -> Iterator[None]:
+    """Run the cyclic collector inside a :func:`paused_gc` block, then pause it again."""
+    paused = not gc.isenabled()
+    gc.enable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.disable()
 
 
 class StarlinkJob:

@@ -55,6 +55,7 @@ from orbitstream.pipelines.starlink import (
     StarlinkPipelineSettings,
     body_digest,
     paused_gc,
+    resumed_gc,
 )
 from orbitstream.sources.starlink_api import (
     HALTED_AFTER_SECS,
@@ -284,7 +285,10 @@ class StarlinkIngest:
                 ctx.submit(rows, ack, key=key)
                 return n
             except BackpressureError:
-                await ctx.wait_for_room(n)
+                # the collector is paused while a body is mapped (deliver): not while
+                # waiting on a full buffer, which can last as long as a store outage
+                with resumed_gc():
+                    await ctx.wait_for_room(n)
 
     async def _submit_parts(
         self, ctx: SourceContext, job: StarlinkJob, digest: str, ack: Ack

@@ -144,3 +144,45 @@ async def test_rows_outside_the_window_leave_a_columnar_part_for_dead_letters(
 def _key(row: tuple[Any, ...]) -> tuple[Any, ...]:
     t, d, ts, m, i, v4 = row
     return (str(t), str(d), int(ts), sorted(dict(m).items()), sorted(dict(i).items()), list(v4))
+
+
+async def test_the_collector_runs_while_a_part_waits_for_room(
+    tmp_path: Path, fake_factory: FakeFactory
+) -> None:
+    """The collector is paused while a body is mapped, but not while a part waits for a
+    full buffer (that wait lasts as long as a store is slow or down)."""
+    import gc
+
+    require(_has_chdb(), "chdb (pip install 'orbitstream[chdb]')")
+    from orbitstream.sinks.chdb import ChdbSink
+
+    body = await _body(fake_factory, 2500)
+    sink = ChdbSink(tmp_path / "store")
+    await sink.start(TABLES)
+    metrics = Metrics()
+    dead = FileDeadLetters(tmp_path / "dead_letters.jsonl")
+    limits = PipelineLimits(batch_size=100_000, linger_secs=0.05, max_buffer_rows=1_500)
+    pipeline = Pipeline(
+        "starlink", TABLES, [sink], limits=limits, retry=RetryPolicy(max_secs=0.2),
+        metrics=metrics, dead_letters=dead,
+    )  # fmt: skip
+    await pipeline.start(30.0, start_sinks=False)
+    ctx = PipelineContext(
+        pipeline, TABLES, metrics=metrics, store=sink, router=Router(), dead_letters=dead
+    )
+    waits: list[bool] = []
+    wait_for_room = ctx.wait_for_room
+
+    async def recording(rows: int = 1) -> None:
+        waits.append(gc.isenabled())
+        await wait_for_room(rows)
+
+    ctx.wait_for_room = recording  # type: ignore[method-assign]
+    try:
+        out = await _ingest(part_rows=300).deliver(ctx, body, 1)
+    finally:
+        await pipeline.close(30.0, close_sinks=False)
+        await sink.close()
+    assert out.committed
+    assert waits and all(waits), waits  # it waited, each time with the collector on
+    assert gc.isenabled()
