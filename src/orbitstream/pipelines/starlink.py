@@ -599,10 +599,6 @@ class _Plan:
         )
         self.h3_idx = index.get("H3CellId", -1)
 
-    def shape_of(self, row: list[Any]) -> _Shape:
-        sig = tuple(map(type, row))
-        return self.shapes.get(sig) or self.shape(sig)
-
     def shape(self, sig: tuple[type, ...]) -> _Shape:
         if len(self.shapes) >= 4096:  # pathological variety: start over rather than grow
             self.shapes.clear()

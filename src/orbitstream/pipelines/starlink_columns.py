@@ -70,11 +70,8 @@ class TelemetryColumns:
         """
         n = len(self.records)
         shapes, devices, times, metric_values, info_values, ips, _ = zip(*self.records, strict=True)
-        distinct: dict[Any, int] = {}
-        for shape in shapes:
-            if shape not in distinct:
-                distinct[shape] = len(distinct)
-        order: Sequence[RowShape] = list(distinct)
+        order: Sequence[RowShape] = list(dict.fromkeys(shapes))
+        distinct = {shape: i for i, shape in enumerate(order)}
         index = np.fromiter(map(distinct.__getitem__, shapes), dtype=np.intp, count=n)
         kinds = pa.array([s.device_type for s in order], type=_STR)
         v4, ue, cpe = zip(*ips, strict=True)

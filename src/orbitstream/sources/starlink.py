@@ -319,9 +319,8 @@ class StarlinkIngest:
             mapping = job.finish()  # frees the decoded body while the stores insert
             letters = mapping.dead_letters(batch_id, self.pipeline) + letters
             # the rest: the alert events of the whole body (and the rows no part covered:
-            # none). The handoff turns come before the
-            # collector runs again (the caller's pause ends): it then walks what survived
-            # while the stores insert, not before they have the rows.
+            # none). Its handoff turns come before the caller's collector pause ends, so
+            # the collector walks what survived while the stores insert.
             await submit(
                 {k: v for k, v in mapping.rows.items() if k != IP_ALLOCATIONS_TABLE.name}, digest
             )
