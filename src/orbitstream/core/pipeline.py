@@ -292,7 +292,11 @@ class SinkLane:
         return mark is not None and self.up and self.rows + rows > mark
 
     def has_room(self, rows: int, nbytes: int) -> bool:
-        return (
+        """Whether ``rows`` more (``nbytes``) fit the buffer. An empty buffer takes any
+        submit, however large: one larger than the whole buffer (a Starlink part, an
+        HTTP batch, a Kafka chunk over ``ORBITSTREAM_MAX_BUFFER_ROWS``) would otherwise
+        never get in, and its source would wait forever."""
+        return self.rows == 0 or (
             self.rows + rows <= self.limits.max_buffer_rows
             and self.bytes + nbytes <= self.limits.max_buffer_bytes
         )
@@ -830,7 +834,7 @@ class Pipeline:
         nbytes = self.tables[table].row_bytes
         lanes = self.lanes
         for lane in lanes:
-            if (
+            if lane.rows and (
                 lane.rows >= lane.limits.max_buffer_rows
                 or lane.bytes + nbytes > lane.limits.max_buffer_bytes
             ):

@@ -5,6 +5,7 @@ the time window leave a columnar part for the dead letters."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -146,11 +147,14 @@ def _key(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return (str(t), str(d), int(ts), sorted(dict(m).items()), sorted(dict(i).items()), list(v4))
 
 
+@pytest.mark.parametrize("max_buffer_rows", [1_500, 100])
 async def test_the_collector_runs_while_a_part_waits_for_room(
-    tmp_path: Path, fake_factory: FakeFactory
+    tmp_path: Path, fake_factory: FakeFactory, max_buffer_rows: int
 ) -> None:
     """The collector is paused while a body is mapped, but not while a part waits for a
-    full buffer (that wait lasts as long as a store is slow or down)."""
+    full buffer (that wait lasts as long as a store is slow or down). A buffer smaller
+    than one part (100 rows, parts of 300) takes each part once it is empty: the body is
+    delivered whole (it waited for ever)."""
     import gc
 
     require(_has_chdb(), "chdb (pip install 'orbitstream[chdb]')")
@@ -161,7 +165,7 @@ async def test_the_collector_runs_while_a_part_waits_for_room(
     await sink.start(TABLES)
     metrics = Metrics()
     dead = FileDeadLetters(tmp_path / "dead_letters.jsonl")
-    limits = PipelineLimits(batch_size=100_000, linger_secs=0.05, max_buffer_rows=1_500)
+    limits = PipelineLimits(batch_size=100_000, linger_secs=0.05, max_buffer_rows=max_buffer_rows)
     pipeline = Pipeline(
         "starlink", TABLES, [sink], limits=limits, retry=RetryPolicy(max_secs=0.2),
         metrics=metrics, dead_letters=dead,
@@ -179,10 +183,16 @@ async def test_the_collector_runs_while_a_part_waits_for_room(
 
     ctx.wait_for_room = recording  # type: ignore[method-assign]
     try:
-        out = await _ingest(part_rows=300).deliver(ctx, body, 1)
+        out = await asyncio.wait_for(_ingest(part_rows=300).deliver(ctx, body, 1), 60)
+        counts = {
+            name: int((await sink.query(f"SELECT count() FROM {name}")).rows[0][0])
+            for name in out.rows
+        }
     finally:
         await pipeline.close(30.0, close_sinks=False)
         await sink.close()
     assert out.committed
+    want = StarlinkMapper(columnar=False).map(body, 1)
+    assert counts == {name: len(r) for name, r in want.rows.items()}
     assert waits and all(waits), waits  # it waited, each time with the collector on
     assert gc.isenabled()

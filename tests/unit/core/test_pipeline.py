@@ -150,6 +150,29 @@ async def test_backpressure_is_all_or_nothing(tmp_path: Path) -> None:
     assert sink.rows("u") == []
 
 
+async def test_an_empty_buffer_takes_a_submit_larger_than_the_buffer(tmp_path: Path) -> None:
+    """A submit over ``max_buffer_rows`` gets in once the buffer is empty (were it refused
+    while empty, it could never get in and its source would wait forever); a second one
+    waits for the first to drain."""
+    sink = MemorySink()
+    sink.down = True
+    p = make(tmp_path, sink, batch_size=5, max_rows=10)
+    await p.start()
+    assert p.has_room(25)
+    p.submit({"t": rows(25)})
+    assert p.lanes[0].rows == 25
+    assert not p.has_room(1)
+    with pytest.raises(BackpressureError):
+        p.submit_one("t", (1000, "e", 1.0))
+    with pytest.raises(BackpressureError):
+        p.submit_keyed({"t": rows(25, 100)}, "k")
+    sink.down = False
+    await asyncio.wait_for(p.wait_for_room(25), 5)  # woken once the first one drained
+    p.submit_keyed({"t": rows(25, 100)}, "k")
+    await p.close()
+    assert len(sink.rows("t")) == 50
+
+
 async def test_slow_sink_backs_up_only_its_own_lane(tmp_path: Path) -> None:
     fast, stuck = MemorySink("fast"), MemorySink("stuck")
     stuck.down = True

@@ -137,3 +137,29 @@ async def test_requests_wait_undecoded_while_the_writers_are_behind(tmp_path: Pa
     await pipeline.close()
     ids = {r[1] for r in sink.rows("telemetry")}
     assert len(sink.rows("telemetry")) == 61 and {"W-0", "W-19", "S-1"} <= ids
+
+
+async def test_a_batch_larger_than_the_whole_buffer_is_taken_when_the_buffer_is_empty(
+    tmp_path: Path,
+) -> None:
+    """ORBITSTREAM_MAX_BUFFER_ROWS below a batch: 202 once the buffer is empty (it was
+    503 for ever: the batch could never fit); 503 while the buffer holds rows."""
+    sink = MemorySink()
+    sink.down = True
+    pipeline, _, handlers = await started(
+        tmp_path, sink, PipelineLimits(batch_size=10, linger_secs=0.01, max_buffer_rows=5), "memory"
+    )
+    ok = {**POINT, "battery_charge_percent": 50.0}
+    batch = [{**ok, "satellite_id": f"B-{i}"} for i in range(20)]
+    first = await answer(handlers.batch(request("/telemetry/batch", batch)))
+    assert first.status == 202, first.body
+    second = await answer(handlers.batch(request("/telemetry/batch", batch)))
+    assert second.status == 503 and ("Retry-After", "1") in second.headers, second.body
+    sink.down = False
+    deadline = asyncio.get_running_loop().time() + 5
+    while pipeline.lanes[0].rows and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    third = await answer(handlers.batch(request("/telemetry/batch", batch)))
+    assert third.status == 202, third.body
+    await pipeline.close()
+    assert len(sink.rows("telemetry")) == 40

@@ -96,12 +96,22 @@ async def test_rows_keyed_by_chunk_and_state_advances_once_written(tmp_path: Pat
 async def test_backpressure_leaves_no_state_behind(
     tmp_path: Path,
 ) -> None:
-    source, pipeline, _sink, mapper = await harness(tmp_path, max_buffer_rows=1)
-    first = chunk(stats_message(0, 1000, NS), stats_message(1, 2000, NS + 10**9))
+    source, pipeline, sink, mapper = await harness(tmp_path, max_buffer_rows=1)
+    sink.down = True  # what gets in stays in the buffer
+    # an empty buffer takes a chunk larger than the whole buffer (else it never would)
+    first = source._handle(chunk(stats_message(0, 1000, NS), stats_message(1, 2000, NS + 10**9)))
+    assert mapper.pending == 1
+    second = Chunk("raw", 0, 2, 2, [stats_message(2, 3000, NS + 2 * 10**9)])
     with pytest.raises(BackpressureError):
-        source._handle(first)
-    assert mapper.pending == 0
+        source._handle(second)
+    assert mapper.pending == 1  # the refused chunk left nothing behind
     assert source.counters["backpressure"] == 1
+    sink.down = False
+    await first.wait()
+    assert mapper.pending == 0
+    again = source._handle(second)  # offered again once there is room
+    await again.wait()
+    assert rates(sink) == [None, 8000.0, 8000.0]
     await pipeline.close(5)
 
 
