@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
-__all__ = ["configure_logging"]
+__all__ = ["KafkaClientLog", "configure_logging", "kafka_client_log"]
 
 _RESERVED = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
@@ -74,3 +75,58 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     handler._orbitstream = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+class KafkaClientLog:
+    """librdkafka's own log lines as structured records, rate-limited.
+
+    Given to every confluent-kafka client as its ``logger`` (librdkafka then logs
+    through ``poll()`` instead of writing raw ``%3|…|FAIL|…`` lines to stderr). An
+    unreachable broker makes librdkafka repeat the same line every few tens of
+    milliseconds: the first line of each (client, facility, level) is logged, then at
+    most one per ``window_secs`` with the number of lines left out since
+    (``suppressed``)."""
+
+    def __init__(
+        self, window_secs: float = 60.0, *, name: str = "orbitstream.kafka.client"
+    ) -> None:
+        self.window_secs = window_secs
+        self.logger = logging.getLogger(name)
+        self._seen: dict[tuple[int, str, str], list[float]] = {}  # key -> [logged at, left out]
+        self._lock = threading.Lock()
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        """What confluent-kafka calls: ``log(level, "%s [%s] %s", facility, client, text)``."""
+        facility, client, text = (*(str(a) for a in args), "", "", "")[:3]
+        key = (level, client, facility)
+        now = time.monotonic()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < self.window_secs:
+                entry[1] += 1
+                return
+            suppressed = int(entry[1]) if entry is not None else 0
+            if len(self._seen) >= 1024:
+                self._seen.clear()
+            self._seen[key] = [now, 0]
+        self.logger.log(
+            level,
+            "Kafka client reports.",
+            extra={
+                "component": "kafka",
+                "client": client,
+                "facility": facility,
+                "detail": text,
+                "suppressed": suppressed,
+            },
+        )
+
+
+_KAFKA_LOG = KafkaClientLog()
+
+
+def kafka_client_log(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with :class:`KafkaClientLog` as its ``logger`` (a user's own stands)."""
+    out = dict(config)
+    out.setdefault("logger", _KAFKA_LOG)
+    return out

@@ -50,3 +50,51 @@ def test_an_unreachable_broker_is_a_source_error_naming_the_setting() -> None:
         port = closed.getsockname()[1]  # bound, never listening: connections are refused
         with pytest.raises(SourceError, match="KAFKA_BOOTSTRAP_SERVERS"):
             ensure_topic(f"127.0.0.1:{port}", "t", timeout_secs=1.0)
+
+
+def test_with_no_broker_the_service_serves_health_and_logs_the_client_once(
+    tmp_path: Path,
+) -> None:
+    """``run sessions`` with a broker that refuses connections: PORT answers at once (the
+    topics are created after the server is up: each waits 15 s for an answer), /health
+    says the broker is down, and librdkafka's lines come as structured records, one per
+    client and kind (it repeats its connection failure every few tens of ms, and wrote
+    hundreds of raw ``%3|…|FAIL|`` lines to stderr)."""
+    import json
+    import time
+
+    from tests.conftest import http
+    from tests.support.runner import Running
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        env = {
+            **os.environ,
+            "ORBITSTREAM_DATA_DIR": str(tmp_path / "data"),
+            "ORBITSTREAM_HOST": "127.0.0.1",
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        }
+        started = time.monotonic()
+        service = Running(env, "sessions")
+        try:
+            assert time.monotonic() - started < 12  # well before one topic's 15 s
+            deadline = time.monotonic() + 40
+            while True:
+                status, _, body = http("GET", service.url + "/health", timeout=2)
+                doc = json.loads(body)
+                source = doc["pipelines"]["sessions"]["source"]
+                if source.get("problem"):
+                    break
+                assert time.monotonic() < deadline, doc
+                time.sleep(0.5)
+            assert status == 503 and "no Kafka broker reachable" in source["problem"], doc
+        finally:
+            assert service.stop() == 0
+    lines = service.log.read_text().splitlines()
+    assert not [line for line in lines if line.startswith("%")], lines[:5]
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    client = [r for r in records if r.get("message") == "Kafka client reports."]
+    assert client and all("Connection refused" in r["detail"] for r in client), client
+    kinds = [(r["client"], r["facility"], r["level"]) for r in client]
+    assert len(kinds) == len(set(kinds)), kinds  # rate-limited: one per minute each

@@ -501,6 +501,9 @@ class SatelliteKafkaMapping:
         for m in messages:
             count += 1
             value = m.value or b""
+            if not value:
+                dead.append(DeadRecord(m, b"", "decode", "empty message (tombstone)"))
+                continue
             try:
                 doc = self._decode(value)
             except msgspec.DecodeError as exc:

@@ -257,7 +257,7 @@ class SessionsMapper:
         ok = self._valid_ids
         for value, position in items:
             count += 1
-            if value is None:
+            if not value:  # None, or b"": what the Kafka reader hands on for a tombstone
                 dead.append(DeadRecord(position, b"", "decode", "empty message (tombstone)"))
                 continue
             try:

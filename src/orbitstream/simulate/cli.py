@@ -372,7 +372,9 @@ def _publish(
     """Run one Kafka simulator (``simulate network`` / ``sessions``) and print its summary;
     a broker or topic error exits 1 with the message."""
     from orbitstream.errors import OrbitStreamError
+    from orbitstream.logging import configure_logging
 
+    configure_logging("warning", "text")  # the Kafka client's lines, with their detail
     if not messages and not duration:
         Console(stderr=True).print("Publishing until stopped (Ctrl-C).")
     try:

@@ -9,14 +9,16 @@ and waits for every delivery report before returning.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orbitstream.errors import ConfigError, SourceError
+from orbitstream.logging import kafka_client_log
 
-__all__ = ["PublishStats", "SimMessage", "ensure_topic", "publish"]
+__all__ = ["PublishStats", "SimMessage", "ensure_topic", "ensure_topics", "publish"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,25 @@ def ensure_topic(
     bootstrap: str, topic: str, partitions: int = 1, *, timeout_secs: float = 15.0
 ) -> bool:
     """Create ``topic`` unless it exists; returns whether it was created."""
+    ((created, error),) = ensure_topics(
+        bootstrap, (topic,), partitions, timeout_secs=timeout_secs
+    ).values()
+    if error is not None:
+        raise error
+    return created
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Sequence[str],
+    partitions: int = 1,
+    *,
+    timeout_secs: float = 15.0,
+    stop: threading.Event | None = None,
+) -> dict[str, tuple[bool, SourceError | None]]:
+    """Create each of ``topics`` unless it exists, in one request with one deadline:
+    per topic, (created, the error that kept it from being created). ``stop`` set ends
+    the wait early (a service stopping while no broker answers)."""
     try:
         from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient
@@ -76,20 +97,37 @@ def ensure_topic(
             "simulating to Kafka needs confluent-kafka: pip install 'orbitstream[kafka]'",
             setting="KAFKA_BOOTSTRAP",
         ) from exc
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    future = admin.create_topics([NewTopic(topic, partitions, 1)])[topic]
-    try:
-        future.result(timeout_secs)
-    except KafkaException as exc:
-        if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-            return False
-        raise SourceError(f"could not create topic {topic}: {exc}") from exc
-    except TimeoutError as exc:
-        raise SourceError(
-            f"could not create topic {topic}: no answer from the Kafka broker at {bootstrap} "
-            f"within {timeout_secs:g} s (KAFKA_BOOTSTRAP_SERVERS)"
-        ) from exc
-    return True
+    admin = AdminClient(kafka_client_log({"bootstrap.servers": bootstrap}))
+    futures = admin.create_topics([NewTopic(t, partitions, 1) for t in dict.fromkeys(topics)])
+    deadline = time.monotonic() + timeout_secs
+    # polled, so the client's log lines are delivered
+    while not all(f.done() for f in futures.values()):
+        if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+            break
+        admin.poll(0.1)
+    out: dict[str, tuple[bool, SourceError | None]] = {}
+    for topic, future in futures.items():
+        if not future.done():
+            future.cancel()
+            why = "stopped" if stop is not None and stop.is_set() else f"within {timeout_secs:g} s"
+            out[topic] = (
+                False,
+                SourceError(
+                    f"could not create topic {topic}: no answer from the Kafka broker at {bootstrap} "
+                    f"{why} (KAFKA_BOOTSTRAP_SERVERS)"
+                ),
+            )
+            continue
+        try:
+            future.result(0)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                out[topic] = (False, None)
+            else:
+                out[topic] = (False, SourceError(f"could not create topic {topic}: {exc}"))
+            continue
+        out[topic] = (True, None)
+    return out
 
 
 def publish(
@@ -118,7 +156,7 @@ def publish(
             "simulating to Kafka needs confluent-kafka: pip install 'orbitstream[kafka]'",
             setting="KAFKA_BOOTSTRAP",
         ) from exc
-    producer = Producer(_producer_config(bootstrap, producer_config))
+    producer = Producer(kafka_client_log(_producer_config(bootstrap, producer_config)))
     failed = 0
     errors: list[str] = []
 

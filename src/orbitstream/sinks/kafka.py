@@ -50,6 +50,7 @@ from orbitstream.core.batch import Batch, DeadLetter, Row
 from orbitstream.core.protocols import SinkBase
 from orbitstream.core.tables import ColType, Table
 from orbitstream.errors import ConfigError, SinkRejectedError, SinkRetryableError
+from orbitstream.logging import kafka_client_log
 
 __all__ = [
     "AsyncProducer",
@@ -300,7 +301,7 @@ class AsyncProducer:
                 return
             ck = _import_confluent()
             try:
-                self._producer = ck.Producer(self.config)
+                self._producer = ck.Producer(kafka_client_log(self.config))
             except ck.KafkaException as exc:
                 raise ConfigError(
                     f"invalid Kafka producer settings: {exc}", setting="KAFKA_BOOTSTRAP_SERVERS"
@@ -547,7 +548,7 @@ class KafkaSink(SinkBase):
             if k in ("bootstrap.servers", "client.id")
             or k.startswith(("security.", "sasl.", "ssl."))
         }
-        admin = AdminClient(admin_conf)
+        admin = AdminClient(kafka_client_log(admin_conf))
         futures = admin.create_topics(
             [
                 NewTopic(t, self.settings.topic_partitions, self.settings.topic_replication_factor)

@@ -65,6 +65,7 @@ from orbitstream.core.protocols import Sink
 from orbitstream.core.retry import RetryPolicy
 from orbitstream.core.tables import ColType, Column, Table
 from orbitstream.errors import BackpressureError, ConfigError, SourceError
+from orbitstream.logging import kafka_client_log
 from orbitstream.sinks.kafka import (
     DEFAULT_DEAD_LETTER_TOPIC,
     AsyncProducer,
@@ -785,7 +786,9 @@ class KafkaReader:
         self._loop = loop = asyncio.get_running_loop()
         self._running = True
         try:
-            self._consumer = ck.Consumer(self.brokers.watch(self.settings.consumer_config()))
+            self._consumer = ck.Consumer(
+                kafka_client_log(self.brokers.watch(self.settings.consumer_config()))
+            )
         except ck.KafkaException as exc:
             self._running = False
             self._done.set()

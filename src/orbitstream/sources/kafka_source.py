@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -187,6 +188,7 @@ class KafkaSource:
         self._ctx: SourceContext | None = None
         self._next: dict[tuple[str, int], int] = {}
         self._rows_per_message = 1.0
+        self._stopping = threading.Event()
         self.counters = {"messages": 0, "rows": 0, "dead": 0, "backpressure": 0, "rewinds": 0}
 
     async def start(self, ctx: SourceContext) -> None:
@@ -200,31 +202,38 @@ class KafkaSource:
             table=table,
             qualified_name=_qualified(ctx.store, table),
         )
-        if self.create_topics:
-            await asyncio.to_thread(self._ensure_topics)
         if self.restore is not None:
             await self.restore(ctx.store, ctx.tables)
         self.reader = KafkaReader(self.settings, self._handle, log)
         ctx.on_health(self._health)
 
     def _ensure_topics(self) -> None:
-        from orbitstream.simulate.publisher import ensure_topic
+        from orbitstream.simulate.publisher import ensure_topics
 
         s = self.settings
-        for topic in (*s.topics, s.dead_letter_topic):
-            try:
-                ensure_topic(s.bootstrap_servers, topic, self.topic_partitions)
-            except SourceError as exc:
+        created = ensure_topics(
+            s.bootstrap_servers,
+            (*s.topics, s.dead_letter_topic),
+            self.topic_partitions,
+            stop=self._stopping,
+        )
+        for topic, (_, error) in created.items():
+            if error is not None:
                 logger.warning(
                     "Kafka topic could not be created.",
-                    extra={"component": "kafka", "topic": topic, "error": repr(exc)},
+                    extra={"component": "kafka", "topic": topic, "error": str(error)},
                 )
 
     async def run(self) -> None:
         assert self.reader is not None, "start() first"
+        if self.create_topics:
+            # here, not in start(): with no broker reachable this waits for its timeout
+            # per topic, and /health, /metrics (PORT) must be served meanwhile
+            await asyncio.to_thread(self._ensure_topics)
         await self.reader.run()
 
     async def stop(self, timeout_secs: float) -> None:
+        self._stopping.set()  # ends a wait for topics to be created
         if self.reader is not None:
             await self.reader.stop()
         if self.on_stop is not None:

@@ -282,3 +282,20 @@ def test_tables_carry_retention() -> None:
     telemetry, alerts = tables(7)
     assert telemetry.ttl_days == 7 and alerts.ttl_days == 7
     assert telemetry.rollups[0].name == "satellite_stats"
+
+
+def test_kafka_mapping_an_empty_message_is_a_tombstone_the_rest_maps() -> None:
+    from orbitstream.pipelines.satellites import SatelliteIngest, SatelliteKafkaMapping
+    from orbitstream.sources.kafka import KafkaMessage
+
+    mapping = SatelliteKafkaMapping(SatelliteIngest(SatelliteMapper(threshold_rules())))
+    good = msgspec.json.encode({**GOOD, "timestamp": dt.datetime.now(dt.UTC).isoformat()})
+    result = mapping.map_chunk(
+        [KafkaMessage("raw", 0, 0, None, b"", None), KafkaMessage("raw", 0, 1, None, good, None)]
+    )
+    ((position, value, kind, reason),) = [
+        (d.position, d.value, d.kind, d.reason) for d in result.dead
+    ]
+    assert (getattr(position, "offset", None), value, kind) == (0, b"", "decode")
+    assert "tombstone" in reason  # was msgspec's "Input data was truncated"
+    assert len(result.rows["telemetry"]) == 1

@@ -144,8 +144,9 @@ def test_nan_is_not_json() -> None:
     assert dead.kind == "decode"
 
 
-def test_a_tombstone_is_dead() -> None:
-    (dead,) = SessionsMapper().map(None, pos()).dead
+@pytest.mark.parametrize("value", [None, b""])  # b"": how the Kafka reader hands one on
+def test_a_tombstone_is_dead(value: bytes | None) -> None:
+    (dead,) = SessionsMapper().map(value, pos()).dead
     assert dead.kind == "decode" and "tombstone" in dead.reason
 
 
