@@ -402,6 +402,9 @@ class Runtime:
         for r in self.running:
             r.task = asyncio.create_task(self._run_source(r), name=f"source:{r.plan.name}")
         self._maintenance = asyncio.create_task(self._maintain_forever())
+        from orbitstream.core import columns
+
+        columns.warm_up()  # before the freeze: what it imports is frozen with the rest
         gc.collect()
         gc.freeze()
         try:

@@ -72,6 +72,13 @@ _SCHEMAS: dict[tuple[str, tuple[str, ...]], Any] = {}
 _MAPS = (ColType.MAP_STR_FLOAT, ColType.MAP_STR_STR)
 
 
+def warm_up() -> None:
+    """Pay pyarrow's lazy start-up costs now, not in the first batch: the first
+    ``pa.array`` from Python values imports pandas (when it is installed, as chDB
+    needs): about 0.45 s here, on a writer's thread, with the GIL held."""
+    pa.array([0.0])
+
+
 def arrow_schema(table: Table) -> Any:
     """The Arrow schema of ``table`` (equal to :func:`orbitstream.sinks.arrow.arrow_schema`)."""
     key = (table.name, table.column_names)
