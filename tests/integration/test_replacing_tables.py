@@ -87,6 +87,12 @@ async def test_sessions_base_keeps_the_earliest_started_row_in_any_write_order(
             "GROUP BY session_id ORDER BY session_id"
         )
         assert arg.rows == [(f"s-{n}", "veh-first") for n in range(len(orders))]
+        # what a user reads (orbitstream query, /api/query, the dashboard) is merged
+        # without saying FINAL: one row per session before the engine merges the parts
+        plain = await store.query("SELECT session_id, vehicle_id FROM sessions_base")
+        assert sorted(plain.rows) == [(f"s-{n}", "veh-first") for n in range(len(orders))]
+        counted = await store.user_query("SELECT count() FROM sessions_base", "default")
+        assert [int(str(c)) for (c,) in counted.rows] == [len(orders)]
     finally:
         await store.close()
 

@@ -52,7 +52,10 @@ class ReadLimits:
             f"max_execution_time = {max(1, round(self.timeout_secs))}, "
             f"max_result_rows = {int(self.max_result_rows)}, "
             f"max_result_bytes = {int(self.max_result_bytes)}, "
-            "result_overflow_mode = 'throw'"
+            "result_overflow_mode = 'throw', "
+            # every read sees replacing tables (sessions_base, nodes) merged: one row
+            # per key, as if the query said FINAL (other engines are unaffected)
+            "final = 1"
         )
 
 

@@ -51,6 +51,8 @@ _DEAD_LETTER_SCHEMA = pa.schema(
 _QUERY_SETTINGS: dict[str, object] = {
     "readonly": 2,
     "output_format_json_quote_64bit_integers": 0,
+    # replacing tables (sessions_base, nodes) read merged, one row per key, as with FINAL
+    "final": 1,
 }
 
 
