@@ -75,6 +75,13 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     handler._orbitstream = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# Libraries that log a line without its detail ("Unexpected Http Driver Exception") just
+# before raising the error our sinks classify and log with the detail themselves.
+_QUIET = ("clickhouse_connect.driver._backend", "psycopg.pool")
 
 
 class KafkaClientLog:

@@ -1,5 +1,6 @@
-"""librdkafka's log lines through :class:`KafkaClientLog`: structured records, the first of
-each (client, facility, level) at once, repeats folded into one per window with a count."""
+"""Logging: librdkafka's lines through :class:`KafkaClientLog` (structured records, the
+first of each (client, facility, level) at once, repeats folded into one per window with a
+count), and libraries' detail-less lines kept quiet."""
 
 from __future__ import annotations
 
@@ -44,3 +45,13 @@ def test_a_users_own_logger_stands() -> None:
     mine = logging.getLogger("mine")
     assert kafka_client_log({"logger": mine})["logger"] is mine
     assert isinstance(kafka_client_log({})["logger"], KafkaClientLog)
+
+
+def test_libraries_that_log_without_detail_before_raising_are_quiet() -> None:
+    from orbitstream.logging import configure_logging
+
+    configure_logging("info", "json")
+    backend = logging.getLogger("clickhouse_connect.driver._backend.http_sync")
+    assert not backend.isEnabledFor(logging.WARNING)  # its "Unexpected Http Driver Exception"
+    assert backend.isEnabledFor(logging.ERROR)
+    assert logging.getLogger("orbitstream.sinks").isEnabledFor(logging.INFO)
