@@ -693,6 +693,11 @@ def _shown(name: str, value: object) -> str:
     return repr(value)
 
 
+def error_text(msg: str) -> str:
+    """pydantic's message without its "Value error, " prefix (what a validator raised)."""
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
 def _config_error(
     exc: ValidationError, model: type[BaseModel] | None, prefix: str | None
 ) -> ConfigError:
@@ -705,7 +710,7 @@ def _config_error(
         else:
             name = _field_setting(model, str(loc[0]), prefix) if loc else prefix or "settings"
         first = first or name
-        messages.append(f"{name}={_shown(name, err.get('input'))}: {err['msg']}")
+        messages.append(f"{name}={_shown(name, err.get('input'))}: {error_text(err['msg'])}")
     return ConfigError("invalid setting " + "; ".join(messages), setting=first)
 
 

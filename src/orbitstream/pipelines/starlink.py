@@ -107,7 +107,7 @@ from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSettings
 from orbitstream.core.tables import ColType, Column, Table
 from orbitstream.errors import ConfigError, OrbitStreamError, SourceError
 from orbitstream.pipelines.starlink_columns import TelemetryColumns, TelemetryRecord
-from orbitstream.settings import Settings, env
+from orbitstream.settings import Settings, env, error_text
 
 __all__ = [
     "ALERTS_TABLE",
@@ -1325,7 +1325,7 @@ class StarlinkPipelineSettings(PipelineSettings):
                 shown = repr(value)
             name = self.setting_name(field_name)
             raise ConfigError(
-                f"invalid setting {name}={shown}: {err['msg']} (the starlink pipeline)",
+                f"invalid setting {name}={shown}: {error_text(err['msg'])} (the starlink pipeline)",
                 setting=name,
             ) from exc
 

@@ -90,6 +90,7 @@ def test_bad_value_names_the_variable(
         _sat(load_settings())
     assert var in str(info.value)
     assert info.value.setting == var
+    assert "Value error" not in str(info.value)  # pydantic's prefix, not ours
 
 
 def test_dotenv_is_read(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
