@@ -13,6 +13,7 @@ import collections
 import datetime as dt
 import decimal
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -137,14 +138,9 @@ class ServiceRoutes:
                 "satellite_id is required",
                 errors=[{"field": "satellite_id", "message": "missing required query parameter"}],
             )
-        try:
-            minutes = int(q.get("minutes", "60"))
-        except ValueError:
-            return error_response(
-                422,
-                "minutes must be an integer",
-                errors=[{"field": "minutes", "message": "expected an integer"}],
-            )
+        minutes = _minutes(q)
+        if isinstance(minutes, Response):
+            return minutes
         if self.dashboard is None:
             return self._no_satellites()
         try:
@@ -156,14 +152,9 @@ class ServiceRoutes:
         """The Starlink view: terminals online, alerts open now, latency/obstruction trend."""
         if self.starlink is None:
             return error_response(404, "the starlink pipeline is not running in this service")
-        try:
-            minutes = int(request.query.get("minutes", "60"))
-        except ValueError:
-            return error_response(
-                422,
-                "minutes must be an integer",
-                errors=[{"field": "minutes", "message": "expected an integer"}],
-            )
+        minutes = _minutes(request.query)
+        if isinstance(minutes, Response):
+            return minutes
         try:
             return Response(200, _encode(await self.starlink.summary(minutes)))
         except QueryError as exc:
@@ -178,10 +169,10 @@ class ServiceRoutes:
             name = r.plan.name
             sinks = max(1, len(r.pipeline.lanes))
             written = sum(v for k, v in c["written_rows"].items() if k[0] == name) // sinks
-            errors = (
-                c["rejected"].get((name,), 0)
-                + sum(v for k, v in c["dead_letters"].items() if k[0] == name)
-                + sum(v for k, v in c["source_errors"].items() if k[0] == name)
+            # each refused record once: a source counts it as rejected (HTTP, Kafka) or
+            # dead-letters it (Starlink); source_errors is a breakdown of those by kind
+            errors = c["rejected"].get((name,), 0) + sum(
+                v for k, v in c["dead_letters"].items() if k[0] == name
             )
             sink_errors = sum(v for k, v in c["sink_errors"].items() if k[0] == name)
             out[name] = (written, errors, sink_errors)
@@ -293,3 +284,23 @@ class ServiceRoutes:
                 400, str(exc), errors=[{"field": "pipeline", "message": str(exc)}]
             )
         return plan.namespace, None
+
+
+_MAX_MINUTES = 7 * 24 * 60
+
+
+def _minutes(query: Mapping[str, str]) -> int | Response:
+    """The ``minutes`` query parameter of a dashboard view (default 60, at most a week), or
+    the 422 that names it."""
+    raw = query.get("minutes", "60")
+    try:
+        minutes = int(raw)
+    except ValueError:
+        minutes = 0
+    if not 1 <= minutes <= _MAX_MINUTES:
+        return error_response(
+            422,
+            f"minutes must be an integer from 1 to {_MAX_MINUTES}",
+            errors=[{"field": "minutes", "message": f"expected 1..{_MAX_MINUTES}, got {raw!r}"}],
+        )
+    return minutes

@@ -389,3 +389,16 @@ def test_a_password_with_any_characters_never_shows_in_errors(tmp_path: Any) -> 
     assert "DATABASE_URL" in out.stderr
     assert secret not in out.stderr + out.stdout
     assert "pa/ss" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("minutes", ["-5", "0", "abc", "100000"])
+def test_dashboard_minutes_out_of_range_is_422_naming_it(
+    service: ServiceProcess, minutes: str
+) -> None:
+    status, _, body = http(
+        "GET", service.url + f"/api/dashboard/series?satellite_id=S-1&minutes={minutes}"
+    )
+    assert status == 422, body
+    doc = json.loads(body)
+    assert doc["errors"][0]["field"] == "minutes" and repr(minutes) in doc["errors"][0]["message"]
+    assert http("GET", service.url + "/api/dashboard/series?satellite_id=S-1&minutes=5")[0] == 200

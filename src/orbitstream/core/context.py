@@ -4,6 +4,7 @@ may call. The runtime makes one per pipeline; tests make one around a bare pipel
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -99,7 +100,8 @@ class PipelineContext:
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
-        self._metrics.inc("dead_letters", (self.pipeline, "source", letters[0].table), len(letters))
+        for table, n in collections.Counter(letter.table for letter in letters).items():
+            self._metrics.inc("dead_letters", (self.pipeline, "source", table), n)
         try:
             await self._store.write_dead_letters(letters)
         except Exception as exc:
