@@ -495,17 +495,25 @@ class Runtime:
             await close_sink(shared)
 
     async def stop(self) -> None:
-        timeout = self.settings.engine.shutdown_timeout_secs
+        # one deadline for the whole stop (ORBITSTREAM_SHUTDOWN_TIMEOUT): a source waiting
+        # for a down store to take its last batch, then the pipelines draining to that
+        # store, must not wait that long each
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.engine.shutdown_timeout_secs
+
+        def left() -> float:
+            return max(1.0, deadline - loop.time())
+
         logger.info("Service stopping.", extra={"buffered": self.health()["sinks"]})
         if self._maintenance is not None:
             self._maintenance.cancel()
-        server_closed = asyncio.ensure_future(self.server.close(timeout))
+        server_closed = asyncio.ensure_future(self.server.close(left()))
         for r in self.running:
             r.pipeline.flush()
         await server_closed
         for r in self.running:
             try:
-                await asyncio.wait_for(r.source.stop(timeout), timeout + 5)
+                await asyncio.wait_for(r.source.stop(left()), left() + 5)
             except Exception as exc:
                 logger.warning(
                     "Source did not stop cleanly.",
@@ -515,7 +523,10 @@ class Runtime:
                 r.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await r.task
-        await asyncio.gather(*(r.pipeline.close(timeout, close_sinks=False) for r in self.running))
+        remaining = left()
+        await asyncio.gather(
+            *(r.pipeline.close(remaining, close_sinks=False) for r in self.running)
+        )
         for r in self.running:
             for sink in r.parts.sinks:
                 await close_sink(sink)

@@ -236,3 +236,42 @@ def test_kill_9_keeps_every_point_acknowledged_in_sink_mode(service_factory: Any
     stored = {r[0] for r in restarted.query("SELECT satellite_id FROM telemetry")}
     missing = set(acked) - stored
     assert not missing, f"{len(missing)} points acknowledged in sink mode were lost by kill -9"
+
+
+async def test_the_shutdown_timeout_bounds_the_whole_stop(tmp_path: Path) -> None:
+    """A source that waits its whole stop timeout (the Starlink poller waiting for a down
+    store to take its last batch) and then a pipeline draining to that store share one
+    ORBITSTREAM_SHUTDOWN_TIMEOUT: the stop took twice as long before. The rows left in the
+    buffer go to the dead-letter file."""
+    from orbitstream.runtime import Runtime
+
+    flaky = MemorySink("flaky")
+    settings = load_settings(
+        data_dir=tmp_path / "d",
+        port=free_port(),
+        host="127.0.0.1",
+        engine={"batch_size": 10, "batch_timeout": 0.05, "shutdown_timeout_secs": 2.0},
+    )
+    svc = Runtime(settings, ["satellites"], extra_sinks=[flaky])
+    port = await svc.start()
+    waited: list[float] = []
+
+    async def slow_stop(timeout_secs: float) -> None:
+        waited.append(timeout_secs)
+        await asyncio.sleep(timeout_secs)
+
+    svc.running[0].source.stop = slow_stop  # type: ignore[method-assign]
+    flaky.down = True
+    async with aiohttp.ClientSession() as session:
+        for i in range(30):
+            async with session.post(
+                f"http://127.0.0.1:{port}/telemetry", json={"satellite_id": f"T-{i}", **GOOD}
+            ) as r:
+                assert r.status == 202
+    started = time.monotonic()
+    await svc.stop()
+    elapsed = time.monotonic() - started
+    assert waited and waited[0] <= 2.0
+    assert elapsed < 3.5, elapsed  # one 2-s deadline (+ the 1-s floor of the drain), not 2 + 2
+    spilled = (tmp_path / "d" / "dead_letters.jsonl").read_text().splitlines()
+    assert len(spilled) == 30  # nothing lost: the flaky sink's rows are in the file

@@ -213,7 +213,10 @@ def simulate_starlink(
         typer.Option(
             "--tick-interval",
             min=0.0,
-            help="Wall seconds between generated ticks (0: only the backlog).",
+            help="Wall seconds between generated ticks (0: only the backlog). Each tick is "
+            "15 s of device time: below 15, device time runs ahead of the clock, and rows more "
+            "than ORBITSTREAM_TIMESTAMP_MAX_AHEAD (1 h) ahead go to the pipeline's dead "
+            "letters (with 1, after about 4 minutes).",
         ),
     ] = 15.0,
     max_rows: Annotated[
@@ -224,7 +227,10 @@ def simulate_starlink(
         typer.Option(
             "--faults",
             help="Random fault rates per request, e.g. 'stream_429=0.05,stream_503=0.02,"
-            "stream_401=0.01,token_500=0.1' (see Fault in orbitstream.simulate.starlink).",
+            "stream_401=0.01,token_500=0.1'. Faults: stream_401 (token revoked), stream_403, "
+            "stream_404, stream_429 (Retry-After: 1), stream_500, stream_503, stream_stall "
+            "(no answer, then 504), stream_truncate (half a body), stream_invalid_json (an "
+            "HTML page), token_429, token_500, token_503.",
         ),
     ] = "",
     reorder_columns: Annotated[

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,9 @@ class StarlinkIngest:
         self._ts = {name: _ts_index(t) for name, t in self.tables.items()}
         self.bodies = 0
         self.rows = 0
+        self.dead_rows = 0
+        self._dead_logged_at: float | None = None  # monotonic time of the last warning
+        self._dead_unlogged = 0  # dead rows since that warning
 
     # -- state -----------------------------------------------------------------------
     async def restore(self, store: Store) -> tuple[int, int]:
@@ -290,6 +293,27 @@ class StarlinkIngest:
                 with resumed_gc():
                     await ctx.wait_for_room(n)
 
+    def _warn_dead(self, letters: Sequence[DeadLetter], every_secs: float = 30.0) -> None:
+        """A warning for rows kept in dead letters: the first at once, then at most one per
+        ``every_secs`` with the count since (``orbitstream deadletters`` lists them)."""
+        self.dead_rows += len(letters)
+        self._dead_unlogged += len(letters)
+        now = time.monotonic()
+        if self._dead_logged_at is not None and now - self._dead_logged_at < every_secs:
+            return
+        logger.warning(
+            "Starlink rows kept in dead letters (orbitstream deadletters lists them).",
+            extra={
+                "pipeline": self.pipeline,
+                "rows": self._dead_unlogged,
+                "total": self.dead_rows,
+                "table": letters[0].table,
+                "error": letters[0].error,
+            },
+        )
+        self._dead_logged_at = now
+        self._dead_unlogged = 0
+
     async def _submit_parts(
         self, ctx: SourceContext, job: StarlinkJob, digest: str, ack: Ack
     ) -> tuple[StarlinkMapping, dict[str, int], list[DeadLetter]]:
@@ -371,6 +395,7 @@ class StarlinkIngest:
         if letters:
             self.metrics.inc("source_errors", (self.pipeline, "dead_row"), len(letters))
             await ctx.dead_letter(letters)
+            self._warn_dead(letters)
         self.mapper.commit(mapping)
         n = sum(counts.values())
         self.metrics.inc("accepted", labels, n)
@@ -472,15 +497,21 @@ class StarlinkSource:
             "last_error": st.last_error,
             "last_poll_ns": st.last_poll_ns,
             "stream_url": self.client_settings.stream_url,
+            "dead_rows": self.ingest.dead_rows,
         }
         if st.consecutive_errors >= UNHEALTHY_AFTER_ERRORS:
             # The API has failed several polls in a row (unreachable, refusing the token,
             # 5xx): nothing is being read. /health says so (503), as it does for Kafka.
             out["healthy"] = False
+            limited = "answered 429" in (st.last_error or "")
+            hint = (
+                "the API is limiting the request rate; polling waits as it asks (Retry-After)"
+                if limited
+                else "check STARLINK_TOKEN_URL, STARLINK_STREAM_URL, CLIENT_ID and CLIENT_SECRET"
+            )
             out["problem"] = (
                 f"the Starlink API failed {st.consecutive_errors} polls in a row "
-                f"({st.last_error}); check STARLINK_TOKEN_URL, STARLINK_STREAM_URL, "
-                "CLIENT_ID and CLIENT_SECRET"
+                f"({st.last_error}); {hint}"
             )
         if halted:
             out["halted_secs"] = round(in_state, 1)

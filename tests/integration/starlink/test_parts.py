@@ -6,6 +6,7 @@ the time window leave a columnar part for the dead letters."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from orbitstream.core.batch import DeadLetter
 from orbitstream.core.context import PipelineContext
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.pipeline import Pipeline, PipelineLimits
@@ -122,7 +124,7 @@ async def test_a_body_in_parts_lands_once_and_a_replay_adds_nothing(
 
 
 async def test_rows_outside_the_window_leave_a_columnar_part_for_dead_letters(
-    harness: Harness, fake_factory: FakeFactory
+    harness: Harness, fake_factory: FakeFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     body = await _body(fake_factory, 1200)
     want = StarlinkMapper(columnar=False).map(body, 1)
@@ -130,7 +132,16 @@ async def test_rows_outside_the_window_leave_a_columnar_part_for_dead_letters(
     times = sorted(int(r[2]) for r in telemetry)
     cut = times[len(times) // 2]  # rows older than this are too old
     window = TimeWindow(max_age_ns=time.time_ns() - cut)
-    out = await _ingest(part_rows=256, window=window).deliver(harness.ctx, body, 1)
+    ingest = _ingest(part_rows=256, window=window)
+    with caplog.at_level(logging.WARNING, logger="orbitstream.sources.starlink"):
+        out = await ingest.deliver(harness.ctx, body, 1)
+        more = [DeadLetter("starlink", "telemetry", "b", {}, "late")] * 7
+        ingest._warn_dead(more)  # within 30 s of the first: counted, not logged
+        ingest._warn_dead(more, every_secs=0.0)  # the next one says how many since
+    warned = [r for r in caplog.records if "dead letters" in r.getMessage()]
+    assert len(warned) == 2 and "ORBITSTREAM_TIMESTAMP_MAX_AGE" in warned[0].error, warned  # type: ignore[attr-defined]
+    assert [r.rows for r in warned] == [out.dead, 14]  # type: ignore[attr-defined]
+    assert ingest.dead_rows == out.dead + 14
     stored = await harness.rows("SELECT toUnixTimestamp64Nano(min(ts_ns)), count() FROM telemetry")
     oldest, count = stored[0]
     assert int(count) == out.rows["telemetry"] < len(telemetry)

@@ -106,3 +106,13 @@ def test_batch_flag_uses_the_batch_endpoint(ingest: FakeIngest) -> None:
     assert code == 0, output
     assert sum(ingest.batch_sizes) == len(ingest.stored) == 100
     assert max(ingest.batch_sizes) == 5
+
+
+def test_starlink_help_names_every_fault_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orbitstream.simulate.starlink import Fault
+
+    monkeypatch.setenv("COLUMNS", "400")  # one help line per option: no word is wrapped
+    code, out = invoke("--help", sub=("starlink",))
+    assert code == 0, out
+    missing = [f.value for f in Fault if f.value not in out]
+    assert not missing, out
