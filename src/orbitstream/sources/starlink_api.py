@@ -399,8 +399,15 @@ class StarlinkClient:
         if status != 200:
             cls = StarlinkRetryableError if status == 429 or status >= 500 else StarlinkTokenError
             delay = parse_retry_after(retry_after)
+            hint = (
+                " (check CLIENT_ID and CLIENT_SECRET)"
+                if status in (400, 401)
+                else " (check STARLINK_TOKEN_URL)"
+                if cls is StarlinkTokenError
+                else ""
+            )
             raise cls(
-                f"token request answered {status}: {_excerpt(body)}",
+                f"token request answered {status}: {_excerpt(body)}{hint}",
                 endpoint="token",
                 status=status,
                 body=_excerpt(body),

@@ -132,6 +132,7 @@ async def test_refused_credentials_are_a_token_error_with_status_and_body(
             await client.fetch()
     assert err.value.status == status and err.value.endpoint == "token"
     assert "invalid_client" in err.value.body and "invalid_client" in str(err.value)
+    assert "CLIENT_ID and CLIENT_SECRET" in str(err.value)  # the settings to check
     assert "wrong-secret" not in str(err.value)
 
 
