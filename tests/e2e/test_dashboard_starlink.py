@@ -52,6 +52,16 @@ def test_the_starlink_view_shows_the_fleet(tmp_path: Path) -> None:
                 assert points is not None and int(points) == len(api["trend"]["t"]) > 0
                 assert page.locator("[data-view='satellites']").first.is_hidden()
                 assert page.locator("[data-view='starlink']").first.is_visible()
+                # no satellites pipeline: its summary is not asked for (it was, every
+                # refresh, a 404 in the browser's console)
+                asked: list[str] = []
+                page.on("request", lambda req: asked.append(req.url))
+                seen = int(page.evaluate("document.body.dataset.refreshes"))
+                page.wait_for_function(
+                    f"Number(document.body.dataset.refreshes) >= {seen + 2}", timeout=20_000
+                )
+                assert any("api/pipelines" in u for u in asked), asked
+                assert not [u for u in asked if "api/dashboard/summary" in u], asked
         finally:
             run.stop()
     finally:

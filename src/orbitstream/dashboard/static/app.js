@@ -2,7 +2,7 @@
  *
  * Plain ES2020, no framework, no network access beyond our own service:
  *   GET api/pipelines                      (every running pipeline; the thresholds)
- *   GET api/dashboard/summary              (the satellites view; 404 when not running)
+ *   GET api/dashboard/summary              (the satellites view, while that pipeline runs)
  *   GET api/dashboard/series?satellite_id=…&minutes=…
  * (relative URLs, so the page also works when mounted under a path prefix).
  *
@@ -837,16 +837,20 @@
     state.inflight = true;
     try {
       const hadSelection = state.selected;
-      const pipesP = getJSON(PIPELINES_URL);
-      const summaryP = getJSON(SUMMARY_URL).catch((err) => {
-        if (err && err.status === 404) return null; // the satellites pipeline is not running
-        throw err;
-      });
-      // Fetch the series in parallel when we already know which satellite is shown.
-      const seriesP = hadSelection !== null ? loadSeries() : null;
-      if (seriesP) seriesP.catch(() => {}); // awaited below; avoid an unhandled rejection
-      const pipes = await pipesP;
+      const pipes = await getJSON(PIPELINES_URL);
       const list = pipes && Array.isArray(pipes.pipelines) ? pipes.pipelines : [];
+      // The satellites view is asked for only while that pipeline runs (no 404 every
+      // refresh in the console of a Starlink-only or Kafka-only service).
+      const satellites = list.some((p) => p && p.name === "satellites");
+      const summaryP = satellites
+        ? getJSON(SUMMARY_URL).catch((err) => {
+            if (err && err.status === 404) return null; // stopped since the list was read
+            throw err;
+          })
+        : Promise.resolve(null);
+      // Fetch the series in parallel when we already know which satellite is shown.
+      const seriesP = satellites && hadSelection !== null ? loadSeries() : null;
+      if (seriesP) seriesP.catch(() => {}); // awaited below; avoid an unhandled rejection
       applyRules(list);
       renderPipelines(list);
       const s = await summaryP;
