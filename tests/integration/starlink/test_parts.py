@@ -196,7 +196,7 @@ async def test_the_collector_runs_while_a_part_waits_for_room(
     try:
         out = await asyncio.wait_for(_ingest(part_rows=300).deliver(ctx, body, 1), 60)
         counts = {
-            name: int((await sink.query(f"SELECT count() FROM {name}")).rows[0][0])
+            name: int(str((await sink.query(f"SELECT count() FROM {name}")).rows[0][0]))
             for name in out.rows
         }
     finally:

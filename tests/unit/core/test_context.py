@@ -30,9 +30,9 @@ async def test_a_sources_dead_letters_are_counted_by_their_own_table(tmp_path: P
         pipeline,
         (A, B),
         metrics=metrics,
-        store=sink,
+        store=sink,  # type: ignore[arg-type]
         router=Router(),
-        dead_letters=dead,  # type: ignore[arg-type]
+        dead_letters=dead,
     )
     letters = [DeadLetter("p", "b", "id", {"x": 1}, "bad")] + [
         DeadLetter("p", "a", "id", {"x": i}, "bad") for i in range(3)
