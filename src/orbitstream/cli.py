@@ -121,10 +121,7 @@ def _serve(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     except SinkError as exc:
-        console.print(
-            f"[red]error:[/red] the {exc.sink or 'store'} store is not reachable: {exc} "
-            "(check DATABASE_URL / CLICKHOUSE_URL)"
-        )
+        console.print(f"[red]error:[/red] the {exc.sink or 'store'} sink is not reachable: {exc}")
         raise typer.Exit(2) from exc
     except OSError as exc:  # a source's connection at start-up (the port is a ConfigError)
         console.print(f"[red]error:[/red] start-up failed: {type(exc).__name__}: {exc}")

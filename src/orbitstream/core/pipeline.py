@@ -28,7 +28,12 @@ from orbitstream.core.metrics import Metrics
 from orbitstream.core.protocols import DeadLetterStore, Sink
 from orbitstream.core.retry import RetryPolicy
 from orbitstream.core.tables import Table
-from orbitstream.errors import BackpressureError, SinkRejectedError, SinkRetryableError
+from orbitstream.errors import (
+    BackpressureError,
+    ConfigError,
+    SinkRejectedError,
+    SinkRetryableError,
+)
 
 __all__ = ["Batcher", "Pipeline", "PipelineLimits", "SinkLane"]
 
@@ -54,7 +59,13 @@ async def start_sink(
     sink: Sink, tables: Sequence[Table], retry: RetryPolicy, timeout_secs: float
 ) -> None:
     """``sink.start(tables)``; an unreachable sink (a retryable error) is retried with
-    backoff for up to ``timeout_secs``, anything else fails at once."""
+    backoff for up to ``timeout_secs``, anything else fails at once.
+
+    :raises ConfigError: the backend answers but refuses the deployment (a missing bucket
+        or database, bad credentials: ``deployment=True``); waiting cannot fix that, so the
+        error names the settings at fault (``sink.configured_by``) at once.
+    :raises SinkRetryableError: still unreachable after ``timeout_secs``.
+    """
     deadline = time.monotonic() + timeout_secs
     attempt = 0
     while True:
@@ -63,13 +74,25 @@ async def start_sink(
             await sink.start(tables)
             return
         except SinkRetryableError as exc:
+            if exc.deployment:
+                raise ConfigError(
+                    f"the {sink.name} sink cannot be used: {exc} (check {sink.configured_by})",
+                    setting=sink.configured_by,
+                ) from exc
             if time.monotonic() >= deadline:
-                raise
+                raise SinkRetryableError(
+                    f"{exc} (still failing after {timeout_secs:g} s, ORBITSTREAM_START_TIMEOUT; "
+                    f"check {sink.configured_by})",
+                    sink=sink.name,
+                    status_code=exc.status_code,
+                ) from exc
             delay = retry.delay(attempt)
             logger.warning(
                 "Sink not reachable at start; retrying.",
                 extra={
                     "component": sink.name,
+                    "settings": sink.configured_by,
+                    "gives_up_in_secs": round(max(0.0, deadline - time.monotonic()), 1),
                     "attempt": attempt,
                     "retry_in_secs": round(delay, 3),
                     "error": str(exc),

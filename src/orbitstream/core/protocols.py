@@ -53,9 +53,12 @@ class Sink(Protocol):
     :attr writes_on_event_loop: each step of a write (a network round trip) is an event
         loop callback, so a loop busy with input slows the writes down: while such a sink
         is behind, sources that ask (``SourceContext.admission``) wait for it.
+    :attr configured_by: the settings that choose the backend and its credentials, named when
+        it cannot be used at start (``"DATABASE_URL"``).
     """
 
     name: str
+    configured_by: str
     max_concurrent_writes: int
     min_write_interval_secs: float
     time_range_ns: tuple[int, int]
@@ -108,6 +111,7 @@ class SinkBase:
     """Defaults for the optional parts of :class:`Sink`: one write at a time, any int64
     nanosecond timestamp, no upkeep."""
 
+    configured_by: str = "the sink's settings"
     max_concurrent_writes: int = 1
     min_write_interval_secs: float = 0.0
     time_range_ns: tuple[int, int] = INT64_NS_RANGE

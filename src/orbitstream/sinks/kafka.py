@@ -507,6 +507,7 @@ class KafkaSink(SinkBase):
     """
 
     name = "kafka"
+    configured_by = "KAFKA_BOOTSTRAP_SERVERS"
 
     def __init__(self, settings: KafkaSinkSettings) -> None:
         self.settings = settings

@@ -546,6 +546,11 @@ class ParquetSink(SinkBase):
         self.settings = settings
         self.name = name
         self.max_concurrent_writes = settings.max_concurrent_writes
+        self.configured_by = (
+            "AWS_S3_BUCKET, AWS_ENDPOINT_URL, AWS_REGION and the AWS credentials"
+            if settings.is_s3
+            else "ORBITSTREAM_PARQUET_URL"
+        )
         self.prefix = settings.prefix if settings.is_s3 else ""
         self._destination: _Destination = (
             _S3Objects(settings) if settings.is_s3 else _LocalFiles(settings.local_root)

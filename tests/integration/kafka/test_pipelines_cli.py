@@ -24,7 +24,7 @@ import pytest
 from orbitstream.pipelines.network import NetworkMapper
 from orbitstream.pipelines.sessions import SessionsMapper
 from orbitstream.sources.kafka import KafkaMessage
-from tests.conftest import http
+from tests.conftest import free_port, http
 from tests.integration.kafka.support import SESSION_TIMEOUT_MS, header_map, read_all
 from tests.support.moto_server import CREDENTIALS, REGION, aws_client
 from tests.support.runner import Running, cli
@@ -301,3 +301,36 @@ def test_simulate_run_both_pipelines_restart_without_duplicates(
         assert distinct == want["session_events"]
     finally:
         assert run.stop() == 0, run.log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"AWS_S3_BUCKET": "no-such-bucket"}, "AWS_S3_BUCKET"),
+        ({"AWS_SECRET_ACCESS_KEY": ""}, "AWS credentials"),
+    ],
+)
+def test_an_unusable_archive_bucket_stops_the_start_naming_the_setting(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    moto_endpoint: str,
+    names: Names,
+    change: dict[str, str],
+    named: str,
+) -> None:
+    """A bucket that does not exist is a deployment error, not an outage: ``run network``
+    exits 2 at once with the S3 error and the settings to check (it retried for the whole
+    ORBITSTREAM_START_TIMEOUT, its log naming no setting, and never served PORT)."""
+    env = {**_env(tmp_path, kafka_bootstrap, moto_endpoint, names), **change}
+    if not change.get("AWS_SECRET_ACCESS_KEY", "x"):
+        env.pop("AWS_SECRET_ACCESS_KEY")
+        env.pop("AWS_ACCESS_KEY_ID")
+        env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "none")
+        env["AWS_CONFIG_FILE"] = str(tmp_path / "none")
+        env["AWS_EC2_METADATA_DISABLED"] = "true"
+    started = time.monotonic()
+    done = cli({**env, "PORT": str(free_port())}, "run", "network")
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert time.monotonic() - started < 30, out  # not ORBITSTREAM_START_TIMEOUT (60 s)
+    assert named in out and "Traceback" not in out, out

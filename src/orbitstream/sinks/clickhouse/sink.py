@@ -83,6 +83,7 @@ class ClickHouseSink(SinkBase):
     """
 
     name = "clickhouse"
+    configured_by = "CLICKHOUSE_URL, CLICKHOUSE_USER and CLICKHOUSE_PASSWORD"
     # an insert is a part (or two, with the rollup's view): ~10 ms of fixed cost
     min_write_interval_secs = 0.1
     query_dialect: Dialect = "clickhouse"

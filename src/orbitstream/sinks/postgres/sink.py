@@ -262,6 +262,7 @@ class PostgresSink(SinkBase):
     """
 
     name = "postgres"
+    configured_by = "DATABASE_URL"
     query_dialect: Dialect = "postgres"
     writes_on_event_loop = True  # psycopg's async round trips (decisions §29)
 
