@@ -32,6 +32,11 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dead_letters": ("Rows sent to the dead-letter store.", ("pipeline", "sink", "table")),
     "source_errors": ("Input a source could not map, by kind.", ("pipeline", "kind")),
     "alerts": ("Alert events emitted.", ("pipeline", "rule", "state")),
+    "ignored_messages": ("Valid messages that carried nothing to map.", ("pipeline",)),
+    "unmapped_paths": (
+        "Path updates of paths the pipeline tolerates but does not map, by path.",
+        ("pipeline", "path"),
+    ),
 }
 
 

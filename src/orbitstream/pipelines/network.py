@@ -1,6 +1,6 @@
 """The network pipeline: SR Linux-style state dumps -> nodes, interfaces, addresses, counters.
 
-Wire format (topic ``network-data``; see docs/input-formats.md): a message is a JSON array
+Wire format (topic ``network-data``; see docs/kafka.md): a message is a JSON array
 (or one object) of path updates ``{"path": ..., "entries": [{"keys": {...}, "fields":
 {...}}, ...]}``, optionally with ``"timestamp"`` (epoch nanoseconds or RFC 3339, as gNMI
 notifications carry) on an update. Without one, the broker's message timestamp

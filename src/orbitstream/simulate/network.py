@@ -2,7 +2,7 @@
 
 Pure and deterministic: the same :class:`FabricConfig` (seed included) yields the same
 bytes. Each round (one ``sample_interval_secs`` of simulated time) every node sends one
-message: a JSON array of path updates in the shape of docs/input-formats.md, with a gNMI
+message: a JSON array of path updates in the shape of docs/kafka.md, with a gNMI
 style ``timestamp`` (epoch ns) on each update, keyed by node name.
 
 The fabric: ``spine1..S`` and ``leaf1..L``; every leaf has an uplink

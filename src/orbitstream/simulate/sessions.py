@@ -8,7 +8,7 @@ leg north/south, one east/west, like city blocks) at a per-session speed within
 ``speed_kmh`` slowed by traffic and the odd red light, with a few metres of GPS noise, then
 ``delivered`` at the destination — or, for a share ``cancel_rate`` of sessions,
 ``cancelled`` part way — then idles before the next order. Messages come in time order
-across vehicles, keyed by session id, in the shape of docs/input-formats.md. A share
+across vehicles, keyed by session id, in the shape of docs/kafka.md. A share
 ``malformed_rate`` is replaced by a malformed message (truncated JSON, a missing id, an
 unknown status, an impossible coordinate, an unparseable timestamp, a non-object), marked
 in :attr:`SimMessage.malformed`.

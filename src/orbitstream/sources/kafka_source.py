@@ -59,6 +59,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BROKER_DOWN_UNHEALTHY_SECS = 5.0
+#: Distinct ``path`` labels of ``orbitstream_unmapped_paths_total`` per source.
+MAX_PATH_LABELS = 64
 """``/health`` reports the pipeline unhealthy once no broker was reachable this long (a
 broker restart or a leader move is shorter)."""
 
@@ -189,7 +191,16 @@ class KafkaSource:
         self._next: dict[tuple[str, int], int] = {}
         self._rows_per_message = 1.0
         self._stopping = threading.Event()
-        self.counters = {"messages": 0, "rows": 0, "dead": 0, "backpressure": 0, "rewinds": 0}
+        self.counters = {
+            "messages": 0,
+            "rows": 0,
+            "dead": 0,
+            "ignored": 0,
+            "unmapped_paths": 0,
+            "backpressure": 0,
+            "rewinds": 0,
+        }
+        self._path_labels: set[str] = set()
 
     async def start(self, ctx: SourceContext) -> None:
         self._ctx = ctx
@@ -306,6 +317,7 @@ class KafkaSource:
         self.counters["rows"] += n
         dead = self._dead(chunk, result.dead)
         self._count(ctx, len(chunk.messages), result.dead)
+        self._count_unmapped(ctx, result)
         if ack is None:
             self.mapping.commit(result)
             return Pending(dead=dead)
@@ -329,6 +341,24 @@ class KafkaSource:
             ctx.metrics.inc("rejected", labels, len(dead))
             for kind, n in collections.Counter(rec.kind for rec in dead).items():
                 ctx.metrics.inc("source_errors", (ctx.pipeline, kind), n)
+
+    def _count_unmapped(self, ctx: SourceContext, result: MapResult) -> None:
+        """Tolerated input: messages with nothing to map and path updates of paths the
+        mapper does not know (a real device sends many more than the documented ones).
+        ``/metrics`` labels the first :data:`MAX_PATH_LABELS` paths seen by name and the
+        rest ``other``: the paths come from the input, the label set must stay bounded."""
+        if result.ignored:
+            self.counters["ignored"] += result.ignored
+            ctx.metrics.inc("ignored_messages", (ctx.pipeline,), result.ignored)
+        for path, n in result.unknown_paths.items():
+            self.counters["unmapped_paths"] += n
+            label = path[:200]
+            if label not in self._path_labels:
+                if len(self._path_labels) < MAX_PATH_LABELS:
+                    self._path_labels.add(label)
+                else:
+                    label = "other"
+            ctx.metrics.inc("unmapped_paths", (ctx.pipeline, label), n)
 
     def _dead(self, chunk: Chunk, records: list[DeadRecord]) -> list[tuple[KafkaMessage, str]]:
         if not records:

@@ -151,6 +151,8 @@ def _expected_network(msgs: list[KafkaMessage]) -> tuple[dict[str, int], Counter
         nodes.update(r[0] for r in res.rows.get("nodes", []))
         kinds.update(d.kind for d in res.dead)
         counts["dead"] += len(res.dead)
+        counts["unmapped_paths"] += sum(res.unknown_paths.values())
+        counts["ignored"] += res.ignored
     counts["distinct_nodes"] = len(nodes)
     return dict(counts), kinds
 
@@ -245,6 +247,14 @@ def test_simulate_run_both_pipelines_restart_without_duplicates(
         assert got[("accepted", "sessions")] == 1500 - sessions["dead"]
         assert got[("received", "network")] == 300
         assert got[("rejected", "network")] == network["dead"]
+        # tolerated input is counted: paths the mapper does not know (the simulator adds
+        # .node.srl.system.information to some messages) and messages with nothing to map
+        assert network["unmapped_paths"] > 0
+        assert got[("unmapped_paths", "network")] == network["unmapped_paths"]
+        assert got.get(("ignored_messages", "network"), 0) == network["ignored"]
+        health = json.loads(http("GET", run.url + "/health")[2])
+        source = health["pipelines"]["network"]["source"]
+        assert source["unmapped_paths"] == network["unmapped_paths"], source
         errors = sum(v for (name, _), v in got.items() if name.startswith("source_errors:"))
         assert errors == sessions["dead"] + network["dead"]
         # one SNS message per error kind (the rate limit holds the rest for a minute)
