@@ -56,8 +56,8 @@ def test_with_no_broker_the_service_serves_health_and_logs_the_client_once(
     tmp_path: Path,
 ) -> None:
     """``run sessions`` with a broker that refuses connections: PORT answers at once (the
-    topics are created after the server is up: each waits 15 s for an answer), /health
-    says the broker is down, and librdkafka's lines come as structured records, one per
+    topics are created after the server is up: that waits 15 s for an answer), /health
+    says the broker is down within seconds and stays so, and librdkafka's lines come as structured records, one per
     client and kind (it repeats its connection failure every few tens of ms, and wrote
     hundreds of raw ``%3|…|FAIL|`` lines to stderr)."""
     import json
@@ -89,6 +89,14 @@ def test_with_no_broker_the_service_serves_health_and_logs_the_client_once(
                 assert time.monotonic() < deadline, doc
                 time.sleep(0.5)
             assert status == 503 and "no Kafka broker reachable" in source["problem"], doc
+            # unhealthy 5 s after start (it said healthy for ~25 s: the consumer, whose
+            # reports it read, starts only after the 15 s topic creation gives up), and
+            # still unhealthy once the consumer has taken over
+            assert time.monotonic() - started < 5 + 8, doc
+            while time.monotonic() - started < 24:
+                status, _, body = http("GET", service.url + "/health", timeout=2)
+                assert status == 503, body
+                time.sleep(1.0)
         finally:
             assert service.stop() == 0
     lines = service.log.read_text().splitlines()

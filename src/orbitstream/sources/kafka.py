@@ -232,6 +232,15 @@ class BrokerState:
             self.up = 0
             self._down(self.last_error)
 
+    def assume_down(self, since: float, reason: str) -> None:
+        """No broker answered another client since ``since`` (monotonic): down from then
+        until a statistics report finds one UP."""
+        if self.up:
+            return
+        self.last_error = self.last_error or reason
+        if self.down_since is None or since < self.down_since:
+            self.down_since = since
+
     def _down(self, reason: str) -> None:
         if self.down_since is None:
             self.down_since = time.monotonic()

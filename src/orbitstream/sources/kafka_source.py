@@ -22,6 +22,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -201,6 +202,7 @@ class KafkaSource:
             "rewinds": 0,
         }
         self._path_labels: set[str] = set()
+        self._creating_since: float | None = None  # monotonic start of topic creation
 
     async def start(self, ctx: SourceContext) -> None:
         self._ctx = ctx
@@ -218,7 +220,8 @@ class KafkaSource:
         self.reader = KafkaReader(self.settings, self._handle, log)
         ctx.on_health(self._health)
 
-    def _ensure_topics(self) -> None:
+    def _ensure_topics(self) -> bool:
+        """Create the topics; ``False`` when the broker did not answer."""
         from orbitstream.simulate.publisher import ensure_topics
 
         s = self.settings
@@ -228,19 +231,28 @@ class KafkaSource:
             self.topic_partitions,
             stop=self._stopping,
         )
+        answered = True
         for topic, (_, error) in created.items():
             if error is not None:
+                answered = answered and "no answer" not in str(error)
                 logger.warning(
                     "Kafka topic could not be created.",
                     extra={"component": "kafka", "topic": topic, "error": str(error)},
                 )
+        return answered
 
     async def run(self) -> None:
         assert self.reader is not None, "start() first"
         if self.create_topics:
             # here, not in start(): with no broker reachable this waits for its timeout
             # per topic, and /health, /metrics (PORT) must be served meanwhile
-            await asyncio.to_thread(self._ensure_topics)
+            since = self._creating_since = time.monotonic()
+            try:
+                answered = await asyncio.to_thread(self._ensure_topics)
+            finally:
+                self._creating_since = None
+            if not answered:  # down since then, until the consumer reaches a broker
+                self.reader.brokers.assume_down(since, "creating the topics got no answer")
         await self.reader.run()
 
     async def stop(self, timeout_secs: float) -> None:
@@ -256,6 +268,16 @@ class KafkaSource:
             "consumer_group": self.settings.consumer_group,
             **self.counters,
         }
+        creating = self._creating_since
+        if creating is not None and time.monotonic() - creating >= BROKER_DOWN_UNHEALTHY_SECS:
+            # the consumer is not started yet; the admin request is what waits
+            out["healthy"] = False
+            out["problem"] = (
+                f"no Kafka broker reachable for {time.monotonic() - creating:.0f} s "
+                f"(KAFKA_BOOTSTRAP_SERVERS={self.settings.bootstrap_servers}): "
+                "creating the topics got no answer"
+            )
+            return out
         if self.reader is not None:
             stats = self.reader.stats()
             out["commits"] = stats["commits"]
