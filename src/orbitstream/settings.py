@@ -694,7 +694,10 @@ def _shown(name: str, value: object) -> str:
 
 
 def error_text(msg: str) -> str:
-    """pydantic's message without its "Value error, " prefix (what a validator raised)."""
+    """pydantic's message without its "Value error, " prefix (what a validator raised);
+    an empty string is "must not be empty" whichever check found it."""
+    if msg == "String should have at least 1 character":
+        return "must not be empty"
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 

@@ -1317,16 +1317,15 @@ class StarlinkPipelineSettings(PipelineSettings):
             err = exc.errors()[0]
             field_name = str(err["loc"][0]) if err["loc"] else "client_id"
             value = err.get("input")
-            if field_name == "client_secret":
-                shown = "'***'" if self.client_secret.get_secret_value() else "(not set)"
-            elif value in ("", None):
+            if field_name not in self.model_fields_set:
                 shown = "(not set)"
-            else:
-                shown = repr(value)
+            elif field_name == "client_secret":
+                shown = "'***'" if self.client_secret.get_secret_value() else "''"
+            else:  # as the variable was written (what load_settings' errors show)
+                shown = repr(value if isinstance(value, str) else str(value))
             name = self.setting_name(field_name)
             raise ConfigError(
-                f"invalid setting {name}={shown}: {error_text(err['msg'])} (the starlink pipeline)",
-                setting=name,
+                f"invalid setting {name}={shown}: {error_text(err['msg'])}", setting=name
             ) from exc
 
 

@@ -80,9 +80,9 @@ def test_seed_variables_and_documented_defaults(monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize(
     ("var", "value", "shown"),
     [
-        ("BATCH_SIZE", "65001", "65001"),
-        ("BATCH_SIZE", "0", "0"),
-        ("CLIENT_ID", "", "(not set)"),
+        ("BATCH_SIZE", "65001", "BATCH_SIZE='65001': Input should be less than or equal to"),
+        ("BATCH_SIZE", "0", "BATCH_SIZE='0'"),
+        ("CLIENT_ID", "", "CLIENT_ID='': must not be empty"),
         ("STARLINK_TOKEN_URL", "starlink.com/token", "starlink.com/token"),
     ],
 )
@@ -101,7 +101,13 @@ def test_a_bad_value_names_its_variable(
 
 def test_missing_secret_is_named_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIENT_ID", "abc123")
-    with pytest.raises(ConfigError, match=r"CLIENT_SECRET=\(not set\)"):
+    with pytest.raises(ConfigError, match=r"CLIENT_SECRET=\(not set\): must not be empty$"):
+        _own().client_settings()
+    monkeypatch.setenv("CLIENT_SECRET", "")
+    with pytest.raises(ConfigError, match=r"CLIENT_SECRET='': must not be empty$"):
+        _own().client_settings()
+    monkeypatch.delenv("CLIENT_ID")
+    with pytest.raises(ConfigError, match=r"CLIENT_ID=\(not set\): must not be empty$"):
         _own().client_settings()
 
 
