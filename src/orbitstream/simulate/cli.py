@@ -228,11 +228,45 @@ def simulate_starlink(
             "--faults",
             help="Random fault rates per request, e.g. 'stream_429=0.05,stream_503=0.02,"
             "stream_401=0.01,token_500=0.1'. Faults: stream_401 (token revoked), stream_403, "
-            "stream_404, stream_429 (Retry-After: 1), stream_500, stream_503, stream_stall "
-            "(no answer, then 504), stream_truncate (half a body), stream_invalid_json (an "
+            "stream_404, stream_429 and stream_503 (Retry-After: --retry-after), stream_500, "
+            "stream_stall (no answer for --stall-secs, then 504), stream_truncate (half a body), stream_invalid_json (an "
             "HTML page), token_429, token_500, token_503.",
         ),
     ] = "",
+    retry_after: Annotated[
+        str,
+        typer.Option(
+            "--retry-after",
+            help="Retry-After of random 429/503 answers in seconds, or 'none' to send none.",
+        ),
+    ] = "1",
+    stall_secs: Annotated[
+        float,
+        typer.Option("--stall-secs", min=0.0, help="How long a random stream_stall lasts."),
+    ] = 2.0,
+    alert_map_every: Annotated[
+        int | None,
+        typer.Option(
+            "--alert-map-every",
+            min=1,
+            help="Change the alert map (a code re-pointed, one renamed, one dropped) after "
+            "every N responses.",
+        ),
+    ] = None,
+    rate_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--rate-limit", min=1, help="Stream requests per client and minute before 429."
+        ),
+    ] = None,
+    legacy_fields: Annotated[
+        bool,
+        typer.Option(
+            "--legacy-fields",
+            help="Add aggregateValues, aggregateColumnNamesByDeviceType and "
+            "metadata.LastPartitionUtcTimestampNs, as older responses carry.",
+        ),
+    ] = False,
     reorder_columns: Annotated[
         bool, typer.Option("--reorder-columns", help="Shuffle the columns per response.")
     ] = False,
@@ -272,6 +306,17 @@ def simulate_starlink(
         rates = parse_fault_rates(faults)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from exc
+    retry_secs: float | None = None
+    if retry_after.strip().lower() != "none":
+        try:
+            retry_secs = float(retry_after)
+        except ValueError:
+            retry_secs = -1.0
+        if not 0 <= retry_secs < 86_400:
+            raise typer.BadParameter(
+                f"expected seconds (0..86399) or 'none', got {retry_after!r}",
+                param_hint="--retry-after",
+            )
     config = FakeStarlinkConfig(
         clients={client_id: client_secret},
         expires_in=expires_in,
@@ -287,6 +332,11 @@ def simulate_starlink(
         reorder_columns=reorder_columns,
         extra_columns=extra_columns,
         random_faults=rates,
+        fault_retry_after=retry_secs,
+        fault_stall_secs=stall_secs,
+        alert_map_every=alert_map_every,
+        rate_limit_per_min=rate_limit,
+        legacy_fields=legacy_fields,
         seed=seed,
     )
 

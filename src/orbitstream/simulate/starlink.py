@@ -607,6 +607,11 @@ class FakeStarlinkConfig:
     :param empty_column_lists: an empty batch carries ``columnNamesByDeviceType: {}``.
     :param rate_limit_per_min: stream requests per client and minute before 429.
     :param random_faults: per stream/token request, the chance of each fault.
+    :param fault_retry_after: ``Retry-After`` (seconds) of random 429 and 503 answers;
+        ``None`` sends none (the client then backs off on its own schedule).
+    :param fault_stall_secs: how long a random stall lasts before its 504.
+    :param alert_map_every: change the alert map (:meth:`FakeStarlink.change_alert_map`)
+        after every this many 200 responses; ``None``: never.
     :param seed: seed of the per-response choices (column orders, extras, random faults).
     :param record_bodies: keep each served body in :attr:`ServedResponse.body`.
     """
@@ -623,6 +628,9 @@ class FakeStarlinkConfig:
     empty_column_lists: bool = False
     rate_limit_per_min: int | None = None
     random_faults: Mapping[Fault, float] = field(default_factory=dict)
+    fault_retry_after: float | None = 1.0
+    fault_stall_secs: float = 2.0
+    alert_map_every: int | None = None
     seed: int = 7
     record_bodies: bool = False
 
@@ -670,6 +678,7 @@ class FakeStarlink:
             "r": dict(ROUTER_ALERTS),
         }
         self.alert_map_version = 1
+        self._answered = 0  # 200 responses with their rows (alert_map_every counts them)
         self._faults: deque[_Pending] = deque()
         self._rng = random.Random(self.config.seed)
         self._grew = asyncio.Event()
@@ -874,7 +883,8 @@ class FakeStarlink:
                 return pending
         for fault, rate in self.config.random_faults.items():
             if fault.endpoint == endpoint and self._rng.random() < rate:
-                return _Pending(fault, 1, 1 if fault is Fault.STREAM_429 else None, 2.0, False)
+                retry = self.config.fault_retry_after if _STATUS.get(fault) in (429, 503) else None
+                return _Pending(fault, 1, retry, self.config.fault_stall_secs, False)
         return None
 
     @staticmethod
@@ -1040,6 +1050,11 @@ class FakeStarlink:
         body: bytes,
         lost: bool,
     ) -> None:
+        every = self.config.alert_map_every
+        if not lost:
+            self._answered += 1
+            if every and self._answered % every == 0:
+                self.change_alert_map()  # the next response names the codes anew
         self.served.append(
             ServedResponse(
                 number=len(self.served) + 1,
