@@ -16,6 +16,7 @@ import pytest
 
 from orbitstream.core.batch import Batch
 from orbitstream.pipelines.satellites import tables
+from orbitstream.runtime import Runtime
 from orbitstream.settings import load_settings
 from orbitstream.sinks.arrow import to_ipc_stream
 from orbitstream.sinks.chdb import ChdbSink
@@ -96,17 +97,19 @@ def test_sigterm_under_load_keeps_every_acknowledged_point(
     assert not (svc.data_dir / "service.json").exists()
 
 
-async def test_sink_outage_shows_in_health_and_loses_nothing(tmp_path: Path) -> None:
-    from orbitstream.runtime import Runtime
-
+def _satellites_with_extra_sink(tmp_path: Path, **engine: float) -> tuple[Runtime, MemorySink]:
+    """The satellites runtime on a fresh data directory, also writing a memory sink."""
     flaky = MemorySink("flaky")
     settings = load_settings(
-        data_dir=tmp_path / "d",
-        port=free_port(),
-        host="127.0.0.1",
-        engine={"batch_size": 50, "batch_timeout": 0.05, "retry_max_backoff_secs": 0.2},
+        data_dir=tmp_path / "d", port=free_port(), host="127.0.0.1", engine=engine
     )
-    svc = Runtime(settings, ["satellites"], extra_sinks=[flaky])
+    return Runtime(settings, ["satellites"], extra_sinks=[flaky]), flaky
+
+
+async def test_sink_outage_shows_in_health_and_loses_nothing(tmp_path: Path) -> None:
+    svc, flaky = _satellites_with_extra_sink(
+        tmp_path, batch_size=50, batch_timeout=0.05, retry_max_backoff_secs=0.2
+    )
     port = await svc.start()
     url = f"http://127.0.0.1:{port}"
     try:
@@ -243,16 +246,9 @@ async def test_the_shutdown_timeout_bounds_the_whole_stop(tmp_path: Path) -> Non
     store to take its last batch) and then a pipeline draining to that store share one
     ORBITSTREAM_SHUTDOWN_TIMEOUT: the stop took twice as long before. The rows left in the
     buffer go to the dead-letter file."""
-    from orbitstream.runtime import Runtime
-
-    flaky = MemorySink("flaky")
-    settings = load_settings(
-        data_dir=tmp_path / "d",
-        port=free_port(),
-        host="127.0.0.1",
-        engine={"batch_size": 10, "batch_timeout": 0.05, "shutdown_timeout_secs": 2.0},
+    svc, flaky = _satellites_with_extra_sink(
+        tmp_path, batch_size=10, batch_timeout=0.05, shutdown_timeout_secs=2.0
     )
-    svc = Runtime(settings, ["satellites"], extra_sinks=[flaky])
     port = await svc.start()
     waited: list[float] = []
 
