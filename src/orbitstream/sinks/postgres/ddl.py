@@ -22,6 +22,8 @@ Both have the batch ledger ``orbitstream_batches`` and ``dead_letters``.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
 from collections.abc import Iterable
 from typing import Literal
 
@@ -51,12 +53,16 @@ __all__ = [
     "regclass",
     "rel",
     "relkey",
+    "replacing_index_statement",
+    "replacing_merge_sql",
     "rollup_delta_table",
     "rollup_key",
     "rollup_materialize_sql",
     "rollup_state_statements",
     "rollup_table",
     "schema_statement",
+    "stage_name",
+    "stage_statement",
     "timescale_extension_statements",
     "timescale_retention_statements",
     "timescale_rollup_retention_statements",
@@ -186,9 +192,72 @@ def _anomaly_index(table: Table) -> str | None:
     )
 
 
-def copy_sql(table: Table) -> str:
-    """``COPY <table> (<columns>) FROM STDIN (FORMAT BINARY)``."""
-    return f"COPY {qname(table)} ({_q(table.column_names)}) FROM STDIN (FORMAT BINARY)"
+def copy_sql(table: Table, *, into: str | None = None) -> str:
+    """``COPY <table> (<columns>) FROM STDIN (FORMAT BINARY)`` (``into``: another quoted
+    relation with the same columns)."""
+    return f"COPY {into or qname(table)} ({_q(table.column_names)}) FROM STDIN (FORMAT BINARY)"
+
+
+# -- replacing tables ---------------------------------------------------------------------
+# PostgreSQL has no ReplacingMergeTree, and a partitioned table cannot hold a unique index
+# without its partition column: a replacing table's batch is copied into a temporary stage
+# and merged under a per-table transaction lock (see replacing_merge_sql).
+
+
+def stage_name(table: Table) -> str:
+    """The temporary table a replacing table's batches are copied into (per connection,
+    emptied at commit); unique per schema and table, within PostgreSQL's 63 bytes."""
+    full = relkey(table.namespace, table.name)
+    name = "orbitstream_stage_" + re.sub(r"[^A-Za-z0-9_]", "_", full)
+    if len(name) > 63:
+        name = name[:46] + "_" + hashlib.sha256(full.encode()).hexdigest()[:16]
+    return "pg_temp." + quote_ident(name)
+
+
+def stage_statement(table: Table) -> str:
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage_name(table).removeprefix('pg_temp.')} "
+        f"(LIKE {qname(table)}) ON COMMIT DELETE ROWS"
+    )
+
+
+def replacing_index_statement(table: Table) -> str:
+    """A btree on (key, version): the merge's lookups of a key's stored row."""
+    rep = table.replacing
+    assert rep is not None
+    cols = [*table.order_by, rep.version_column]
+    return (
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(table.name + '_replacing_idx')} "
+        f"ON {qname(table)} ({_q(tuple(dict.fromkeys(cols)))})"
+    )
+
+
+def replacing_merge_sql(table: Table) -> str:
+    """Merge the stage into the table so each key keeps one row: the smallest version
+    (``keep="first"``) or the largest (``"last"``); on a tie the stored row stays.
+
+    Under ``pg_advisory_xact_lock`` on the table (two workers merging the same key would
+    otherwise both insert it): rows the batch beats are deleted, then the batch's best
+    row per key is inserted unless a stored row is as good."""
+    rep = table.replacing
+    assert rep is not None
+    name = qname(table)
+    stage = stage_name(table)
+    v = quote_ident(rep.version_column)
+    keys = [quote_ident(k) for k in table.order_by]
+    first = rep.keep == "first"
+    agg, beats, as_good, order = ("min", ">", "<=", "ASC") if first else ("max", "<", ">=", "DESC")
+    same = " AND ".join(f"t.{k} IS NOT DISTINCT FROM s.{k}" for k in keys)
+    key_list = ", ".join(keys)
+    lock = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    return (
+        f"SELECT pg_advisory_xact_lock({lock}); "
+        f"DELETE FROM {name} AS t USING (SELECT {key_list}, {agg}({v}) AS {v} FROM {stage} "
+        f"GROUP BY {key_list}) AS s WHERE {same} AND t.{v} {beats} s.{v}; "
+        f"INSERT INTO {name} SELECT s.* FROM (SELECT DISTINCT ON ({key_list}) * FROM {stage} "
+        f"ORDER BY {key_list}, {v} {order}) AS s WHERE NOT EXISTS (SELECT 1 FROM {name} AS t "
+        f"WHERE {same} AND t.{v} {as_good} s.{v})"
+    )
 
 
 # -- always ------------------------------------------------------------------------------

@@ -221,6 +221,12 @@ def plan_migrations(
             add(create, f"create hypertable {key}", ddl.timescale_table_statements(table))
         else:
             add(create, f"create table {key} partitioned by day", ddl.plain_table_statements(table))
+        if table.replacing is not None:
+            add(
+                f"table/{key}/replacing_index",
+                f"index of {key} on its key and version (one row per key)",
+                [ddl.replacing_index_statement(table)],
+            )
         if layout == "timescale":
             days = retention_days(table, settings)
             retention(

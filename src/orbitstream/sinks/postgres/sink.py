@@ -206,6 +206,9 @@ class _TablePlan:
     arrow_encoder: ArrowCopyEncoder  # columnar batches (pgpq)
     copy_sql: str
     rollups: tuple[tuple[Rollup, str], ...]  # plain layout: (rollup, its key)
+    # a replacing table: the stage's CREATE and the merge after the COPY into it
+    stage_sql: bytes | None = None
+    merge_sql: bytes | None = None
 
     def pieces(self, batch: Batch) -> Iterator[bytes]:
         """The batch's binary COPY stream in pieces, encoded from the form it has."""
@@ -355,8 +358,18 @@ class PostgresSink(SinkBase):
         rollups: tuple[tuple[Rollup, str], ...] = ()
         if self.layout == "plain":
             rollups = tuple((r, ddl.rollup_key(table, r)) for r in table.rollups)
+        if table.replacing is None:
+            return _TablePlan(
+                table, encoder_for(table), ArrowCopyEncoder(table), ddl.copy_sql(table), rollups
+            )
         return _TablePlan(
-            table, encoder_for(table), ArrowCopyEncoder(table), ddl.copy_sql(table), rollups
+            table,
+            encoder_for(table),
+            ArrowCopyEncoder(table),
+            ddl.copy_sql(table, into=ddl.stage_name(table)),
+            rollups,
+            stage_sql=ddl.stage_statement(table).encode(),
+            merge_sql=ddl.replacing_merge_sql(table).encode(),
         )
 
     async def maintain(self, now: dt.datetime | None = None) -> MaintenanceReport | None:
@@ -498,12 +511,16 @@ class PostgresSink(SinkBase):
                 try:
                     duplicate = not await self._begin_claim(conn, plan, batch)
                     if not duplicate:
+                        if plan.stage_sql is not None:
+                            await conn.execute(plan.stage_sql)
                         async with conn.cursor() as copy_cur, copy_cur.copy(plan.copy_sql) as copy:
                             # Encoded piece by piece: the server inserts one while the
                             # next is encoded.
                             for piece in plan.pieces(batch):
                                 nbytes += len(piece)
                                 await copy.write(piece)
+                        if plan.merge_sql is not None:  # a replacing table: one row per key
+                            await conn.execute(plan.merge_sql)
                     await conn.execute(b"ROLLBACK" if duplicate else b"COMMIT")
                 except BaseException:
                     # As psycopg's transaction block would: roll back what is open (a
