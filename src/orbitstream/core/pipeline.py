@@ -67,6 +67,8 @@ async def start_sink(
     :raises SinkRetryableError: still unreachable after ``timeout_secs``.
     """
     deadline = time.monotonic() + timeout_secs
+    # a plug-in sink that predates the attribute still gets a message
+    settings = getattr(sink, "configured_by", None) or "the sink's settings"
     attempt = 0
     while True:
         attempt += 1
@@ -76,13 +78,13 @@ async def start_sink(
         except SinkRetryableError as exc:
             if exc.deployment:
                 raise ConfigError(
-                    f"the {sink.name} sink cannot be used: {exc} (check {sink.configured_by})",
-                    setting=sink.configured_by,
+                    f"the {sink.name} sink cannot be used: {exc} (check {settings})",
+                    setting=settings,
                 ) from exc
             if time.monotonic() >= deadline:
                 raise SinkRetryableError(
                     f"{exc} (still failing after {timeout_secs:g} s, ORBITSTREAM_START_TIMEOUT; "
-                    f"check {sink.configured_by})",
+                    f"check {settings})",
                     sink=sink.name,
                     status_code=exc.status_code,
                 ) from exc
@@ -91,7 +93,7 @@ async def start_sink(
                 "Sink not reachable at start; retrying.",
                 extra={
                     "component": sink.name,
-                    "settings": sink.configured_by,
+                    "settings": settings,
                     "gives_up_in_secs": round(max(0.0, deadline - time.monotonic()), 1),
                     "attempt": attempt,
                     "retry_in_secs": round(delay, 3),

@@ -228,16 +228,17 @@ def simulate_starlink(
             "--faults",
             help="Random fault rates per request, e.g. 'stream_429=0.05,stream_503=0.02,"
             "stream_401=0.01,token_500=0.1'. Faults: stream_401 (token revoked), stream_403, "
-            "stream_404, stream_429 and stream_503 (Retry-After: --retry-after), stream_500, "
+            "stream_404, stream_429 and stream_503 (with Retry-After: --retry-after), stream_500, "
             "stream_stall (no answer for --stall-secs, then 504), stream_truncate (half a body), stream_invalid_json (an "
-            "HTML page), token_429, token_500, token_503.",
+            "HTML page), token_429 and token_503 (with Retry-After), token_500.",
         ),
     ] = "",
     retry_after: Annotated[
         str,
         typer.Option(
             "--retry-after",
-            help="Retry-After of random 429/503 answers in seconds, or 'none' to send none.",
+            help="Retry-After of random 429 and 503 answers (stream and token) in whole "
+            "seconds, or 'none' to send none.",
         ),
     ] = "1",
     stall_secs: Annotated[
@@ -308,15 +309,13 @@ def simulate_starlink(
         raise typer.BadParameter(str(exc), param_hint="--faults") from exc
     retry_secs: float | None = None
     if retry_after.strip().lower() != "none":
-        try:
-            retry_secs = float(retry_after)
-        except ValueError:
-            retry_secs = -1.0
-        if not 0 <= retry_secs < 86_400:
+        text = retry_after.strip()
+        if not text.isdigit() or int(text) >= 86_400:  # Retry-After is whole seconds
             raise typer.BadParameter(
-                f"expected seconds (0..86399) or 'none', got {retry_after!r}",
+                f"expected whole seconds (0..86399) or 'none', got {retry_after!r}",
                 param_hint="--retry-after",
             )
+        retry_secs = int(text)
     config = FakeStarlinkConfig(
         clients={client_id: client_secret},
         expires_in=expires_in,

@@ -122,7 +122,7 @@ class ChdbSink(SinkBase):
     """
 
     name = "chdb"
-    configured_by = "ORBITSTREAM_DATA_DIR (the embedded store lives under it)"
+    configured_by = "DATABASE_URL (chdb:PATH) or ORBITSTREAM_DATA_DIR"
     # an insert is a part (or two, with the rollup's view): ~10 ms of fixed cost
     min_write_interval_secs = 0.1
     query_dialect: Dialect = "clickhouse"

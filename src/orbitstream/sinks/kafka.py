@@ -98,6 +98,20 @@ _REJECTED_NAMES = (
     "UNSUPPORTED_COMPRESSION_TYPE",
     "UNSUPPORTED_FOR_MESSAGE_FORMAT",
 )
+#: create_topics errors that are about the deployment (see ``KafkaSink._create_topics``).
+_TOPIC_REFUSALS = frozenset(
+    {
+        "TOPIC_AUTHORIZATION_FAILED",
+        "CLUSTER_AUTHORIZATION_FAILED",
+        "POLICY_VIOLATION",
+        "INVALID_CONFIG",
+        "INVALID_TOPIC_EXCEPTION",
+        "TOPIC_EXCEPTION",
+        "SASL_AUTHENTICATION_FAILED",
+        "_AUTHENTICATION",
+        "_SSL",
+    }
+)
 _DEPLOYMENT_NAMES = (
     "_UNKNOWN_TOPIC",
     "UNKNOWN_TOPIC_OR_PART",
@@ -561,10 +575,17 @@ class KafkaSink(SinkBase):
                 await asyncio.wrap_future(fut)
             except Exception as exc:
                 err = exc.args[0] if exc.args else None
-                if getattr(err, "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
+                name = getattr(err, "name", lambda: "")()
+                if name == "TOPIC_ALREADY_EXISTS":
                     continue
+                # a refusal no wait fixes (access, policy, a bad topic config) is about the
+                # deployment; timeouts, a broker not yet ready (KRaft answers
+                # INVALID_REPLICATION_FACTOR while it is fenced, NOT_CONTROLLER during an
+                # election) are retried
                 raise SinkRetryableError(
-                    f"cannot create topic {topic}: {exc}", sink=self.name, deployment=True
+                    f"cannot create topic {topic}: {exc}",
+                    sink=self.name,
+                    deployment=name in _TOPIC_REFUSALS,
                 ) from exc
         logger.info(
             "Kafka topics created.", extra={"component": self.name, "topics": sorted(topics)}

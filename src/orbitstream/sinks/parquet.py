@@ -103,6 +103,7 @@ class ParquetSettings:
     :param aws: endpoint, region and credentials (S3 only).
     :param addressing_style: S3 bucket addressing; ``path`` suits most S3-compatible stores.
     :param max_concurrent_writes: files of one table in flight at once.
+    :param setting: the variable the destination came from (named in start-up errors).
     :raises ConfigError: a value is invalid; ``setting`` names the variable.
     """
 
@@ -112,6 +113,7 @@ class ParquetSettings:
     aws: AwsSettings = field(default_factory=AwsSettings)
     addressing_style: AddressingStyle = "auto"
     max_concurrent_writes: int = 1
+    setting: str = "ORBITSTREAM_PARQUET_URL"
 
     def __post_init__(self) -> None:
         if self.compression not in _COMPRESSIONS:
@@ -220,6 +222,9 @@ class ParquetSettings:
             compression=compression,  # type: ignore[arg-type]  # checked in __post_init__
             aws=AwsSettings.from_env(environ, "s3"),
             addressing_style=style,  # type: ignore[arg-type]
+            setting="AWS_S3_BUCKET"
+            if get("ORBITSTREAM_PARQUET_URL") is None
+            else "ORBITSTREAM_PARQUET_URL",
         )
 
 
@@ -432,9 +437,19 @@ def _classify(exc: BaseException) -> tuple[str, str, int | str | None]:
             return "deployment", message, status_code
         if isinstance(exc, bce.BotoCoreError):
             transient = (
-                isinstance(exc, bce.ConnectionError | bce.HTTPClientError | bce.IncompleteReadError)
-                and not isinstance(exc, bce.SSLError)
-            ) or isinstance(exc, bce.ChecksumError | bce.FlexibleChecksumError)
+                (
+                    isinstance(
+                        exc, bce.ConnectionError | bce.HTTPClientError | bce.IncompleteReadError
+                    )
+                    and not isinstance(exc, bce.SSLError)
+                )
+                # a credential provider that failed to answer (instance metadata, ECS/EKS
+                # agents still starting): unlike no credentials at all, it may work later
+                or isinstance(
+                    exc,
+                    bce.ChecksumError | bce.FlexibleChecksumError | bce.CredentialRetrievalError,
+                )
+            )
             kind = "retryable" if transient else "deployment"
             return kind, f"S3 request failed: {exc}", type(exc).__name__
     if isinstance(exc, OSError):
@@ -547,9 +562,9 @@ class ParquetSink(SinkBase):
         self.name = name
         self.max_concurrent_writes = settings.max_concurrent_writes
         self.configured_by = (
-            "AWS_S3_BUCKET, AWS_ENDPOINT_URL, AWS_REGION and the AWS credentials"
+            f"{settings.setting}, AWS_ENDPOINT_URL, AWS_REGION and the AWS credentials"
             if settings.is_s3
-            else "ORBITSTREAM_PARQUET_URL"
+            else settings.setting
         )
         self.prefix = settings.prefix if settings.is_s3 else ""
         self._destination: _Destination = (

@@ -60,10 +60,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BROKER_DOWN_UNHEALTHY_SECS = 5.0
-#: Distinct ``path`` labels of ``orbitstream_unmapped_paths_total`` per source.
-MAX_PATH_LABELS = 64
 """``/health`` reports the pipeline unhealthy once no broker was reachable this long (a
 broker restart or a leader move is shorter)."""
+MAX_PATH_LABELS = 64
+"""Distinct ``path`` labels of ``orbitstream_unmapped_paths_total`` per source."""
 
 
 class KafkaPipelineSettings(PipelineSettings):

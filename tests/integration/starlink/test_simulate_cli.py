@@ -85,6 +85,7 @@ def test_serve_prints_working_credentials_and_urls() -> None:
         ((), "--serve"),
         (("--serve", "--faults", "stream_999=0.1"), "unknown fault"),
         (("--serve", "--retry-after", "soon"), "--retry-after"),
+        (("--serve", "--retry-after", "0.5"), "whole seconds"),
     ],
 )
 def test_bad_invocations_exit_2(args: tuple[str, ...], message: str) -> None:

@@ -298,6 +298,7 @@ def _client_error(code: str, status: int) -> bce.ClientError:
         (bce.ReadTimeoutError(endpoint_url="http://127.0.0.1:1"), "retryable"),
         (bce.ConnectionClosedError(endpoint_url="http://127.0.0.1:1"), "retryable"),
         (bce.NoCredentialsError(), "deployment"),
+        (bce.CredentialRetrievalError(provider="container-role", error_msg="timeout"), "retryable"),
         (bce.NoRegionError(), "deployment"),
         (bce.SSLError(endpoint_url="https://x", error=OSError("bad cert")), "deployment"),
         (PermissionError(errno.EACCES, "denied"), "deployment"),

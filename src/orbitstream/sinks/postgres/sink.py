@@ -194,6 +194,21 @@ def _connection_lost(exc: BaseException) -> bool:
     )
 
 
+async def _connect_error(dsn: str, timeout_secs: float) -> str | None:
+    """The server's or the network's answer to one connection attempt (``None`` when it
+    connects): a pool timeout hides it ("database … does not exist", "password
+    authentication failed", "Connection refused")."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            dsn, connect_timeout=max(1, round(timeout_secs))
+        )
+    except (psycopg.Error, OSError) as exc:
+        text = _message(exc)
+        return text.split(" failed: ", 1)[-1] if "connection failed" in text else text
+    await conn.close()
+    return None
+
+
 def _message(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0] if isinstance(exc, psycopg.Error) else text
@@ -316,8 +331,11 @@ class PostgresSink(SinkBase):
                 await pool.open(wait=True, timeout=s.connect_timeout_secs)
             except (psycopg.Error, OSError) as exc:
                 await pool.close()
+                cause = _message(exc)
+                if isinstance(exc, PoolTimeout):  # says only that the pool gave up: ask why
+                    cause = await _connect_error(s.dsn, s.connect_timeout_secs) or cause
                 raise PostgresRetryableError(
-                    f"cannot connect to PostgreSQL at {s.redacted_dsn}: {_message(exc)}",
+                    f"cannot connect to PostgreSQL at {s.redacted_dsn}: {cause}",
                     sink=self.name,
                 ) from exc
             self._pool = pool
