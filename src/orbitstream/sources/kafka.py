@@ -172,6 +172,18 @@ class KafkaSettings(BaseModel):
             **self.consumer_extra,
         }
 
+    def admin_config(self) -> dict[str, ConfigValue]:
+        """Connection and security settings for an admin client (topic ids)."""
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": f"{self.client_id}-admin",
+            **{
+                k: v
+                for k, v in self.extra.items()
+                if k.startswith(("security.", "sasl.", "ssl.", "socket.", "broker."))
+            },
+        }
+
     def producer_config(self) -> dict[str, ConfigValue]:
         return {
             "bootstrap.servers": self.bootstrap_servers,
@@ -181,6 +193,30 @@ class KafkaSettings(BaseModel):
             "linger.ms": 5,
             **self.extra,
         }
+
+
+def topic_incarnation(config: dict[str, ConfigValue], topic: str, timeout_secs: float = 10.0) -> str:
+    """A short hex digest of ``topic``'s topic id (Kafka >= 2.8, KIP-516), which changes
+    when the topic is deleted and created again; ``""`` when the broker does not answer
+    with one (an older broker, a timeout): chunks then carry no incarnation."""
+    try:
+        _confluent()
+        from confluent_kafka import TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(kafka_client_log(dict(config)))
+        futures = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_secs)
+        description = futures[topic].result(timeout_secs + 1)
+        topic_id = str(description.topic_id or "")
+    except Exception as exc:  # the source still works; only recreation goes unnoticed
+        logger.warning(
+            "Kafka topic id unknown; a recreated topic would not be told apart.",
+            extra={"component": "kafka", "topic": topic, "error": repr(exc)},
+        )
+        return ""
+    if not topic_id or set(topic_id) <= {"A", "="}:  # no id (all-zero UUID)
+        return ""
+    return hashlib.sha1(topic_id.encode(), usedforsecurity=False).hexdigest()[:12]
 
 
 class BrokerState:
@@ -295,6 +331,11 @@ class Chunk:
     chunk keeps them even if some offsets inside no longer hold a message.
 
     :param replayed: the boundaries came from the :class:`ChunkLog` (a replay).
+    :param incarnation: which topic of that name (:func:`topic_incarnation`): a topic
+        deleted and created again, or emptied by a broker that lost its storage, starts its
+        offsets at 0 again, and its chunks must get other batch ids than the old topic's
+        (the stores would drop them as already written) and must not replay its
+        boundaries. ``""`` when the broker does not say (keys without it).
     """
 
     topic: str
@@ -303,10 +344,16 @@ class Chunk:
     last_offset: int
     messages: list[KafkaMessage]
     replayed: bool = False
+    incarnation: str = ""
+
+    @property
+    def log_topic(self) -> str:
+        """The topic as the chunk log and the keys name it: ``topic@incarnation``."""
+        return f"{self.topic}@{self.incarnation}" if self.incarnation else self.topic
 
     @property
     def key(self) -> str:
-        return f"{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}"
+        return f"{self.log_topic}:{self.partition}:{self.first_offset}-{self.last_offset}"
 
     @property
     def nbytes(self) -> int:
@@ -404,7 +451,7 @@ class MemoryChunkLog:
     async def record(self, group: str, chunks: Sequence[Chunk]) -> None:
         self._fault()
         for c in chunks:
-            self.ranges.setdefault((group, c.topic, c.partition), set()).add(
+            self.ranges.setdefault((group, c.log_topic, c.partition), set()).add(
                 (c.first_offset, c.last_offset)
             )
         self.records += 1
@@ -490,7 +537,7 @@ class TableChunkLog:
             return
         now = time.time_ns()
         rows: list[tuple[object, ...]] = [
-            (now, group, c.topic, c.partition, c.first_offset, c.last_offset) for c in chunks
+            (now, group, c.log_topic, c.partition, c.first_offset, c.last_offset) for c in chunks
         ]
         digest = hashlib.sha1(
             "\n".join([group, *(c.key for c in chunks)]).encode(), usedforsecurity=False
@@ -534,6 +581,7 @@ class ChunkCutter:
         non-overlapping. A message inside a range belongs to that chunk; the chunk is cut
         when its last offset (or anything after it) arrives. New chunks never reach into
         the next recorded range.
+    :param incarnation: given to every chunk (:attr:`Chunk.incarnation`).
     """
 
     __slots__ = (
@@ -542,6 +590,7 @@ class ChunkCutter:
         "_range",
         "_started",
         "duplicates",
+        "incarnation",
         "max_bytes",
         "max_messages",
         "next_offset",
@@ -558,9 +607,11 @@ class ChunkCutter:
         *,
         max_messages: int,
         max_bytes: int,
+        incarnation: str = "",
     ) -> None:
         self.topic = topic
         self.partition = partition
+        self.incarnation = incarnation
         self.plan: deque[Range] = deque(_non_overlapping(plan))
         self.max_messages = max_messages
         self.max_bytes = max_bytes
@@ -639,7 +690,16 @@ class ChunkCutter:
             key = m.key
             nbytes += len(m.value) + (len(key) if key else 0)
             if len(buf) >= max_messages or nbytes >= max_bytes:
-                out.append(Chunk(self.topic, self.partition, buf[0].offset, buf[-1].offset, buf))
+                out.append(
+                    Chunk(
+                        self.topic,
+                        self.partition,
+                        buf[0].offset,
+                        buf[-1].offset,
+                        buf,
+                        incarnation=self.incarnation,
+                    )
+                )
                 buf = []
                 nbytes = 0
         self._buf = buf
@@ -673,14 +733,29 @@ class ChunkCutter:
 
     def _cut_new(self) -> Chunk:
         buf = self._buf
-        chunk = Chunk(self.topic, self.partition, buf[0].offset, buf[-1].offset, buf)
+        chunk = Chunk(
+            self.topic,
+            self.partition,
+            buf[0].offset,
+            buf[-1].offset,
+            buf,
+            incarnation=self.incarnation,
+        )
         self._buf, self._bytes = [], 0
         return chunk
 
     def _cut_replay(self) -> Chunk:
         assert self._range is not None
         first, last = self._range
-        chunk = Chunk(self.topic, self.partition, first, last, self._buf, replayed=True)
+        chunk = Chunk(
+            self.topic,
+            self.partition,
+            first,
+            last,
+            self._buf,
+            replayed=True,
+            incarnation=self.incarnation,
+        )
         self._buf, self._bytes, self._range = [], 0, None
         return chunk
 
@@ -784,6 +859,8 @@ class KafkaReader:
         self._dispatch_done = False
         self._retry_at = 0.0  # chunk log failing: next attempt
         self._failures = 0
+        self._incarnations: dict[str, str] = {}  # topic -> incarnation, this assignment
+        self._seen_incarnations: dict[str, str] = {}  # the last known, for the warning
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -985,6 +1062,8 @@ class KafkaReader:
                 self._high.pop(key, None)
 
     async def _assign(self, keys: list[TopicPartitionKey]) -> None:
+        for topic in {t for t, _ in keys}:
+            self._incarnations.pop(topic, None)  # asked again at the first message
         for key in keys:
             stale = self._parts.get(key)
             if stale is not None:  # left over from a revoke that did not finish
@@ -1170,7 +1249,9 @@ class KafkaReader:
         for p in parts:
             if p.cutter is not None or not p.raw:
                 continue
-            plan = await self.chunk_log.load(group, p.topic, p.partition, p.raw[0].offset)
+            incarnation = await self._incarnation(p.topic)
+            log_topic = f"{p.topic}@{incarnation}" if incarnation else p.topic
+            plan = await self.chunk_log.load(group, log_topic, p.partition, p.raw[0].offset)
             if p.released:
                 continue
             cutter = ChunkCutter(
@@ -1179,6 +1260,7 @@ class KafkaReader:
                 plan,
                 max_messages=self.settings.chunk_messages,
                 max_bytes=self.settings.chunk_max_bytes,
+                incarnation=incarnation,
             )
             now = time.monotonic()
             raw, p.raw = p.raw, []
@@ -1196,6 +1278,25 @@ class KafkaReader:
                         "first_offset": plan[0][0],
                     },
                 )
+
+    async def _incarnation(self, topic: str) -> str:
+        """:func:`topic_incarnation` of ``topic``, asked once per assignment (a rebalance
+        asks again: a recreated topic comes back with a new id). A topic whose id changed
+        since this reader last saw it is logged: its offsets started again."""
+        known = self._incarnations.get(topic)
+        if known is not None:
+            return known
+        found = await asyncio.to_thread(topic_incarnation, self.settings.admin_config(), topic)
+        before = self._seen_incarnations.get(topic)
+        if found and before and before != found:
+            logger.warning(
+                "Kafka topic recreated: its offsets start again; chunks get new batch ids.",
+                extra={"component": "kafka", "topic": topic, "was": before, "now": found},
+            )
+        if found:
+            self._seen_incarnations[topic] = found
+        self._incarnations[topic] = found
+        return found
 
     def _log_failure(self, message: str, exc: BaseException) -> None:
         self._failures += 1

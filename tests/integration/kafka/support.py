@@ -29,6 +29,15 @@ def new_topic(bootstrap: str, partitions: int = 1, prefix: str = "t") -> str:
     return topic
 
 
+def keyed(bootstrap: str, topic: str) -> str:
+    """``topic`` as chunk keys and the chunk log name it: with its incarnation (topic id)."""
+    from orbitstream.sources.kafka import topic_incarnation
+
+    incarnation = topic_incarnation({"bootstrap.servers": bootstrap}, topic)
+    assert incarnation, "the broker reports topic ids"
+    return f"{topic}@{incarnation}"
+
+
 def produce(
     bootstrap: str,
     topic: str,

@@ -20,6 +20,7 @@ from tests.integration.kafka.support import (
     Recorder,
     committed,
     eventually,
+    keyed,
     new_topic,
     produce,
     running,
@@ -43,7 +44,8 @@ async def test_nothing_is_committed_until_chunks_are_durable(kafka_bootstrap: st
     )
     async with running(reader):
         await eventually(lambda: len(never.offsets()) == 50, what="all 50 messages handed on")
-    assert never.keys == [f"{topic}:0:{i}-{i + 9}" for i in range(0, 50, 10)]
+    name = keyed(kafka_bootstrap, topic)
+    assert never.keys == [f"{name}:0:{i}-{i + 9}" for i in range(0, 50, 10)]
     assert committed(kafka_bootstrap, group, topic, 1) == {0: NO_OFFSET}
     assert reader.counters["commits"] == 0
 
@@ -80,7 +82,8 @@ async def test_commit_waits_for_the_oldest_chunk_and_restart_replays_the_same_ke
     async with running(reader):
         await eventually(lambda: len(first.offsets()) == 50)
         await eventually(lambda: committed(kafka_bootstrap, group, topic, 1) == {0: 20})
-    keys = [f"{topic}:0:{i}-{i + 9}" for i in range(0, 50, 10)]
+    name = keyed(kafka_bootstrap, topic)
+    keys = [f"{name}:0:{i}-{i + 9}" for i in range(0, 50, 10)]
     assert first.keys == keys
     assert committed(kafka_bootstrap, group, topic, 1) == {0: 20}  # 30-39 is durable: no matter
     await store.close()
@@ -96,7 +99,7 @@ async def test_commit_waits_for_the_oldest_chunk_and_restart_replays_the_same_ke
         await eventually(lambda: len(second.offsets()) == 35, what="offsets 20..54")
         await eventually(lambda: committed(kafka_bootstrap, group, topic, 1) == {0: 55})
     await store.close()
-    assert second.keys == [*keys[2:], f"{topic}:0:50-54"]
+    assert second.keys == [*keys[2:], f"{name}:0:50-54"]
     assert [c.replayed for c in second.chunks] == [True, True, True, False]
     assert second.offsets() == list(range(20, 55))
 
