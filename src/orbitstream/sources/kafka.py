@@ -195,7 +195,9 @@ class KafkaSettings(BaseModel):
         }
 
 
-def topic_incarnation(config: dict[str, ConfigValue], topic: str, timeout_secs: float = 10.0) -> str:
+def topic_incarnation(
+    config: dict[str, ConfigValue], topic: str, timeout_secs: float = 10.0
+) -> str:
     """A short hex digest of ``topic``'s topic id (Kafka >= 2.8, KIP-516), which changes
     when the topic is deleted and created again; ``""`` when the broker does not answer
     with one (an older broker, a timeout): chunks then carry no incarnation."""
