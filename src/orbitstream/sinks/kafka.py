@@ -98,6 +98,8 @@ _REJECTED_NAMES = (
     "UNSUPPORTED_COMPRESSION_TYPE",
     "UNSUPPORTED_FOR_MESSAGE_FORMAT",
 )
+#: Consecutive writes whose every message timed out before the producer is replaced.
+STUCK_PRODUCER_WRITES = 2
 #: create_topics errors that are about the deployment (see ``KafkaSink._create_topics``).
 _TOPIC_REFUSALS = frozenset(
     {
@@ -303,6 +305,7 @@ class AsyncProducer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._timeouts_in_a_row = 0  # deliveries whose every failure was a timeout
 
     @property
     def started(self) -> bool:
@@ -391,7 +394,38 @@ class AsyncProducer:
         reports.seal()
         await reports.future
         reports.failures.sort(key=lambda f: f.index)
+        self._recover(reports.failures)
         return reports.failures
+
+    def _recover(self, failures: Sequence[DeliveryFailure]) -> None:
+        """A new producer for the retry when this one cannot go on: after a fatal error
+        (produce() then raises ``_FATAL``, an error not itself marked fatal), or when every
+        message of :data:`STUCK_PRODUCER_WRITES` deliveries in a row timed out — a broker
+        that lost the producer's state (restarted without its storage) can answer
+        UNKNOWN_PRODUCER_ID to every retry of this producer id, for good. Harmless while
+        the broker is merely down (a new producer connects when it is back)."""
+        if not failures:
+            self._timeouts_in_a_row = 0
+            return
+        if any(f.fatal or f.name == "_FATAL" for f in failures):
+            self._timeouts_in_a_row = 0
+            logger.warning(
+                "Kafka producer failed fatally; starting a new one.",
+                extra={"component": self.name, "error": failures[0].reason},
+            )
+            self.restart()
+            return
+        if not all(f.name == "_MSG_TIMED_OUT" for f in failures):
+            self._timeouts_in_a_row = 0
+            return
+        self._timeouts_in_a_row += 1
+        if self._timeouts_in_a_row >= STUCK_PRODUCER_WRITES:
+            logger.warning(
+                "Kafka deliveries keep timing out; starting a new producer.",
+                extra={"component": self.name, "deliveries": self._timeouts_in_a_row},
+            )
+            self._timeouts_in_a_row = 0
+            self.restart()
 
     async def ping(self, timeout_secs: float = 5.0) -> None:
         """Fetch cluster metadata; raise :class:`SinkRetryableError` when no broker answers."""
@@ -664,9 +698,6 @@ class KafkaSink(SinkBase):
         batch_id: str,
         sent: int,
     ) -> SinkRejectedError | SinkRetryableError:
-        if any(f.fatal for f in failures):
-            # the idempotent producer cannot go on: a fresh one for the retry
-            self.producer.restart()
         first = failures[0]
         kinds = {f.kind for f in failures}
         message = (
