@@ -599,9 +599,16 @@ class SinkLane:
 
     async def check(self, timeout_secs: float) -> None:
         """Ping the store when nothing has been written lately, so ``/health`` notices a
-        store that went away while idle (and comes back)."""
+        store that went away while idle (and comes back). A sink whose ping does not queue
+        behind its writes (``ping_while_writing``: Kafka, whose deliveries only fail after
+        the message timeout) is also pinged while a write has gone on longer than a check
+        period without success."""
         if self.in_flight or self.rows:
-            return  # writes are going on: they tell the state
+            if (
+                not getattr(self.sink, "ping_while_writing", False)
+                or time.monotonic() - self.last_contact < timeout_secs
+            ):
+                return  # writes are going on: they tell the state
         try:
             await asyncio.wait_for(self.sink.ping(), timeout_secs)
         except Exception as exc:

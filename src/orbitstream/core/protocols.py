@@ -53,12 +53,16 @@ class Sink(Protocol):
     :attr writes_on_event_loop: each step of a write (a network round trip) is an event
         loop callback, so a loop busy with input slows the writes down: while such a sink
         is behind, sources that ask (``SourceContext.admission``) wait for it.
+    :attr ping_while_writing: ``ping`` answers at once even while writes are stuck (its
+        own request, not queued behind them), so ``/health`` pings the sink during long
+        writes too.
     :attr configured_by: the settings that choose the backend and its credentials, named when
         it cannot be used at start (``"DATABASE_URL"``).
     """
 
     name: str
     configured_by: str
+    ping_while_writing: bool
     max_concurrent_writes: int
     min_write_interval_secs: float
     time_range_ns: tuple[int, int]
@@ -112,6 +116,7 @@ class SinkBase:
     nanosecond timestamp, no upkeep."""
 
     configured_by: str = "the sink's settings"
+    ping_while_writing: bool = False
     max_concurrent_writes: int = 1
     min_write_interval_secs: float = 0.0
     time_range_ns: tuple[int, int] = INT64_NS_RANGE

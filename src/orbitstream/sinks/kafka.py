@@ -556,6 +556,7 @@ class KafkaSink(SinkBase):
 
     name = "kafka"
     configured_by = "KAFKA_BOOTSTRAP_SERVERS"
+    ping_while_writing = True  # metadata request; deliveries fail only after their timeout
 
     def __init__(self, settings: KafkaSinkSettings) -> None:
         self.settings = settings
