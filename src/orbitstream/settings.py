@@ -444,10 +444,19 @@ class KafkaSection(Section):
         return servers
 
 
+#: librdkafka's listener schemes (security protocols) a bootstrap address may carry.
+_BROKER_SCHEMES = frozenset({"plaintext", "ssl", "sasl_plaintext", "sasl_ssl"})
+
+
 def _broker_problem(entry: str) -> str | None:
     """Why ``entry`` (``host``, ``host:port``, ``[v6]:port``, optionally ``scheme://``) is
     not a broker address, or None."""
-    address = entry.split("://", 1)[-1]
+    scheme, sep, address = entry.rpartition("://")
+    if sep and scheme.lower() not in _BROKER_SCHEMES:
+        return (
+            f"has the scheme {scheme!r}: a broker is host:port, optionally with one of "
+            + ", ".join(f"{s.upper()}://" for s in sorted(_BROKER_SCHEMES))
+        )
     if not address:
         return "is empty"
     host, sep, port = address.rpartition(":")

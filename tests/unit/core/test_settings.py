@@ -167,7 +167,15 @@ def test_nested_setting_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize(
     "servers",
-    ["127.0.0.1:9092", "a:1,b:65535", "broker", "[::1]:9092", "[::1]", "PLAINTEXT://k:9092"],
+    [
+        "127.0.0.1:9092",
+        "a:1,b:65535",
+        "broker",
+        "[::1]:9092",
+        "[::1]",
+        "PLAINTEXT://k:9092",
+        "sasl_ssl://k:9093",
+    ],
 )
 def test_kafka_bootstrap_servers_that_are_addresses_are_taken(
     servers: str, monkeypatch: pytest.MonkeyPatch
@@ -184,6 +192,7 @@ def test_kafka_bootstrap_servers_that_are_addresses_are_taken(
         ("k:70000", "has port '70000'"),
         ("a:1,,b:2", "is empty"),
         (":9092", "has no host"),
+        ("http://127.0.0.1:9092", "has the scheme 'http'"),
     ],
 )
 def test_a_bad_kafka_bootstrap_server_is_refused_naming_the_setting(
