@@ -300,6 +300,9 @@ class SinkLane:
         self.in_flight = 0
         self.deployment_since: float | None = None  # the lane's deployment-error window
         self.give_up_at: float | None = None  # set during shutdown
+        self.closing = asyncio.Event()  # set with give_up_at
+        # a write still going at the shutdown deadline is cancelled and its rows spilled
+        self.cancel_at_deadline = bool(getattr(sink, "cancel_writes_at_deadline", False))
         self.on_drain: Callable[[], None] | None = None  # rows left the buffer
         # Backlog above which new input waits (Pipeline.admission): enough queued rows to keep
         # every writer busy, and to merge a write, a few times over.
@@ -382,6 +385,29 @@ class SinkLane:
         self.down_reason = None
         self.last_error = None
 
+    async def _write_until_deadline(self, batch: Batch) -> None:
+        """``sink.write(batch)``, cancelled once the shutdown deadline passes (a Kafka
+        delivery to a broker that went away waits out its message timeout: twice that
+        for two batches in flight, far past ORBITSTREAM_SHUTDOWN_TIMEOUT).
+
+        :raises TimeoutError: cancelled at the deadline (the caller spills the batch).
+        """
+        write = asyncio.ensure_future(self.sink.write(batch))
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            await asyncio.wait({write, closing}, return_when=asyncio.FIRST_COMPLETED)
+            if not write.done() and self.give_up_at is not None:
+                left = max(0.0, self.give_up_at - time.monotonic())
+                await asyncio.wait({write}, timeout=left)
+            if not write.done():
+                write.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await write
+                raise TimeoutError("write still in progress at the shutdown deadline")
+            write.result()
+        finally:
+            closing.cancel()
+
     async def _write_with_retry(self, batch: Batch) -> None:
         labels = (self.pipeline, self.sink.name, batch.table.name)
         attempt = 0
@@ -389,7 +415,10 @@ class SinkLane:
             attempt += 1
             started = time.perf_counter()
             try:
-                await self.sink.write(batch)
+                if self.cancel_at_deadline:
+                    await self._write_until_deadline(batch)
+                else:
+                    await self.sink.write(batch)
             except SinkRejectedError as exc:
                 self.metrics.inc("sink_errors", (self.pipeline, self.sink.name, "rejected"))
                 self.deployment_since = None
@@ -603,12 +632,11 @@ class SinkLane:
         behind its writes (``ping_while_writing``: Kafka, whose deliveries only fail after
         the message timeout) is also pinged while a write has gone on longer than a check
         period without success."""
-        if self.in_flight or self.rows:
-            if (
-                not getattr(self.sink, "ping_while_writing", False)
-                or time.monotonic() - self.last_contact < timeout_secs
-            ):
-                return  # writes are going on: they tell the state
+        if (self.in_flight or self.rows) and (
+            not getattr(self.sink, "ping_while_writing", False)
+            or time.monotonic() - self.last_contact < timeout_secs
+        ):
+            return  # writes are going on: they tell the state
         try:
             await asyncio.wait_for(self.sink.ping(), timeout_secs)
         except Exception as exc:
@@ -910,6 +938,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout_secs
         for lane in self.lanes:
             lane.give_up_at = deadline
+            lane.closing.set()
             for batcher in lane.batchers.values():
                 batcher.cut()
                 batcher.stop()

@@ -56,6 +56,9 @@ class Sink(Protocol):
     :attr ping_while_writing: ``ping`` answers at once even while writes are stuck (its
         own request, not queued behind them), so ``/health`` pings the sink during long
         writes too.
+    :attr cancel_writes_at_deadline: a write may be cancelled (its rows then go to the
+        dead-letter file) when it is still going at the shutdown deadline; for sinks whose
+        write waits on a remote timeout with nothing to undo (Kafka deliveries).
     :attr configured_by: the settings that choose the backend and its credentials, named when
         it cannot be used at start (``"DATABASE_URL"``).
     """
@@ -63,6 +66,7 @@ class Sink(Protocol):
     name: str
     configured_by: str
     ping_while_writing: bool
+    cancel_writes_at_deadline: bool
     max_concurrent_writes: int
     min_write_interval_secs: float
     time_range_ns: tuple[int, int]
@@ -117,6 +121,7 @@ class SinkBase:
 
     configured_by: str = "the sink's settings"
     ping_while_writing: bool = False
+    cancel_writes_at_deadline: bool = False
     max_concurrent_writes: int = 1
     min_write_interval_secs: float = 0.0
     time_range_ns: tuple[int, int] = INT64_NS_RANGE

@@ -29,6 +29,7 @@ class SelectedTables:
         self.name = name or sink.name
         self.configured_by = sink.configured_by
         self.ping_while_writing = sink.ping_while_writing
+        self.cancel_writes_at_deadline = sink.cancel_writes_at_deadline
         self.max_concurrent_writes = sink.max_concurrent_writes
         self.min_write_interval_secs = sink.min_write_interval_secs
         self.time_range_ns = sink.time_range_ns

@@ -438,37 +438,35 @@ async def test_health_notices_a_store_that_goes_down_while_idle(tmp_path: Path) 
     await p.close()
 
 
+@pytest.mark.parametrize("answers_meanwhile", [True, False])
 async def test_health_pings_a_sink_whose_writes_hang_when_it_can_answer_meanwhile(
-    tmp_path: Path,
+    tmp_path: Path, answers_meanwhile: bool
 ) -> None:
     """A Kafka-like sink: a write to a broker that went away hangs until the message
     timeout (30 s by default), and /health said up meanwhile; its ping is its own request."""
 
     class Hanging(MemorySink):
-        ping_while_writing = True
-
         async def write(self, batch: Batch) -> None:
             while self.down:
                 await asyncio.sleep(0.01)
             await super().write(batch)
 
-    for answers_meanwhile in (True, False):
-        sink = Hanging()
-        sink.ping_while_writing = answers_meanwhile
-        p = make(tmp_path, sink, batch_size=5, linger=0.01, health_check=0.05)
-        await p.start()
-        sink.down = True
-        p.submit({"t": rows(5)})
-        if answers_meanwhile:
-            await wait_for(lambda: not p.healthy)
-            sink.down = False
-            await wait_for(lambda: p.healthy and len(sink.rows("t")) == 5)
-        else:
-            await asyncio.sleep(0.5)
-            assert p.healthy  # a store whose ping would queue behind the write: not asked
-            sink.down = False
-            await wait_for(lambda: len(sink.rows("t")) == 5)
-        await p.close()
+    sink = Hanging()
+    sink.ping_while_writing = answers_meanwhile
+    p = make(tmp_path, sink, batch_size=5, linger=0.01, health_check=0.05)
+    await p.start()
+    sink.down = True
+    p.submit({"t": rows(5)})
+    if answers_meanwhile:
+        await wait_for(lambda: not p.healthy)
+        sink.down = False
+        await wait_for(lambda: p.healthy and len(sink.rows("t")) == 5)
+    else:
+        await asyncio.sleep(0.5)
+        assert p.healthy  # a store whose ping would queue behind the write: not asked
+        sink.down = False
+        await wait_for(lambda: len(sink.rows("t")) == 5)
+    await p.close()
 
 
 async def test_the_deployment_window_is_the_lanes_not_each_batchs(tmp_path: Path) -> None:
