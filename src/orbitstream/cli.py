@@ -263,6 +263,14 @@ def _query_service(url: str, sql: str, pipeline: str) -> dict[str, Any]:
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("error", str(exc))
         raise ValueError(detail) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        # its process is alive but not answering: starting, or stopping (it closes its
+        # port first and holds the store until its buffers are written)
+        reason = getattr(exc, "reason", exc)
+        raise ValueError(
+            f"the service at {url} holds the store but does not answer ({reason}): it is "
+            "starting or stopping; try again in a moment"
+        ) from exc
 
 
 def _run_query(

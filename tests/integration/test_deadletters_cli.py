@@ -79,3 +79,30 @@ def test_no_dead_letters_is_an_empty_json_list(tmp_path: Path) -> None:
     assert json.loads(out.stdout) == []  # parseable, as `query -f json` prints
     out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "no dead letters" in out.stderr and not out.stdout
+
+
+@pytest.mark.parametrize("command", [("deadletters",), ("query", "SELECT 1")])
+def test_a_service_that_holds_the_store_but_does_not_answer_is_one_line(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """While a service stops it keeps its data directory (its buffers are being written)
+    but no longer answers on its port: the commands printed a traceback for as long."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening
+        port = closed.getsockname()[1]
+        (tmp_path / "service.json").write_text(
+            json.dumps({"pid": os.getpid(), "port": port, "url": f"http://127.0.0.1:{port}"})
+        )
+        env = {**os.environ, "ORBITSTREAM_DATA_DIR": str(tmp_path)}
+        out = subprocess.run(
+            [sys.executable, "-m", "orbitstream", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert "does not answer" in text and "try again" in text and "Traceback" not in text
