@@ -389,6 +389,15 @@ class Runtime:
         # stores and sources half-started (a poll in hand, chDB's threads) is what a
         # clear "cannot listen" must not cost.
         _check_port(s.host, s.port)
+        if s.store_kind == "chdb" and any(
+            r.plan.name == "satellites" and r.plan.source == "kafka" for r in self.running
+        ):
+            logger.warning(
+                "Kafka workers on the embedded store: each worker writes its own store, and "
+                "a chunk replayed by another worker after a crash lands in both; set "
+                "DATABASE_URL to a shared store (docs/scaling.md).",
+                extra={"component": "runtime", "settings": "DATABASE_URL"},
+            )
         timeout = s.engine.start_timeout_secs
         tables = [t for r in self.running for t in r.plan.tables]
         for shared in (*self.stores, *self.extra_sinks):  # once each, every pipeline's tables

@@ -1,8 +1,9 @@
-"""``serve --sink kafka`` (the HTTP tier) when the broker goes away: /health says so within
-seconds (it said healthy until the first delivery timed out, ~35 s), and SIGTERM keeps to
+"""The scale-out topology's processes when things go wrong. ``serve --sink kafka`` (the
+HTTP tier) when the broker goes away: /health says so within seconds (it said healthy
+until the first delivery timed out, ~35 s), and SIGTERM keeps to
 ORBITSTREAM_SHUTDOWN_TIMEOUT (a delivery in flight waited out its 30 s message timeout,
 twice for two batches: 53 s with a 10 s timeout), every accepted point in the dead-letter
-file."""
+file. A worker on the embedded store says it is not shared."""
 
 from __future__ import annotations
 
@@ -81,3 +82,22 @@ def test_the_tier_reports_a_lost_broker_and_stops_within_its_timeout(tmp_path: P
         assert want <= ids, len(want - ids)
     finally:
         broker.stop()
+
+
+def test_a_worker_on_the_embedded_store_warns_that_it_is_not_shared(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    env = {
+        **os.environ,
+        "ORBITSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "ORBITSTREAM_HOST": "127.0.0.1",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ORBITSTREAM_LOG_FORMAT": "json",
+    }
+    env.pop("DATABASE_URL", None)
+    worker = Running(env, "satellites", "--source", "kafka")
+    assert worker.stop() == 0
+    records = [json.loads(x) for x in worker.log.read_text().splitlines() if x.startswith("{")]
+    warned = [r for r in records if r["message"].startswith("Kafka workers on the embedded")]
+    assert len(warned) == 1 and warned[0]["level"] == "warning", records[:5]
+    assert "DATABASE_URL" in warned[0]["message"]
