@@ -15,6 +15,7 @@ from orbitstream.pipelines import network, sessions
 from orbitstream.pipelines.mapping import Mapper, MessagePosition
 from orbitstream.sinks.chdb import ChdbSink
 from tests.conftest import require
+from tests.support.rows import started_message
 
 pytestmark = pytest.mark.integration
 
@@ -25,24 +26,6 @@ def _chdb() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _started(session: str, vehicle: str, ts: str) -> bytes:
-    return json.dumps(
-        {
-            "session_id": session,
-            "vehicle_id": vehicle,
-            "order_id": f"order-{vehicle}",
-            "status": "started",
-            "timestamp": ts,
-            "start_lat": 40.75,
-            "start_lon": -73.98,
-            "end_lat": 40.76,
-            "end_lon": -73.99,
-            "current_lat": 40.75,
-            "current_lon": -73.98,
-        }
-    ).encode()
 
 
 def _base_rows(value: bytes, offset: int) -> list[Row]:
@@ -65,8 +48,8 @@ async def test_sessions_base_keeps_the_earliest_started_row_in_any_write_order(
             # worker A sees the real first started message; worker B a later duplicate
             # "started" with other ids; worker A's batch is replayed by B after a rebalance
             # under another batch id (so the store's dedup token cannot hide it).
-            first = _base_rows(_started(sid, "veh-first", "2025-07-19T12:00:00.000Z"), 1)
-            later = _base_rows(_started(sid, "veh-later", "2025-07-19T12:05:00.000Z"), 9)
+            first = _base_rows(started_message(sid, "veh-first", "2025-07-19T12:00:00.000Z"), 1)
+            later = _base_rows(started_message(sid, "veh-later", "2025-07-19T12:05:00.000Z"), 9)
             batches = [
                 Batch(table, first, f"w1:{sid}"),
                 Batch(table, later, f"w2:{sid}"),

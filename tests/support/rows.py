@@ -1,11 +1,14 @@
-"""Rows for archive tests: satellite telemetry, and a table with every column type."""
+"""Rows for archive tests: satellite telemetry, and a table with every column type; the
+sessions pipeline's ``started`` message."""
 
 from __future__ import annotations
+
+import json
 
 from orbitstream.core.batch import Row
 from orbitstream.core.tables import ColType, Column, Table
 
-__all__ = ["MIXED", "T0", "mixed_rows", "telemetry_rows"]
+__all__ = ["MIXED", "T0", "mixed_rows", "started_message", "telemetry_rows"]
 
 # 2027-01-15T08:00:00Z
 T0 = 1_800_000_000_000_000_000
@@ -59,3 +62,22 @@ def telemetry_rows(n: int, start_ns: int = T0) -> list[Row]:
         )
         for i in range(n)
     ]
+
+
+def started_message(session: str, vehicle: str, ts: str) -> bytes:
+    """A sessions-topic message opening ``session`` at ``ts`` (RFC 3339)."""
+    return json.dumps(
+        {
+            "session_id": session,
+            "vehicle_id": vehicle,
+            "order_id": f"order-{vehicle}",
+            "status": "started",
+            "timestamp": ts,
+            "start_lat": 40.75,
+            "start_lon": -73.98,
+            "end_lat": 40.76,
+            "end_lon": -73.99,
+            "current_lat": 40.75,
+            "current_lon": -73.98,
+        }
+    ).encode()

@@ -692,16 +692,7 @@ class ChunkCutter:
             key = m.key
             nbytes += len(m.value) + (len(key) if key else 0)
             if len(buf) >= max_messages or nbytes >= max_bytes:
-                out.append(
-                    Chunk(
-                        self.topic,
-                        self.partition,
-                        buf[0].offset,
-                        buf[-1].offset,
-                        buf,
-                        incarnation=self.incarnation,
-                    )
-                )
+                out.append(self._chunk(buf[0].offset, buf[-1].offset, buf))
                 buf = []
                 nbytes = 0
         self._buf = buf
@@ -733,31 +724,21 @@ class ChunkCutter:
             return [self._cut_new()], 0
         return [], 0
 
+    def _chunk(
+        self, first: int, last: int, messages: list[KafkaMessage], replayed: bool = False
+    ) -> Chunk:
+        return Chunk(self.topic, self.partition, first, last, messages, replayed, self.incarnation)
+
     def _cut_new(self) -> Chunk:
         buf = self._buf
-        chunk = Chunk(
-            self.topic,
-            self.partition,
-            buf[0].offset,
-            buf[-1].offset,
-            buf,
-            incarnation=self.incarnation,
-        )
+        chunk = self._chunk(buf[0].offset, buf[-1].offset, buf)
         self._buf, self._bytes = [], 0
         return chunk
 
     def _cut_replay(self) -> Chunk:
         assert self._range is not None
         first, last = self._range
-        chunk = Chunk(
-            self.topic,
-            self.partition,
-            first,
-            last,
-            self._buf,
-            replayed=True,
-            incarnation=self.incarnation,
-        )
+        chunk = self._chunk(first, last, self._buf, replayed=True)
         self._buf, self._bytes, self._range = [], 0, None
         return chunk
 

