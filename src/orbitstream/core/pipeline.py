@@ -303,6 +303,8 @@ class SinkLane:
         self.closing = asyncio.Event()  # set with give_up_at
         # a write still going at the shutdown deadline is cancelled and its rows spilled
         self.cancel_at_deadline = bool(getattr(sink, "cancel_writes_at_deadline", False))
+        # a write going a check period without success: ping anyway (Sink.ping_while_writing)
+        self.ping_while_writing = bool(getattr(sink, "ping_while_writing", False))
         self.on_drain: Callable[[], None] | None = None  # rows left the buffer
         # Backlog above which new input waits (Pipeline.admission): enough queued rows to keep
         # every writer busy, and to merge a write, a few times over.
@@ -633,8 +635,7 @@ class SinkLane:
         the message timeout) is also pinged while a write has gone on longer than a check
         period without success."""
         if (self.in_flight or self.rows) and (
-            not getattr(self.sink, "ping_while_writing", False)
-            or time.monotonic() - self.last_contact < timeout_secs
+            not self.ping_while_writing or time.monotonic() - self.last_contact < timeout_secs
         ):
             return  # writes are going on: they tell the state
         try:

@@ -86,6 +86,8 @@ __all__ = [
     "Pending",
     "TableChunkLog",
     "chunk_log_table",
+    "log_topic",
+    "topic_incarnation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -325,6 +327,12 @@ class KafkaMessage(msgspec.Struct, frozen=True, gc=False):
         return ts * 1_000_000 if ts is not None and ts > 0 else 0
 
 
+def log_topic(topic: str, incarnation: str) -> str:
+    """``topic@incarnation`` (just ``topic`` without one): how chunk keys and the chunk
+    log name a topic."""
+    return f"{topic}@{incarnation}" if incarnation else topic
+
+
 @dataclass(slots=True)
 class Chunk:
     """Consecutive messages of one partition.
@@ -350,8 +358,8 @@ class Chunk:
 
     @property
     def log_topic(self) -> str:
-        """The topic as the chunk log and the keys name it: ``topic@incarnation``."""
-        return f"{self.topic}@{self.incarnation}" if self.incarnation else self.topic
+        """The topic as the chunk log and the keys name it (:func:`log_topic`)."""
+        return log_topic(self.topic, self.incarnation)
 
     @property
     def key(self) -> str:
@@ -1233,8 +1241,9 @@ class KafkaReader:
             if p.cutter is not None or not p.raw:
                 continue
             incarnation = await self._incarnation(p.topic)
-            log_topic = f"{p.topic}@{incarnation}" if incarnation else p.topic
-            plan = await self.chunk_log.load(group, log_topic, p.partition, p.raw[0].offset)
+            plan = await self.chunk_log.load(
+                group, log_topic(p.topic, incarnation), p.partition, p.raw[0].offset
+            )
             if p.released:
                 continue
             cutter = ChunkCutter(

@@ -31,11 +31,11 @@ def new_topic(bootstrap: str, partitions: int = 1, prefix: str = "t") -> str:
 
 def keyed(bootstrap: str, topic: str) -> str:
     """``topic`` as chunk keys and the chunk log name it: with its incarnation (topic id)."""
-    from orbitstream.sources.kafka import topic_incarnation
+    from orbitstream.sources.kafka import log_topic, topic_incarnation
 
     incarnation = topic_incarnation({"bootstrap.servers": bootstrap}, topic)
     assert incarnation, "the broker reports topic ids"
-    return f"{topic}@{incarnation}"
+    return log_topic(topic, incarnation)
 
 
 def produce(

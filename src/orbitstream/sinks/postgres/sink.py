@@ -376,18 +376,15 @@ class PostgresSink(SinkBase):
         rollups: tuple[tuple[Rollup, str], ...] = ()
         if self.layout == "plain":
             rollups = tuple((r, ddl.rollup_key(table, r)) for r in table.rollups)
-        if table.replacing is None:
-            return _TablePlan(
-                table, encoder_for(table), ArrowCopyEncoder(table), ddl.copy_sql(table), rollups
-            )
+        replacing = table.replacing is not None  # copied into a stage, then merged
         return _TablePlan(
             table,
             encoder_for(table),
             ArrowCopyEncoder(table),
-            ddl.copy_sql(table, into=ddl.stage_name(table)),
+            ddl.copy_sql(table, into=ddl.stage_name(table) if replacing else None),
             rollups,
-            stage_sql=ddl.stage_statement(table).encode(),
-            merge_sql=ddl.replacing_merge_sql(table).encode(),
+            stage_sql=ddl.stage_statement(table).encode() if replacing else None,
+            merge_sql=ddl.replacing_merge_sql(table).encode() if replacing else None,
         )
 
     async def maintain(self, now: dt.datetime | None = None) -> MaintenanceReport | None:
