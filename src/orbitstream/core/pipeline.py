@@ -289,7 +289,9 @@ class SinkLane:
         # connections at once; the embedded store serializes on one thread anyway.
         self.concurrency = max(1, int(sink.max_concurrent_writes))
         self.min_write_interval = float(sink.min_write_interval_secs)
-        self.batchers = {t.name: Batcher(self, t) for t in tables}
+        # the tables this sink writes (Sink.only_tables): it is handed no other rows
+        only: frozenset[str] | None = getattr(sink, "only_tables", None)
+        self.batchers = {t.name: Batcher(self, t) for t in tables if only is None or t.name in only}
         self.rows = 0  # buffered + in flight
         self.bytes = 0
         self.up = True
@@ -698,6 +700,7 @@ class Pipeline:
         self._admitting: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
         self._reserved = 0  # rows of inputs admitted but not yet submitted
         self._admits = any(lane.admit_rows is not None for lane in self.lanes)
+        self._every_table = all(len(lane.batchers) == len(self.tables) for lane in self.lanes)
         for lane in self.lanes:
             lane.on_drain = self._drained
         metrics.add_gauge(
@@ -756,21 +759,41 @@ class Pipeline:
             if ack is not None:
                 ack.add_parts(0)
             return
+        shares = self._shares(rows, n, nbytes)
+        parts = 0
+        for lane, (k, kbytes) in zip(self.lanes, shares, strict=True):
+            if not k:
+                continue
+            lane.rows += k
+            lane.bytes += kbytes
+            batchers = lane.batchers
+            for table_name, table_rows in rows.items():
+                if table_rows and table_name in batchers:
+                    parts += batchers[table_name].add(table_rows, ack)
+        if ack is not None:
+            ack.add_parts(parts)
+
+    def _shares(self, rows: Mapping[str, RowData], n: int, nbytes: int) -> list[tuple[int, int]]:
+        """Per lane, the rows (and bytes) of ``rows`` it takes (``Sink.only_tables``).
+
+        :raises BackpressureError: a lane's buffer would overflow.
+        """
+        shares: list[tuple[int, int]] = []
         for lane in self.lanes:
-            if not lane.has_room(n, nbytes):
+            k, kbytes = n, nbytes
+            if len(lane.batchers) != len(self.tables):  # a sink of some tables only
+                k = kbytes = 0
+                for table_name, table_rows in rows.items():
+                    if table_name in lane.batchers:
+                        k += len(table_rows)
+                        kbytes += len(table_rows) * self.tables[table_name].row_bytes
+            if k and not lane.has_room(k, kbytes):
                 raise BackpressureError(
                     f"buffer full for sink {lane.sink.name}",
                     retry_after_secs=max(1.0, self.limits.linger_secs),
                 )
-        parts = 0
-        for lane in self.lanes:
-            lane.rows += n
-            lane.bytes += nbytes
-            for table_name, table_rows in rows.items():
-                if table_rows:
-                    parts += lane.batchers[table_name].add(table_rows, ack)
-        if ack is not None:
-            ack.add_parts(parts)
+            shares.append((k, kbytes))
+        return shares
 
     def has_room(self, rows: int, nbytes: int | None = None) -> bool:
         """Whether every lane could take ``rows`` more rows now."""
@@ -859,18 +882,15 @@ class Pipeline:
             if ack is not None:
                 ack.add_parts(0)
             return
-        for lane in self.lanes:
-            if not lane.has_room(n, nbytes):
-                raise BackpressureError(
-                    f"buffer full for sink {lane.sink.name}",
-                    retry_after_secs=max(1.0, self.limits.linger_secs),
-                )
+        shares = self._shares(rows, n, nbytes)
         parts = 0
-        for lane in self.lanes:
-            lane.rows += n
-            lane.bytes += nbytes
+        for lane, (k, kbytes) in zip(self.lanes, shares, strict=True):
+            if not k:
+                continue
+            lane.rows += k
+            lane.bytes += kbytes
             for table_name, table_rows in rows.items():
-                if table_rows:
+                if table_rows and table_name in lane.batchers:
                     batch = Batch(
                         self.tables[table_name],
                         table_rows if is_columnar(table_rows) else list(table_rows),
@@ -894,6 +914,8 @@ class Pipeline:
             raise BackpressureError("pipeline is not accepting", retry_after_secs=1.0)
         nbytes = self.tables[table].row_bytes
         lanes = self.lanes
+        if not self._every_table:
+            lanes = [lane for lane in lanes if table in lane.batchers]
         for lane in lanes:
             if lane.rows and (
                 lane.rows >= lane.limits.max_buffer_rows

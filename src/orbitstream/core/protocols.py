@@ -61,10 +61,14 @@ class Sink(Protocol):
         write waits on a remote timeout with nothing to undo (Kafka deliveries).
     :attr configured_by: the settings that choose the backend and its credentials, named when
         it cannot be used at start (``"DATABASE_URL"``).
+    :attr only_tables: the names of the tables the sink writes, ``None`` for every table of
+        its pipelines: the runtime hands it only those tables' rows, so other tables' rows
+        neither wait on it, fill its buffer nor count as written by it.
     """
 
     name: str
     configured_by: str
+    only_tables: frozenset[str] | None
     ping_while_writing: bool
     cancel_writes_at_deadline: bool
     max_concurrent_writes: int
@@ -120,6 +124,7 @@ class SinkBase:
     nanosecond timestamp, no upkeep."""
 
     configured_by: str = "the sink's settings"
+    only_tables: frozenset[str] | None = None
     ping_while_writing: bool = False
     cancel_writes_at_deadline: bool = False
     max_concurrent_writes: int = 1

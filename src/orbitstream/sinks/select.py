@@ -3,7 +3,8 @@
 A pipeline's own sinks receive every table of the pipeline; :class:`SelectedTables` wraps
 one so that it starts with, and writes, only the named tables (the network pipeline
 republishes ``nodes``, ``interfaces`` and ``addresses`` to Kafka, not its counter series
-or the chunk log). Batches of other tables are acknowledged without a write.
+or the chunk log). The runtime hands it no rows of the other tables (``Sink.only_tables``),
+so they neither wait on it nor count as written by it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class SelectedTables:
     def __init__(self, sink: Sink, tables: Iterable[str], *, name: str | None = None) -> None:
         self.sink = sink
         self.tables = frozenset(tables)
+        inner: frozenset[str] | None = getattr(sink, "only_tables", None)
+        self.only_tables: frozenset[str] | None = (
+            self.tables if inner is None else self.tables & inner
+        )
         self.name = name or sink.name
         self.configured_by = sink.configured_by
         self.ping_while_writing = sink.ping_while_writing

@@ -11,11 +11,13 @@ import pytest
 from orbitstream.core.batch import Ack, Batch, Row
 from orbitstream.core.metrics import Metrics
 from orbitstream.core.pipeline import Pipeline, PipelineLimits
+from orbitstream.core.protocols import Sink
 from orbitstream.core.retry import RetryPolicy
 from orbitstream.core.tables import ColType, Column, Table
 from orbitstream.errors import BackpressureError
 from orbitstream.sinks.deadletter import FileDeadLetters, read_dead_letter_file
 from orbitstream.sinks.memory import MemorySink
+from orbitstream.sinks.select import SelectedTables
 
 T = Table(
     "t",
@@ -32,7 +34,7 @@ def rows(n: int, start: int = 0) -> list[Row]:
 
 def make(
     tmp_path: Path,
-    *sinks: MemorySink,
+    *sinks: Sink,
     batch_size: int = 10,
     linger: float = 0.05,
     max_rows: int = 1_000_000,
@@ -105,6 +107,41 @@ async def test_ack_waits_for_every_sink_and_table(tmp_path: Path) -> None:
     await asyncio.wait_for(ack.wait(), 2)
     assert slow.rows("u") == [(1, 7)]
     await p.close()
+
+
+async def test_a_sink_of_some_tables_is_handed_only_their_rows(tmp_path: Path) -> None:
+    store, republish = MemorySink("store"), MemorySink("republish")
+    republish.down = True  # what it is handed stays in its buffer
+    p = make(tmp_path, store, SelectedTables(republish, ["u"]), batch_size=5, max_rows=10)
+    await p.start()
+    ack = Ack()
+    p.submit({"t": rows(8), "u": [(1, 1)]}, ack)
+    p.submit_one("t", (99, "e", 1.0))
+    await wait_for(lambda: len(store.rows("t")) == 9)
+    # with the t rows counted, the republish buffer (10 rows) would refuse these
+    p.submit_keyed({"t": rows(8, 50)}, "k")
+    assert p.lanes[1].rows == 1
+    assert set(p.lanes[1].batchers) == {"u"}
+    republish.down = False
+    await asyncio.wait_for(ack.wait(), 5)
+    await p.close()
+    assert republish.rows("t") == [] and republish.rows("u") == [(1, 1)]
+    assert len(store.rows("t")) == 17 and store.rows("u") == [(1, 1)]
+    assert p.metrics.get("written_rows", ("p", "republish", "t")) == 0
+    assert p.metrics.get("written_rows", ("p", "republish", "u")) == 1
+    assert p.metrics.get("written_rows", ("p", "store", "t")) == 17
+
+
+async def test_rows_of_a_table_no_sink_takes_complete_their_ack(tmp_path: Path) -> None:
+    sink = MemorySink()
+    p = make(tmp_path, SelectedTables(sink, ["t"]), batch_size=1)
+    await p.start()
+    ack = Ack()
+    p.submit({"u": [(1, 1)]}, ack)
+    await asyncio.wait_for(ack.wait(), 2)
+    assert p.lanes[0].rows == 0
+    await p.close()
+    assert sink.rows("u") == []
 
 
 async def test_retryable_failures_retry_without_loss_or_duplicates(tmp_path: Path) -> None:
