@@ -13,12 +13,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from orbitstream.errors import ConfigError, SourceError
 from orbitstream.logging import kafka_client_log
 
-__all__ = ["PublishStats", "SimMessage", "ensure_topic", "ensure_topics", "publish"]
+__all__ = ["PublishStats", "SimMessage", "TopicOutcome", "ensure_topic", "ensure_topics", "publish"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +69,24 @@ def ensure_topic(
     bootstrap: str, topic: str, partitions: int = 1, *, timeout_secs: float = 15.0
 ) -> bool:
     """Create ``topic`` unless it exists; returns whether it was created."""
-    ((created, error),) = ensure_topics(
-        bootstrap, (topic,), partitions, timeout_secs=timeout_secs
-    ).values()
-    if error is not None:
-        raise error
-    return created
+    (outcome,) = ensure_topics(bootstrap, (topic,), partitions, timeout_secs=timeout_secs).values()
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.created
+
+
+class TopicOutcome(NamedTuple):
+    """What :func:`ensure_topics` did for one topic.
+
+    :param created: the topic was created (``False``: it existed, or an error).
+    :param error: what kept it from being created, ``None`` when it exists now.
+    :param answered: the broker answered (``False``: no answer before the deadline, or the
+        wait was stopped).
+    """
+
+    created: bool
+    error: SourceError | None = None
+    answered: bool = True
 
 
 def ensure_topics(
@@ -84,9 +96,9 @@ def ensure_topics(
     *,
     timeout_secs: float = 15.0,
     stop: threading.Event | None = None,
-) -> dict[str, tuple[bool, SourceError | None]]:
+) -> dict[str, TopicOutcome]:
     """Create each of ``topics`` unless it exists, in one request with one deadline:
-    per topic, (created, the error that kept it from being created). ``stop`` set ends
+    per topic, a :class:`TopicOutcome`. ``stop`` set ends
     the wait early (a service stopping while no broker answers)."""
     try:
         from confluent_kafka import KafkaError, KafkaException
@@ -105,28 +117,31 @@ def ensure_topics(
         if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
             break
         admin.poll(0.1)
-    out: dict[str, tuple[bool, SourceError | None]] = {}
+    out: dict[str, TopicOutcome] = {}
     for topic, future in futures.items():
         if not future.done():
             future.cancel()
             why = "stopped" if stop is not None and stop.is_set() else f"within {timeout_secs:g} s"
-            out[topic] = (
+            out[topic] = TopicOutcome(
                 False,
                 SourceError(
                     f"could not create topic {topic}: no answer from the Kafka broker at {bootstrap} "
                     f"{why} (KAFKA_BOOTSTRAP_SERVERS)"
                 ),
+                answered=False,
             )
             continue
         try:
             future.result(0)
         except KafkaException as exc:
             if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                out[topic] = (False, None)
+                out[topic] = TopicOutcome(False)
             else:
-                out[topic] = (False, SourceError(f"could not create topic {topic}: {exc}"))
+                out[topic] = TopicOutcome(
+                    False, SourceError(f"could not create topic {topic}: {exc}")
+                )
             continue
-        out[topic] = (True, None)
+        out[topic] = TopicOutcome(True)
     return out
 
 

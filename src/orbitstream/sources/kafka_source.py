@@ -231,15 +231,13 @@ class KafkaSource:
             self.topic_partitions,
             stop=self._stopping,
         )
-        answered = True
-        for topic, (_, error) in created.items():
-            if error is not None:
-                answered = answered and "no answer" not in str(error)
+        for topic, outcome in created.items():
+            if outcome.error is not None:
                 logger.warning(
                     "Kafka topic could not be created.",
-                    extra={"component": "kafka", "topic": topic, "error": str(error)},
+                    extra={"component": "kafka", "topic": topic, "error": str(outcome.error)},
                 )
-        return answered
+        return all(outcome.answered for outcome in created.values())
 
     async def run(self) -> None:
         assert self.reader is not None, "start() first"
