@@ -735,7 +735,7 @@ def responses(draw: st.DrawFn) -> tuple[bytes, int]:
     return envelope(values, columns, alerts), len(values)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(responses())
 def test_any_well_formed_response_maps_and_every_row_is_accounted_for(
     case: tuple[bytes, int],
