@@ -747,25 +747,8 @@ class Pipeline:
 
         :raises BackpressureError: a sink's buffer would overflow; nothing was added.
         """
-        if not self.accepting:
-            raise BackpressureError("pipeline is not accepting", retry_after_secs=1.0)
-        n = 0
-        nbytes = 0
-        for table_name, table_rows in rows.items():
-            k = len(table_rows)
-            n += k
-            nbytes += k * self.tables[table_name].row_bytes
-        if n == 0:
-            if ack is not None:
-                ack.add_parts(0)
-            return
-        shares = self._shares(rows, n, nbytes)
         parts = 0
-        for lane, (k, kbytes) in zip(self.lanes, shares, strict=True):
-            if not k:
-                continue
-            lane.rows += k
-            lane.bytes += kbytes
+        for lane in self._reserve(rows):
             batchers = lane.batchers
             for table_name, table_rows in rows.items():
                 if table_rows and table_name in batchers:
@@ -773,27 +756,35 @@ class Pipeline:
         if ack is not None:
             ack.add_parts(parts)
 
-    def _shares(self, rows: Mapping[str, RowData], n: int, nbytes: int) -> list[tuple[int, int]]:
-        """Per lane, the rows (and bytes) of ``rows`` it takes (``Sink.only_tables``).
+    def _reserve(self, rows: Mapping[str, RowData]) -> list[SinkLane]:
+        """The lanes that take some of ``rows`` (``Sink.only_tables``), their buffers
+        charged with their share (none when ``rows`` is empty). All or nothing.
 
-        :raises BackpressureError: a lane's buffer would overflow.
+        :raises BackpressureError: not accepting, or a lane's buffer would overflow.
         """
-        shares: list[tuple[int, int]] = []
+        if not self.accepting:
+            raise BackpressureError("pipeline is not accepting", retry_after_secs=1.0)
+        sizes = {name: (len(r), len(r) * self.tables[name].row_bytes) for name, r in rows.items()}
+        if not any(k for k, _ in sizes.values()):
+            return []
+        shares: list[tuple[SinkLane, int, int]] = []
         for lane in self.lanes:
-            k, kbytes = n, nbytes
-            if len(lane.batchers) != len(self.tables):  # a sink of some tables only
-                k = kbytes = 0
-                for table_name, table_rows in rows.items():
-                    if table_name in lane.batchers:
-                        k += len(table_rows)
-                        kbytes += len(table_rows) * self.tables[table_name].row_bytes
-            if k and not lane.has_room(k, kbytes):
-                raise BackpressureError(
-                    f"buffer full for sink {lane.sink.name}",
-                    retry_after_secs=max(1.0, self.limits.linger_secs),
-                )
-            shares.append((k, kbytes))
-        return shares
+            k = kbytes = 0
+            for name, (rows_of, bytes_of) in sizes.items():
+                if name in lane.batchers:
+                    k += rows_of
+                    kbytes += bytes_of
+            if k:
+                if not lane.has_room(k, kbytes):
+                    raise BackpressureError(
+                        f"buffer full for sink {lane.sink.name}",
+                        retry_after_secs=max(1.0, self.limits.linger_secs),
+                    )
+                shares.append((lane, k, kbytes))
+        for lane, k, kbytes in shares:
+            lane.rows += k
+            lane.bytes += kbytes
+        return [lane for lane, _, _ in shares]
 
     def has_room(self, rows: int, nbytes: int | None = None) -> bool:
         """Whether every lane could take ``rows`` more rows now."""
@@ -870,25 +861,8 @@ class Pipeline:
 
         :raises BackpressureError: a sink's buffer would overflow; nothing was added.
         """
-        if not self.accepting:
-            raise BackpressureError("pipeline is not accepting", retry_after_secs=1.0)
-        n = 0
-        nbytes = 0
-        for table_name, table_rows in rows.items():
-            k = len(table_rows)
-            n += k
-            nbytes += k * self.tables[table_name].row_bytes
-        if n == 0:
-            if ack is not None:
-                ack.add_parts(0)
-            return
-        shares = self._shares(rows, n, nbytes)
         parts = 0
-        for lane, (k, kbytes) in zip(self.lanes, shares, strict=True):
-            if not k:
-                continue
-            lane.rows += k
-            lane.bytes += kbytes
+        for lane in self._reserve(rows):
             for table_name, table_rows in rows.items():
                 if table_rows and table_name in lane.batchers:
                     batch = Batch(
