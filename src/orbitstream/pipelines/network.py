@@ -55,6 +55,7 @@ import datetime as dt
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, NamedTuple
@@ -67,6 +68,7 @@ from orbitstream.core.batch import Row
 from orbitstream.core.protocols import Sink, Store
 from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Replacing, Table
+from orbitstream.core.times import TimeWindow
 from orbitstream.pipelines.mapping import DeadRecord, MapResult, Message, Position
 from orbitstream.settings import Settings, env
 from orbitstream.sources.kafka_source import KafkaHandler, KafkaPipelineSettings
@@ -452,8 +454,14 @@ class NetworkMapper:
     )
 
     def __init__(
-        self, *, max_bits_per_sec: float = 1e13, max_packets_per_sec: float = 2e10
+        self,
+        *,
+        max_bits_per_sec: float = 1e13,
+        max_packets_per_sec: float = 2e10,
+        window: TimeWindow | None = None,
     ) -> None:
+        self.window = window  # samples older than its lower bound are dead (the TTL's)
+        self._now = 0
         self._limits = tuple(max_bits_per_sec if b else max_packets_per_sec for b in _BITS)
         self._seq = 0
         self._committed_nodes: dict[str, tuple[int, NodeState]] = {}
@@ -568,12 +576,14 @@ class NetworkMapper:
             updates without their own timestamp.
         """
         result = self._new_result()
+        self._now = time.time_ns()
         self._map_one(value, position, result)
         return result
 
     def map_chunk(self, messages: Iterable[Message]) -> NetworkMapResult:
         """Map consecutive messages into one result (each sees the ones before it)."""
         result = self._new_result()
+        self._now = time.time_ns()
         for msg in messages:
             self._map_one(msg.value, msg, result)
         return result
@@ -656,9 +666,14 @@ class NetworkMapper:
             touched_ifs[key] = max(touched_ifs.get(key, t), t)
             return cur
 
+        window = self.window
+        oldest = window.bounds(self._now)[0] if window is not None else None
         for i, update in enumerate(updates):
             where = f"$[{i}]"
             t = self._time(update, position, where)
+            if oldest is not None and t < oldest and window is not None:
+                why = window.problem(t, self._now) or "timestamp is too old"
+                raise _Invalid("invalid_timestamp", f"{where}.timestamp: {why}")
             path = update.path
             if path == STATUS_PATH:
                 for j, st in enumerate(self._entries(_STATUS, update, f"{where}.entries")):
@@ -882,7 +897,7 @@ def _build(b: PipelineBuild) -> PipelineParts:
 
     own = b.own
     assert isinstance(own, NetworkSettings)
-    mapper = NetworkMapper()
+    mapper = NetworkMapper(window=b.window)
     sinks: list[Sink] = []
     info: dict[str, Any] = {"topic": own.kafka_topic, "consumer_group": own.consumer_group}
     own_tables = [t.name for t in NetworkMapper.tables]

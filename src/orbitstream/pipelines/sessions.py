@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import string
+import time
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
@@ -45,6 +46,7 @@ from orbitstream.core import registry
 from orbitstream.core.batch import Row
 from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Replacing, Table
+from orbitstream.core.times import TimeWindow
 from orbitstream.pipelines.mapping import DeadRecord, MapResult, Message, Position
 from orbitstream.settings import Settings, env
 from orbitstream.sources.kafka_source import KafkaPipelineSettings
@@ -206,8 +208,11 @@ class SessionsMapper:
 
     tables: tuple[Table, ...] = (SESSIONS_BASE_TABLE, SESSION_EVENTS_TABLE, SESSION_MOVEMENTS_TABLE)
 
-    def __init__(self) -> None:
+    def __init__(self, window: TimeWindow | None = None) -> None:
+        """:param window: timestamps older than its lower bound (the retention: rows the
+        tables' TTL would delete at once) are dead records; ``None``: no such check."""
         self._decode = msgspec.json.Decoder(SessionMessage).decode
+        self.window = window
         # ids already checked (a cache, not state: the same bytes still give the same
         # rows); vehicles and sessions repeat their ids in every message
         self._valid_ids: set[str] = set()
@@ -255,6 +260,8 @@ class SessionsMapper:
         epoch = _EPOCH
         us = _US
         ok = self._valid_ids
+        now = time.time_ns()
+        oldest = self.window.bounds(now)[0] if self.window is not None else None
         for value, position in items:
             count += 1
             if not value:  # None, or b"": what the Kafka reader hands on for a tombstone
@@ -303,6 +310,10 @@ class SessionsMapper:
                 )
                 continue
             t = (ts - epoch) // us * 1000
+            if oldest is not None and t < oldest and self.window is not None:
+                reason = self.window.problem(t, now) or "timestamp is too old"
+                dead.append(DeadRecord(position, bytes(value), "invalid_timestamp", reason))
+                continue
             status = m.status
             if status == "started":
                 s_lat, s_lon, e_lat, e_lon = m.start_lat, m.start_lon, m.end_lat, m.end_lon
@@ -346,7 +357,7 @@ def _tables(own: SessionsSettings, settings: Settings) -> tuple[Table, ...]:
 
 
 def _build(b: PipelineBuild) -> PipelineParts:
-    source = registry.source_type(b.source).create(b, SessionsMapper())
+    source = registry.source_type(b.source).create(b, SessionsMapper(b.window))
     own = b.own
     assert isinstance(own, SessionsSettings)
     return PipelineParts(

@@ -661,3 +661,26 @@ def test_any_message_maps_into_rows_dead_or_counted_unknown_paths(values: list[b
             for rate in row[9:15]:
                 assert rate is None or 0.0 <= rate <= 1e13  # type: ignore[operator]
         m.commit(result)
+
+
+def test_a_sample_older_than_the_retention_is_dead_not_deleted_by_the_ttl() -> None:
+    import time
+
+    from orbitstream.core.times import TimeWindow
+
+    window = TimeWindow.of(3600, 30 * 86400)
+    mapper = NetworkMapper(window=window)
+    now = time.time_ns()
+    old = now - 31 * 86400 * 10**9
+    result = mapper.map(
+        enc([stats("leaf1", "e1", now, in_packets=5), stats("leaf1", "e1", old)]), pos()
+    )
+    assert result.rows == {}
+    (dead,) = result.dead
+    assert dead.kind == "invalid_timestamp"
+    assert "$[1].timestamp" in dead.reason and "ORBITSTREAM_TIMESTAMP_MAX_AGE" in dead.reason
+    # without its own timestamp, the message's timestamp counts
+    result = mapper.map(enc([stats("leaf1", "e1", in_packets=5)]), pos(ts=old))
+    assert result.rows == {} and result.dead[0].kind == "invalid_timestamp"
+    kept = mapper.map(enc([stats("leaf1", "e1", in_packets=5)]), pos(ts=now - 86400 * 10**9))
+    assert kept.dead == [] and len(kept.rows["interface_counters"]) == 1

@@ -277,3 +277,23 @@ def test_both_mappers_fit_the_runtime_protocol() -> None:
     mappers: list[Mapper] = [NetworkMapper(), SessionsMapper()]  # checked by mypy
     assert [len(m.tables) for m in mappers] == [4, 3]
     assert SessionsMapper().rollback() == 0
+
+
+def test_a_message_older_than_the_retention_is_dead_not_deleted_by_the_ttl() -> None:
+    """The tables' TTL (the retention) would delete such rows on insert, after they were
+    counted as written and their offsets committed: they are refused instead."""
+    import time
+
+    from orbitstream.core.times import TimeWindow
+
+    window = TimeWindow.of(3600, 30 * 86400)
+    mapper = SessionsMapper(window)
+    old = mapper.map(msg(), pos())  # the documented example, from July 2025
+    assert old.rows == {}
+    (dead,) = old.dead
+    assert dead.kind == "invalid_timestamp" and "ORBITSTREAM_TIMESTAMP_MAX_AGE" in dead.reason
+    recent = dt.datetime.fromtimestamp(time.time() - 29 * 86400, dt.UTC)
+    stamp = recent.isoformat().replace("+00:00", "Z")
+    kept = mapper.map(msg(timestamp=stamp, status="started"), pos())
+    assert kept.dead == [] and len(kept.rows["sessions_base"]) == 1
+    assert SessionsMapper().map(msg(), pos()).dead == []  # no window: no such check
