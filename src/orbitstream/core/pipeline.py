@@ -764,6 +764,20 @@ class Pipeline:
         """
         if not self.accepting:
             raise BackpressureError("pipeline is not accepting", retry_after_secs=1.0)
+        if self._every_table:  # the common case: one total for every lane
+            total = total_bytes = 0
+            for name, table_rows in rows.items():
+                total += len(table_rows)
+                total_bytes += len(table_rows) * self.tables[name].row_bytes
+            if not total:
+                return []
+            for lane in self.lanes:
+                if not lane.has_room(total, total_bytes):
+                    raise self._buffer_full(lane)
+            for lane in self.lanes:
+                lane.rows += total
+                lane.bytes += total_bytes
+            return self.lanes
         sizes = {name: (len(r), len(r) * self.tables[name].row_bytes) for name, r in rows.items()}
         if not any(k for k, _ in sizes.values()):
             return []
@@ -776,15 +790,18 @@ class Pipeline:
                     kbytes += bytes_of
             if k:
                 if not lane.has_room(k, kbytes):
-                    raise BackpressureError(
-                        f"buffer full for sink {lane.sink.name}",
-                        retry_after_secs=max(1.0, self.limits.linger_secs),
-                    )
+                    raise self._buffer_full(lane)
                 shares.append((lane, k, kbytes))
         for lane, k, kbytes in shares:
             lane.rows += k
             lane.bytes += kbytes
         return [lane for lane, _, _ in shares]
+
+    def _buffer_full(self, lane: SinkLane) -> BackpressureError:
+        return BackpressureError(
+            f"buffer full for sink {lane.sink.name}",
+            retry_after_secs=max(1.0, self.limits.linger_secs),
+        )
 
     def has_room(self, rows: int, nbytes: int | None = None) -> bool:
         """Whether every lane could take ``rows`` more rows now."""
@@ -895,10 +912,7 @@ class Pipeline:
                 lane.rows >= lane.limits.max_buffer_rows
                 or lane.bytes + nbytes > lane.limits.max_buffer_bytes
             ):
-                raise BackpressureError(
-                    f"buffer full for sink {lane.sink.name}",
-                    retry_after_secs=max(1.0, self.limits.linger_secs),
-                )
+                raise self._buffer_full(lane)
         for lane in lanes:
             lane.rows += 1
             lane.bytes += nbytes

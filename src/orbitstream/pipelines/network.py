@@ -462,6 +462,7 @@ class NetworkMapper:
     ) -> None:
         self.window = window  # samples older than its lower bound are dead (the TTL's)
         self._now = 0
+        self._oldest: tuple[int, TimeWindow] | None = None  # (lower bound, window) of a map
         self._limits = tuple(max_bits_per_sec if b else max_packets_per_sec for b in _BITS)
         self._seq = 0
         self._committed_nodes: dict[str, tuple[int, NodeState]] = {}
@@ -576,17 +577,23 @@ class NetworkMapper:
             updates without their own timestamp.
         """
         result = self._new_result()
-        self._now = time.time_ns()
+        self._start_clock()
         self._map_one(value, position, result)
         return result
 
     def map_chunk(self, messages: Iterable[Message]) -> NetworkMapResult:
         """Map consecutive messages into one result (each sees the ones before it)."""
         result = self._new_result()
-        self._now = time.time_ns()
+        self._start_clock()
         for msg in messages:
             self._map_one(msg.value, msg, result)
         return result
+
+    def _start_clock(self) -> None:
+        """Read the clock once per map: ``_now`` and the window's lower bound."""
+        self._now = now = time.time_ns()
+        window = self.window
+        self._oldest = (window.bounds(now)[0], window) if window is not None else None
 
     def _new_result(self) -> NetworkMapResult:
         self._seq += 1
@@ -666,13 +673,12 @@ class NetworkMapper:
             touched_ifs[key] = max(touched_ifs.get(key, t), t)
             return cur
 
-        window = self.window
-        oldest = window.bounds(self._now)[0] if window is not None else None
+        oldest = self._oldest
         for i, update in enumerate(updates):
             where = f"$[{i}]"
             t = self._time(update, position, where)
-            if oldest is not None and t < oldest and window is not None:
-                why = window.problem(t, self._now) or "timestamp is too old"
+            if oldest is not None and t < oldest[0]:
+                why = oldest[1].problem(t, self._now) or "timestamp is too old"
                 raise _Invalid("invalid_timestamp", f"{where}.timestamp: {why}")
             path = update.path
             if path == STATUS_PATH:

@@ -261,7 +261,8 @@ class SessionsMapper:
         us = _US
         ok = self._valid_ids
         now = time.time_ns()
-        oldest = self.window.bounds(now)[0] if self.window is not None else None
+        window = self.window
+        oldest = (window.bounds(now)[0], window) if window is not None else None
         for value, position in items:
             count += 1
             if not value:  # None, or b"": what the Kafka reader hands on for a tombstone
@@ -310,8 +311,8 @@ class SessionsMapper:
                 )
                 continue
             t = (ts - epoch) // us * 1000
-            if oldest is not None and t < oldest and self.window is not None:
-                reason = self.window.problem(t, now) or "timestamp is too old"
+            if oldest is not None and t < oldest[0]:
+                reason = oldest[1].problem(t, now) or "timestamp is too old"
                 dead.append(DeadRecord(position, bytes(value), "invalid_timestamp", reason))
                 continue
             status = m.status
