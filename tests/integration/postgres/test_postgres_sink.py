@@ -591,3 +591,19 @@ async def test_query_reads_and_refuses_writes(pg_sink: PostgresSink) -> None:
     assert (sync.columns, sync.rows) == (["c"], [(20,)])
     with pytest.raises(QueryError):
         await asyncio.to_thread(pg_sink.user_query_sync, "DROP TABLE telemetry")
+
+
+async def test_cli_query_with_a_pipeline_schema_not_created_yet(
+    pg_sink: PostgresSink, pg_settings: PostgresSettings
+) -> None:
+    """``orbitstream query`` sets the read-only role up for every registered pipeline's
+    tables; one whose schema does not exist yet (never run, never migrated) must not
+    keep the others from being read."""
+    await pg_sink.write(Batch(TEL, sat_rows(5, now_ns()), "ns-1"))
+    absent = TEL.in_namespace("never_created_ns")
+    cli = PostgresSink(pg_settings, query_tables=[TEL, ALERTS, absent])
+    rows = await asyncio.to_thread(cli.user_query_sync, "SELECT count(*) AS c FROM telemetry")
+    assert rows.rows == [(5,)]
+    with pytest.raises(QueryError) as info:
+        await asyncio.to_thread(cli.user_query_sync, "SELECT 1 FROM never_created_ns.telemetry")
+    assert "never_created_ns" in str(info.value)

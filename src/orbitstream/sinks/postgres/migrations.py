@@ -720,7 +720,13 @@ async def ensure_reader(
             )
             await conn.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
             await conn.execute(f"ALTER ROLE {role} SET statement_timeout = {timeout_ms}")
-            for ns in {t.namespace for t in tables if t.namespace}:
+            # only the schemas that exist: a pipeline that never ran (or was never
+            # migrated) has none yet, and its tables are simply not there to read
+            cur = await conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)",
+                (sorted({t.namespace for t in tables if t.namespace}),),
+            )
+            for (ns,) in await cur.fetchall():
                 await conn.execute(f"GRANT USAGE ON SCHEMA {ddl.quote_ident(ns)} TO {role}")
             for name in relations:
                 cur = await conn.execute("SELECT to_regclass(%s)", (name,))
