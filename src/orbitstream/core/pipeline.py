@@ -417,6 +417,11 @@ class SinkLane:
         attempt = 0
         while True:
             attempt += 1
+            if not self.up and self._past_deadline():
+                # shutting down, the sink still down: another attempt (which may wait out
+                # the SDK's own retries and timeouts) would only delay the spill
+                await self._spill(batch, TimeoutError(self.last_error or "sink down"))
+                return
             started = time.perf_counter()
             try:
                 if self.cancel_at_deadline:
@@ -447,8 +452,6 @@ class SinkLane:
                     await self._spill(batch, exc)
                     return
                 delay = self.retry.delay(attempt)
-                if self.give_up_at is not None:
-                    delay = max(0.0, min(delay, self.give_up_at - time.monotonic()))
                 logger.warning(
                     "Sink write failed; retrying.",
                     extra={
@@ -462,7 +465,7 @@ class SinkLane:
                         "error": self.last_error,
                     },
                 )
-                await asyncio.sleep(delay)
+                await self._back_off(delay)
                 continue
             except Exception as exc:
                 # Not a transport or server failure the sink recognised: most likely the
@@ -508,9 +511,21 @@ class SinkLane:
         await self._dead_letter(batch, range(batch.size), error)
 
     def _must_give_up(self, attempt: int) -> bool:
-        if self.retry.exhausted(attempt):
-            return True
+        return self.retry.exhausted(attempt) or self._past_deadline()
+
+    def _past_deadline(self) -> bool:
         return self.give_up_at is not None and time.monotonic() >= self.give_up_at
+
+    async def _back_off(self, delay: float) -> None:
+        """Sleep ``delay`` before the next attempt, but no later than the shutdown
+        deadline: a shutdown that begins during a long back-off (minutes, after many
+        failures) must not wait it out."""
+        if self.give_up_at is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closing.wait(), delay)
+        if self.give_up_at is not None:
+            left = self.give_up_at - time.monotonic()
+            await asyncio.sleep(max(0.0, min(delay, left)))
 
     async def _isolate(
         self, batch: Batch, exc: BaseException, bad_rows: tuple[int, ...] | None

@@ -342,6 +342,8 @@ class KafkaSource:
             self.mapping.commit(result)
             return Pending(dead=dead)
         fut = asyncio.ensure_future(self._durable(ack, result))
+        # at shutdown nobody may be left waiting on it: the spill is logged already
+        fut.add_done_callback(_retrieve)
         return Pending(dead=dead, waits=[fut])
 
     async def _durable(self, ack: Ack, result: MapResult) -> None:
@@ -440,3 +442,10 @@ SOURCE = SourceType(
     create=_create,
     tables=_tables,
 )
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    """Mark a durability future's outcome as seen (asyncio would log a traceback for a
+    chunk spilled at shutdown whose reader had already stopped waiting)."""
+    if not fut.cancelled():
+        fut.exception()

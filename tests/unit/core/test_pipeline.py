@@ -254,6 +254,35 @@ async def test_close_spills_to_dead_letter_file_when_sink_stays_down(tmp_path: P
     json.dumps(spilled)  # the file is plain JSON lines
 
 
+async def test_a_shutdown_during_a_long_back_off_spills_at_the_deadline(tmp_path: Path) -> None:
+    """A sink down for long backs off for minutes between attempts; a shutdown then must
+    spill at its deadline, not sleep out the back-off, and make no further attempt on
+    a sink still down once the deadline has passed (an S3 call may wait out the SDK's
+    own retries)."""
+    sink = MemorySink()
+    sink.down = True
+    p = make(tmp_path, sink, batch_size=100, max_backoff=600.0)
+    p.lanes[0].retry = RetryPolicy(base_secs=600.0, max_secs=600.0)
+    await p.start()
+    p.submit({"t": rows(5)})
+    await wait_for(lambda: sink.attempts >= 1)
+    p.submit(
+        {"u": [(i, i) for i in range(3)]}
+    )  # arrives while the lane is down; its batch is cut at close
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(p.close(timeout_secs=0.3), 30)
+    assert loop.time() - began < 10  # not the 600 s back-off
+    spilled = read_dead_letter_file(tmp_path / "dl.jsonl")
+    assert sorted((str(d["table"]), int(str(d["row"]["time"]))) for d in spilled) == [  # type: ignore[index]
+        *(("t", i) for i in range(5)),
+        *(("u", i) for i in range(3)),
+    ]
+    # the "t" batch: its first attempt and the one when the back-off ended at the
+    # deadline; the "u" batch, cut after the deadline on a sink known down: none
+    assert sink.attempts <= 2
+
+
 async def test_submit_after_close_is_refused(tmp_path: Path) -> None:
     p = make(tmp_path, MemorySink())
     await p.start()
