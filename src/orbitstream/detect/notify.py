@@ -480,6 +480,18 @@ class SnsSettings:
         return cls(topic_arn=arn, aws=AwsSettings.from_env(environ, "sns"))
 
 
+#: SNS error codes meaning the credentials themselves are wrong (not a missing grant).
+_SNS_CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "UnrecognizedClientException",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+    }
+)
+
+
 class SnsNotifier(ErrorNotifier):
     """Alerts as log lines and SNS messages (published from a background thread).
 
@@ -494,6 +506,56 @@ class SnsNotifier(ErrorNotifier):
 
     def _has_transport(self) -> bool:
         return True
+
+    def check(self) -> None:
+        """Look the topic up once at start (``GetTopicAttributes``, one attempt): a topic
+        that does not exist, or credentials the service refuses, would otherwise be
+        noticed only when the first alert fails to go out.
+
+        Not being allowed to read the topic's attributes is only logged: a publisher
+        granted ``sns:Publish`` alone may still publish. An endpoint that does not answer
+        is logged too (an outage at start is not a configuration error; alerts retry).
+
+        :raises ConfigError: the topic does not exist, or the credentials are invalid.
+        """
+        from botocore import exceptions as bce
+
+        arn = self.settings.topic_arn
+        client: Any = self.settings.aws.client("sns", region=self.settings.region)
+        try:
+            client.get_topic_attributes(TopicArn=arn)
+        except bce.ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            detail = f"SNS {code}: {error.get('Message', '') or exc}"
+            if code in ("NotFound", "NotFoundException"):
+                raise ConfigError(
+                    f"AWS_SNS_TOPIC_ARN: topic {arn} does not exist ({detail})",
+                    setting="AWS_SNS_TOPIC_ARN",
+                ) from None
+            if code in _SNS_CREDENTIAL_CODES:
+                raise ConfigError(
+                    f"AWS credentials refused by SNS for topic {arn} ({detail}); check "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_REGION",
+                    setting="AWS_SNS_TOPIC_ARN",
+                ) from None
+            logger.warning(
+                "SNS topic not verified at start.",
+                extra={"component": "sns", "topic": arn, "error": detail},
+            )
+        except (bce.BotoCoreError, OSError) as exc:
+            if isinstance(exc, bce.NoCredentialsError | bce.NoRegionError):
+                raise ConfigError(
+                    f"SNS alerts to {arn}: {exc}; check AWS_REGION and the AWS credentials "
+                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+                    setting="AWS_SNS_TOPIC_ARN",
+                ) from None
+            logger.warning(
+                "SNS endpoint not reachable at start; alerts will retry.",
+                extra={"component": "sns", "topic": arn, "error": f"{type(exc).__name__}: {exc}"},
+            )
+        finally:
+            client.close()
 
     def _deliver(self, alert: ErrorAlert) -> None:
         body = alert.to_json()

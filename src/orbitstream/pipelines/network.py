@@ -897,7 +897,12 @@ def _tables(own: NetworkSettings, settings: Settings) -> tuple[Table, ...]:
 def _build(b: PipelineBuild) -> PipelineParts:
     import os
 
-    from orbitstream.detect.notify import SnsSettings, SourcePosition, error_notifier
+    from orbitstream.detect.notify import (
+        SnsNotifier,
+        SnsSettings,
+        SourcePosition,
+        error_notifier,
+    )
     from orbitstream.sinks.parquet import ParquetSettings, ParquetSink
     from orbitstream.sinks.select import SelectedTables
 
@@ -933,8 +938,9 @@ def _build(b: PipelineBuild) -> PipelineParts:
         info["archive"] = parquet.url
     sns = SnsSettings.from_env(os.environ)
     notifier = error_notifier(PIPELINE, sns)
-    if sns is not None:
-        info["alerts"] = sns.topic_arn
+    if isinstance(notifier, SnsNotifier):
+        notifier.check()
+        info["alerts"] = notifier.settings.topic_arn
 
     def on_dead(rec: DeadRecord) -> None:
         pos = rec.position

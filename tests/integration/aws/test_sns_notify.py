@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from orbitstream.detect.notify import SnsNotifier, SnsSettings, SourcePosition, error_notifier
+from orbitstream.errors import ConfigError
 from tests.conftest import free_port
 from tests.support.moto_server import aws_client, aws_settings
 
@@ -169,3 +170,21 @@ async def test_sns_failures_are_logged_and_never_raised(
     assert {r.__dict__["kind"] for r in failures} == {"decode"}
     logged = [r for r in caplog.records if r.getMessage() == "Processing errors reported."]
     assert [r.__dict__["count"] for r in logged] == [1, 99, 1, 99]  # still in the log
+
+
+def test_the_topic_is_checked_at_start(
+    moto_endpoint: str, subscription: Subscription, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A topic that exists passes; one that does not is a ConfigError naming the setting
+    (not an alert failing an hour later); an endpoint that does not answer is only logged
+    (an outage at start is no configuration error)."""
+    SnsNotifier("network", SnsSettings(subscription.topic_arn, aws_settings(moto_endpoint))).check()
+    missing = subscription.topic_arn.rsplit(":", 1)[0] + ":no-such-topic"
+    with pytest.raises(ConfigError) as info:
+        SnsNotifier("network", SnsSettings(missing, aws_settings(moto_endpoint))).check()
+    assert info.value.setting == "AWS_SNS_TOPIC_ARN"
+    assert "no-such-topic" in str(info.value) and "does not exist" in str(info.value)
+    down = aws_settings(f"http://127.0.0.1:{free_port()}", max_attempts=1)
+    with caplog.at_level(logging.WARNING, logger="orbitstream.detect.notify"):
+        SnsNotifier("network", SnsSettings(subscription.topic_arn, down)).check()
+    assert any("not reachable" in r.getMessage() for r in caplog.records)

@@ -318,9 +318,14 @@ def test_simulate_run_both_pipelines_restart_without_duplicates(
     [
         ({"AWS_S3_BUCKET": "no-such-bucket"}, "AWS_S3_BUCKET"),
         ({"AWS_SECRET_ACCESS_KEY": ""}, "AWS credentials"),
+        # a topic that does not exist: noticed at start, not when the first alert fails
+        (
+            {"AWS_SNS_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:no-such-topic"},
+            "does not exist",
+        ),
     ],
 )
-def test_an_unusable_archive_bucket_stops_the_start_naming_the_setting(
+def test_an_unusable_bucket_or_topic_stops_the_start_naming_the_setting(
     tmp_path: Path,
     kafka_bootstrap: str,
     moto_endpoint: str,
@@ -344,3 +349,5 @@ def test_an_unusable_archive_bucket_stops_the_start_naming_the_setting(
     assert done.returncode == 2, out
     assert time.monotonic() - started < 30, out  # not ORBITSTREAM_START_TIMEOUT (60 s)
     assert named in out and "Traceback" not in out, out
+    if "AWS_SNS_TOPIC_ARN" in change:
+        assert "AWS_SNS_TOPIC_ARN" in out, out
