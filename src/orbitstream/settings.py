@@ -464,6 +464,8 @@ def _broker_problem(entry: str) -> str | None:
         return None  # a host alone: the default port
     if not host or host == "[]":
         return "has no host"
+    if ":" in host and not host.startswith("["):
+        return "has more than one ':' (an IPv6 address goes in brackets: [::1]:9092)"
     if not (port.isdigit() and 1 <= int(port) <= 65535):
         return f"has port {port!r}, not a number from 1 to 65535"
     return None

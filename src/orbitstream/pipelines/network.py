@@ -259,7 +259,10 @@ U64Text = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}$")]
 Counter = U64 | U64Text | None
 Index = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 IndexText = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,10}$")]
-EpochNs = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+# 2000-01-01: a smaller integer is not epoch nanoseconds (seconds or milliseconds would
+# otherwise land in January 1970); the satellites pipeline draws the same line
+_MIN_NS = 946_684_800_000_000_000
+EpochNs = Annotated[int, msgspec.Meta(ge=_MIN_NS, le=2**63 - 1)]
 Rfc3339 = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 
 
@@ -635,7 +638,13 @@ class NetworkMapper:
             decoded = _MESSAGE.decode(raw)
         except msgspec.DecodeError as exc:
             if isinstance(exc, msgspec.ValidationError):
-                raise _Invalid("decode", _validation_reason(exc, "$")) from None
+                reason = _validation_reason(exc, "$")
+                if reason.split(":", 1)[0].endswith(".timestamp"):
+                    raise _Invalid(
+                        "invalid_timestamp",
+                        f"{reason} (epoch nanoseconds from 2000 on, or RFC 3339 with a zone)",
+                    ) from None
+                raise _Invalid("decode", reason) from None
             raise _Invalid("decode", f"not JSON: {exc}") from None
         updates = decoded if isinstance(decoded, list) else [decoded]
         if not updates:

@@ -193,6 +193,8 @@ def test_kafka_bootstrap_servers_that_are_addresses_are_taken(
         ("a:1,,b:2", "is empty"),
         (":9092", "has no host"),
         ("http://127.0.0.1:9092", "has the scheme 'http'"),
+        ("host:1:2", "more than one ':'"),
+        ("::1:9092", "in brackets"),
     ],
 )
 def test_a_bad_kafka_bootstrap_server_is_refused_naming_the_setting(
