@@ -31,7 +31,7 @@ import dataclasses
 import ipaddress
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,13 @@ from orbitstream.pipelines.network import (
     STATISTICS_PATH,
     STATUS_PATH,
 )
-from orbitstream.simulate.publisher import PublishStats, SimMessage, ensure_topic, publish
+from orbitstream.simulate.publisher import (
+    NotAhead,
+    PublishStats,
+    SimMessage,
+    ensure_topic,
+    publish,
+)
 
 __all__ = [
     "MALFORMED_KINDS",
@@ -131,12 +137,18 @@ class _Node:
 class NetworkSimulator:
     """Generates the fabric's messages round by round (deterministic per config)."""
 
-    def __init__(self, config: FabricConfig) -> None:
+    def __init__(self, config: FabricConfig, clock: Callable[[], int] | None = None) -> None:
+        """:param clock: epoch ns now; with one, a round's time never runs ahead of it
+        (see :class:`~orbitstream.simulate.publisher.NotAhead`) and the counters move by
+        the time that really passed since the previous round."""
         self.config = config
         self._rng = random.Random(config.seed)
         self._nodes: list[_Node] = []
         self._link_down: list[int] = []  # rounds left down, per fabric link
         self._round = 0
+        self._cap = NotAhead(clock)
+        self._capped = clock is not None
+        self._prev_t: int | None = None
         self._build()
 
     @property
@@ -205,7 +217,10 @@ class NetworkSimulator:
         cfg = self.config
         rng = self._rng
         dt_secs = cfg.sample_interval_secs
-        t = cfg.start_ns + int(self._round * dt_secs * 1e9)
+        t = self._cap(cfg.start_ns + int(self._round * dt_secs * 1e9))
+        if self._capped and self._prev_t is not None:
+            dt_secs = (t - self._prev_t) / 1e9
+        self._prev_t = t
         first = self._round == 0
         report_addresses = first or self._round % max(1, cfg.address_every) == 0
         self._round += 1
@@ -367,7 +382,9 @@ def simulate_network(
     :param config: the fabric (its ``start_ns`` is replaced by ``start_ns``).
     :param start_ns: simulated start time (epoch ns; default: now).
     :param rate: messages per second; ``nodes / sample_interval_secs`` keeps the
-        simulated clock in step with real time, a higher rate compresses it.
+        simulated clock in step with real time. Faster (a higher rate, or none), rounds
+        come closer together than the interval: starting now, a sample is never stamped
+        later than the moment it is sent.
     :param partitions: create the topic with this many partitions when it is missing.
     """
     cfg = dataclasses.replace(
@@ -375,7 +392,7 @@ def simulate_network(
     )
     if partitions is not None:
         ensure_topic(bootstrap, topic, partitions)
-    sim = NetworkSimulator(cfg)
+    sim = NetworkSimulator(cfg, clock=time.time_ns if start_ns is None else None)
     return publish(
         sim.messages(max_messages),
         bootstrap=bootstrap,

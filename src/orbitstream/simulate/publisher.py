@@ -18,9 +18,45 @@ from typing import Any, NamedTuple
 from orbitstream.errors import ConfigError, SourceError
 from orbitstream.logging import kafka_client_log
 
-__all__ = ["PublishStats", "SimMessage", "TopicOutcome", "ensure_topic", "ensure_topics", "publish"]
+__all__ = [
+    "NotAhead",
+    "PublishStats",
+    "SimMessage",
+    "TopicOutcome",
+    "ensure_topic",
+    "ensure_topics",
+    "publish",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class NotAhead:
+    """Keeps simulated time from running ahead of the wall clock.
+
+    A generator sends faster than its simulated schedule (``--rate`` above the natural
+    rate, or no rate at all) compresses time: its timestamps would soon lie hours in the
+    future, and a later run starting at "now" would send samples older than those
+    already stored. ``cap(t)`` is ``t`` while the schedule is behind the clock, else the
+    clock; always at least 1 µs after the previous one (the stores keep microseconds).
+
+    :param clock: epoch nanoseconds now (``time.time_ns``); ``None`` caps nothing.
+    """
+
+    __slots__ = ("_clock", "_last")
+
+    def __init__(self, clock: Callable[[], int] | None = time.time_ns) -> None:
+        self._clock = clock
+        self._last = 0
+
+    def __call__(self, t_ns: int) -> int:
+        if self._clock is None:
+            return t_ns
+        t = min(t_ns, self._clock())
+        if t < self._last + 1000:
+            t = self._last + 1000
+        self._last = t
+        return t
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,13 +23,19 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from orbitstream.simulate.publisher import PublishStats, SimMessage, ensure_topic, publish
+from orbitstream.simulate.publisher import (
+    NotAhead,
+    PublishStats,
+    SimMessage,
+    ensure_topic,
+    publish,
+)
 
 __all__ = ["MALFORMED_KINDS", "SessionsConfig", "SessionsSimulator", "simulate_sessions"]
 
@@ -85,6 +91,9 @@ def _km_per_deg_lon(lat: float) -> float:
     return KM_PER_DEG_LAT * math.cos(math.radians(lat))
 
 
+_MS = 1_000_000
+
+
 def rfc3339(t_ns: int) -> str:
     """Epoch ns as ``2025-07-19T12:34:56.789Z`` (milliseconds, as the reference sent)."""
     stamp = _EPOCH + dt.timedelta(microseconds=t_ns // 1000)
@@ -104,6 +113,7 @@ class _Trip:
     cancelled: bool
     done_km: float = 0.0
     last_ns: int = 0  # time of the previous message
+    last_stamp: int = 0  # timestamp the previous message carried
 
 
 @dataclass(slots=True)
@@ -116,8 +126,12 @@ class _Vehicle:
 class SessionsSimulator:
     """Generates the fleet's messages in time order (deterministic per config)."""
 
-    def __init__(self, config: SessionsConfig) -> None:
+    def __init__(self, config: SessionsConfig, clock: Callable[[], int] | None = None) -> None:
+        """:param clock: epoch ns now; with one, no message is stamped later than it (see
+        :class:`~orbitstream.simulate.publisher.NotAhead`); the trips still move in
+        simulated time."""
         self.config = config
+        self._cap = NotAhead(clock)
         self._rng = random.Random(config.seed)
         self._vehicles = [
             _Vehicle(self._uuid(), self._random_point()) for _ in range(config.vehicles)
@@ -246,12 +260,16 @@ class SessionsSimulator:
                 position[0] + rng.uniform(-_GPS_NOISE_DEG, _GPS_NOISE_DEG),
                 position[1] + rng.uniform(-_GPS_NOISE_DEG, _GPS_NOISE_DEG),
             )
+        # capped at the clock, to the millisecond the message carries, and after the
+        # session's previous message (the pings of one session stay apart)
+        stamp = max(self._cap(t) // _MS * _MS, trip.last_stamp + _MS)
+        trip.last_stamp = stamp
         doc: dict[str, Any] = {
             "session_id": trip.session_id,
             "vehicle_id": vehicle.vehicle_id,
             "order_id": trip.order_id,
             "status": status,
-            "timestamp": rfc3339(t),
+            "timestamp": rfc3339(stamp),
             "start_lat": round(trip.start[0], 6),
             "start_lon": round(trip.start[1], 6),
             "end_lat": round(trip.end[0], 6),
@@ -262,8 +280,8 @@ class SessionsSimulator:
         key = trip.session_id.encode()
         if rng.random() < cfg.malformed_rate:
             kind = rng.choice(MALFORMED_KINDS)
-            return SimMessage(key, self._malform(doc, kind), t, kind)
-        return SimMessage(key, _ENCODE(doc), t)
+            return SimMessage(key, self._malform(doc, kind), stamp, kind)
+        return SimMessage(key, _ENCODE(doc), stamp)
 
     def _malform(self, doc: dict[str, Any], kind: str) -> bytes:
         rng = self._rng
@@ -311,7 +329,7 @@ def simulate_sessions(
     )
     if partitions is not None:
         ensure_topic(bootstrap, topic, partitions)
-    sim = SessionsSimulator(cfg)
+    sim = SessionsSimulator(cfg, clock=time.time_ns if start_ns is None else None)
     return publish(
         sim.messages(max_messages),
         bootstrap=bootstrap,

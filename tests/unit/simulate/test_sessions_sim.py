@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 from collections import defaultdict
@@ -176,3 +177,33 @@ def test_rfc3339_keeps_milliseconds_in_utc() -> None:
 def test_bad_configs_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         SessionsConfig(**kwargs)
+
+
+def test_sending_faster_than_the_schedule_never_stamps_a_message_ahead_of_the_clock() -> None:
+    """Without a rate, thousands of simulated minutes go out in seconds; with the clock
+    no message is stamped (much) later than "now": at most 1 ms per message of its own
+    session ahead, as one session's messages stay 1 ms apart at least. Every message
+    still maps."""
+    now = [CFG.start_ns]
+
+    def clock() -> int:
+        now[0] += 20_000  # 20 µs of real time per message
+        return now[0]
+
+    sim = SessionsSimulator(CFG, clock=clock)
+    msgs = list(sim.messages(3000))
+    uncapped = run(CFG, 3000)
+    assert uncapped[-1].timestamp_ns - CFG.start_ns > 1000 * 10**9  # 20 simulated minutes
+    assert msgs[-1].timestamp_ns - CFG.start_ns < 2 * 10**9  # vs 60 ms of real time
+    assert [m.value for m in msgs] != [m.value for m in uncapped]
+    docs = [json.loads(m.value) for m in msgs]
+    assert [ns(d) for d in docs] == [m.timestamp_ns for m in msgs]
+    for session in sessions_of(msgs).values():
+        times = [ns(d) for d in session]
+        assert all(b - a >= 1_000_000 for a, b in itertools.pairwise(times))
+    mapper = SessionsMapper()
+    results = [
+        mapper.map(m.value, MessagePosition("sessions-topic", 0, i)) for i, m in enumerate(msgs)
+    ]
+    assert not any(r.dead for r in results)
+    assert sum(len(r.rows.get("session_events", [])) for r in results) == 3000
