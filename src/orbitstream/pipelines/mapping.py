@@ -67,10 +67,11 @@ class MessagePosition:
 
 @dataclass(frozen=True, slots=True)
 class DeadRecord:
-    """A message that cannot be processed.
+    """A message (or one point of an array message) that cannot be processed.
 
     :param position: where it came from (for the dead-letter headers and alerts).
-    :param value: the message bytes, unchanged (republished to the dead-letter topic).
+    :param value: the message bytes, unchanged (republished to the dead-letter topic);
+        for one bad point of an array whose others were stored, that point's JSON.
     :param kind: a short, low-cardinality error kind (``decode``, ``invalid_id``...),
         what alerts count and rate-limit by.
     :param reason: a readable explanation naming the offending field.
@@ -92,6 +93,8 @@ class MapResult:
     :param messages: how many messages went in.
     :param ignored: messages that were valid but carried nothing to map (only unknown
         paths, empty entry lists); counted, neither rows nor dead.
+    :param partial: messages with rows *and* dead records (an array of points with some
+        bad ones: each bad point is a dead record of its own).
     """
 
     rows: dict[str, list[Row]] = field(default_factory=dict)
@@ -99,6 +102,7 @@ class MapResult:
     unknown_paths: dict[str, int] = field(default_factory=dict)
     messages: int = 0
     ignored: int = 0
+    partial: int = 0
 
     @property
     def row_count(self) -> int:

@@ -485,17 +485,22 @@ class _KafkaMapped(MapResult):
 
 class SatelliteKafkaMapping:
     """The satellites pipeline on the ``kafka`` source: each message is one point or a
-    JSON array of points (:class:`KafkaPoint`); a message that does not decode, or whose
-    point is outside the accepted window, is a dead record. Alert state advances when the
-    chunk's rows are durable (:meth:`commit`)."""
+    JSON array of points (:class:`KafkaPoint`). A message that does not decode, or a
+    single point that is invalid or outside the accepted window, is a dead record; in an
+    array, as over HTTP, the good points are stored and each bad one is a dead record of
+    its own (its JSON as the value, the reason naming ``$[i].field``). Alert state
+    advances when the chunk's rows are durable (:meth:`commit`)."""
 
     def __init__(self, ingest: SatelliteIngest) -> None:
         self.ingest = ingest
         self._decode = msgspec.json.Decoder(KafkaPoint | list[KafkaPoint]).decode
+        self._decode_one = msgspec.json.Decoder(KafkaPoint).decode
+        self._decode_raw = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
     def map_chunk(self, messages: Iterable[Message]) -> MapResult:
         points: list[Point] = []
-        origin: list[Message] = []
+        # per point: its message and, for an element of an array, its index
+        origin: list[tuple[Message, int | None]] = []
         dead: list[DeadRecord] = []
         count = 0
         for m in messages:
@@ -507,23 +512,42 @@ class SatelliteKafkaMapping:
             try:
                 doc = self._decode(value)
             except msgspec.DecodeError as exc:
+                if isinstance(exc, msgspec.ValidationError) and self._elements(
+                    m, value, points, origin, dead
+                ):
+                    continue
                 kind = "invalid" if isinstance(exc, msgspec.ValidationError) else "decode"
                 dead.append(DeadRecord(m, bytes(value), kind, str(exc)))
                 continue
-            for kp in doc if isinstance(doc, list) else (doc,):
-                points.append(kp.point())
-                origin.append(m)
+            if isinstance(doc, list):
+                for i, kp in enumerate(doc):
+                    points.append(kp.point())
+                    origin.append((m, i))
+            else:
+                points.append(doc.point())
+                origin.append((m, None))
         result = _KafkaMapped(messages=count, dead=dead)
         if not points:
             return result
         mapped = self.ingest.map(points, time.time_ns())
-        bad = {origin[i].offset: (origin[i], e) for i, e in mapped.rejected}
-        for msg, err in bad.values():
-            dead.append(
-                DeadRecord(
-                    msg, bytes(msg.value or b""), "invalid_timestamp", f"{err.field}: {err.message}"
-                )
-            )
+        raws: dict[int, list[msgspec.Raw]] = {}  # an array message's elements, by offset
+        for i, err in mapped.rejected:
+            msg, element = origin[i]
+            reason = f"{err.field}: {err.message}"
+            value = bytes(msg.value or b"")
+            if element is not None:
+                elements = raws.get(msg.offset)
+                if elements is None:
+                    elements = raws[msg.offset] = self._decode_raw(value)
+                value = bytes(elements[element])
+                reason = f"$[{element}].{reason}"
+            dead.append(DeadRecord(msg, value, "invalid_timestamp", reason))
+        if dead:
+            refused = {i for i, _ in mapped.rejected}
+            stored = {
+                (m.partition, m.offset) for j, (m, _) in enumerate(origin) if j not in refused
+            }
+            result.partial = len(stored & {(d.position.partition, d.position.offset) for d in dead})
         if isinstance(mapped, Mapped):
             result.rows = {k: v for k, v in mapped.rows.items() if v}
         else:
@@ -533,6 +557,33 @@ class SatelliteKafkaMapping:
             result.rows = rows
         result.mapped = mapped
         return result
+
+    def _elements(
+        self,
+        m: Message,
+        value: bytes,
+        points: list[Point],
+        origin: list[tuple[Message, int | None]],
+        dead: list[DeadRecord],
+    ) -> bool:
+        """An array with an invalid point, element by element: the good points join
+        ``points``, each bad one is a dead record. False when ``value`` is no array."""
+        try:
+            elements = self._decode_raw(value)
+        except msgspec.DecodeError:
+            return False
+        for i, raw in enumerate(elements):
+            try:
+                kp = self._decode_one(raw)
+            except msgspec.DecodeError as exc:
+                reason = str(exc).replace("`$", f"`$[{i}]", 1)
+                if "`$[" not in reason:
+                    reason = f"$[{i}]: {reason}"
+                dead.append(DeadRecord(m, bytes(raw), "invalid", reason))
+                continue
+            points.append(kp.point())
+            origin.append((m, i))
+        return True
 
     def commit(self, result: MapResult) -> None:
         if isinstance(result, _KafkaMapped) and result.mapped is not None:

@@ -336,7 +336,7 @@ class KafkaSource:
         self.counters["messages"] += len(chunk.messages)
         self.counters["rows"] += n
         dead = self._dead(chunk, result.dead)
-        self._count(ctx, len(chunk.messages), result.dead)
+        self._count(ctx, len(chunk.messages), result.dead, result.partial)
         self._count_unmapped(ctx, result)
         if ack is None:
             self.mapping.commit(result)
@@ -353,12 +353,15 @@ class KafkaSource:
         self.mapping.commit(result)
 
     @staticmethod
-    def _count(ctx: SourceContext, messages: int, dead: list[DeadRecord]) -> None:
-        """``/metrics``: messages received, accepted and rejected (dead-lettered), and the
-        rejections by kind, as the HTTP and Starlink sources count theirs."""
+    def _count(ctx: SourceContext, messages: int, dead: list[DeadRecord], partial: int) -> None:
+        """``/metrics``: messages received and accepted (some rows stored), dead records
+        rejected (a whole message, or one bad point of an array whose others were stored:
+        ``partial`` such messages), and the rejections by kind, as the HTTP and Starlink
+        sources count theirs."""
         labels = (ctx.pipeline,)
         ctx.metrics.inc("received", labels, messages)
-        ctx.metrics.inc("accepted", labels, messages - len(dead))
+        wholly_dead = len({(d.position.partition, d.position.offset) for d in dead}) - partial
+        ctx.metrics.inc("accepted", labels, messages - wholly_dead)
         if dead:
             ctx.metrics.inc("rejected", labels, len(dead))
             for kind, n in collections.Counter(rec.kind for rec in dead).items():

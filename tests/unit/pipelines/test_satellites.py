@@ -299,3 +299,49 @@ def test_kafka_mapping_an_empty_message_is_a_tombstone_the_rest_maps() -> None:
     assert (getattr(position, "offset", None), value, kind) == (0, b"", "decode")
     assert "tombstone" in reason  # was msgspec's "Input data was truncated"
     assert len(result.rows["telemetry"]) == 1
+
+
+def test_kafka_mapping_an_array_keeps_its_good_points_and_dead_letters_each_bad_one() -> None:
+    """As over HTTP (``/telemetry/batch``): one bad point of an array does not take the
+    others with it. Each bad point is a dead record of its own, its JSON as the value and
+    the reason naming its index; a single bad point, or a message that is not JSON, stays
+    one dead record of the whole message."""
+    from orbitstream.core.times import TimeWindow
+    from orbitstream.pipelines.satellites import SatelliteIngest, SatelliteKafkaMapping
+    from orbitstream.sources.kafka import KafkaMessage
+
+    window = TimeWindow.of(3600, 30 * 86400)
+    mapping = SatelliteKafkaMapping(
+        SatelliteIngest(SatelliteMapper(threshold_rules(), window=window))
+    )
+    now = dt.datetime.now(dt.UTC)
+    good = [{**GOOD, "satellite_id": f"SAT-{i}", "timestamp": now.isoformat()} for i in range(3)]
+    too_high = {**GOOD, "satellite_id": "SAT-X", "battery_charge_percent": 150.0}
+    too_old = {**GOOD, "satellite_id": "SAT-Y", "timestamp": "1999-01-01T00:00:00Z"}
+    array = msgspec.json.encode([good[0], too_high, good[1], too_old])
+    result = mapping.map_chunk(
+        [
+            KafkaMessage("raw", 0, 10, None, array, None),
+            KafkaMessage("raw", 0, 11, None, msgspec.json.encode(good[2]), None),
+            KafkaMessage("raw", 0, 12, None, msgspec.json.encode(too_high), None),
+            KafkaMessage("raw", 0, 13, None, b"[{", None),
+        ]
+    )
+    stored = sorted(str(r[1]) for r in result.rows["telemetry"])
+    assert stored == ["SAT-0", "SAT-1", "SAT-2"]
+    dead = sorted(
+        (getattr(d.position, "offset", -1), d.kind, d.reason, d.value) for d in result.dead
+    )
+    assert [(o, k) for o, k, _, _ in dead] == [
+        (10, "invalid"),
+        (10, "invalid_timestamp"),
+        (12, "invalid"),
+        (13, "decode"),
+    ]
+    assert "$[1].battery_charge_percent" in dead[0][2]
+    assert msgspec.json.decode(dead[0][3]) == too_high  # the point alone, not the array
+    assert dead[1][2].startswith("$[3].timestamp")
+    assert msgspec.json.decode(dead[1][3]) == too_old
+    assert msgspec.json.decode(dead[2][3]) == too_high and "battery_charge_percent" in dead[2][2]
+    assert dead[3][3] == b"[{"
+    assert result.partial == 1  # offset 10: stored and dead-lettered in part
