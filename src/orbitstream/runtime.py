@@ -271,6 +271,7 @@ class Runtime:
         limits = pipeline_limits(engine)
         retry = RetryPolicy(max_secs=engine.retry_max_backoff_secs)
         for plan in self.plans:
+            instead = list(write_to(plan)) if write_to is not None else None
             build = PipelineBuild(
                 spec=plan.spec,
                 settings=settings,
@@ -280,10 +281,11 @@ class Runtime:
                 source=plan.source,
                 window=self.window,
                 metrics=self.metrics,
+                written=_written(instead) if instead is not None else None,
             )
             parts = plan.spec.build(build)
-            if write_to is not None:
-                parts = dataclasses.replace(parts, sinks=(*write_to(plan), *parts.sinks))
+            if instead is not None:
+                parts = dataclasses.replace(parts, sinks=(*instead, *parts.sinks))
                 targets: list[Sink] = list(parts.sinks)
             else:
                 targets = [*self.stores, *extra_sinks, *parts.sinks]
@@ -552,6 +554,17 @@ class Runtime:
                 "written_rows": self.metrics.total("written_rows"),
             },
         )
+
+
+def _written(sinks: Sequence[Sink]) -> frozenset[str] | None:
+    """The tables these sinks write (``None``: every table)."""
+    names: set[str] = set()
+    for sink in sinks:
+        only: frozenset[str] | None = getattr(sink, "only_tables", None)
+        if only is None:
+            return None
+        names |= only
+    return frozenset(names)
 
 
 def _build_stores(settings: Settings, request: SinkRequest) -> list[Store]:

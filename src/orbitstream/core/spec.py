@@ -55,6 +55,9 @@ class PipelineBuild:
     :param tables: the pipeline's tables by name, each in the resolved namespace.
     :param window: the timestamps every configured store can hold, within the accepted
         window around the receive time.
+    :param written: the names of the tables some sink writes; ``None``: every table (an
+        HTTP tier publishing only the raw points to Kafka, ``serve --sink kafka``, writes
+        no alerts: its workers detect them).
     """
 
     spec: PipelineSpec
@@ -65,6 +68,7 @@ class PipelineBuild:
     source: str
     window: TimeWindow
     metrics: Metrics
+    written: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,9 @@ class AlertTracker:
         self.rules = rules
         self.metrics = metrics
         self.active: dict[str, tuple[str, ...]] = {}
+        # count and log the events of commit(); off where no sink stores them (an HTTP
+        # tier publishing raw points: its workers detect, count and log the alerts)
+        self.announce = True
 
     def restore(self, firing: Iterable[tuple[str, str]]) -> None:
         """Seed state from the store (``(entity_id, rule)`` pairs still firing)."""
@@ -98,6 +101,8 @@ class AlertTracker:
                 self.active[entity] = reasons
             else:
                 self.active.pop(entity, None)
+        if not self.announce:
+            return
         for event in events:
             subject, rule, state, value, threshold = event[2:7]
             if self.metrics is not None:

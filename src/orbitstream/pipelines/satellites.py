@@ -606,6 +606,8 @@ def _build(b: PipelineBuild) -> PipelineParts:
     assert isinstance(own, SatellitesSettings)
     rules = threshold_rules(own.battery_threshold, own.storage_threshold, own.signal_threshold)
     mapper = SatelliteMapper(rules, b.metrics, window=b.window)
+    if b.written is not None and "alerts" not in b.written:
+        mapper.alerts.announce = False  # no alert is stored here: the workers' alerts count
     ingest = SatelliteIngest(mapper, b.tables["alerts"])
     handler: object = ingest
     if b.source == "kafka":

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import post_json, rfc3339
+from tests.conftest import http, post_json, rfc3339
 from tests.integration.kafka.support import SESSION_TIMEOUT_MS, committed, new_topic
 from tests.integration.postgres.conftest import fresh_database
 from tests.support.runner import Running
@@ -135,6 +135,15 @@ def test_two_workers_one_killed_every_point_once(tmp_path: Path, kafka_bootstrap
                     "ORDER BY time"
                 ).fetchall()
                 assert [float(g[0]) for g in got] == [float(r * 10 + 7) for r in range(ROUNDS)]
+                # alerts are the workers' (they see every point of a satellite, in
+                # order): stored and logged there; the tier, which stores none, neither
+                # counts nor logs them
+                alerts = conn.execute("SELECT count(*) FROM alerts").fetchone()
+                assert alerts is not None and int(alerts[0]) > 0
+            assert "Anomaly alert fired" in w2.log.read_text()
+            assert "Anomaly alert" not in tier.log.read_text()
+            _, _, metrics = http("GET", tier.url + "/metrics")
+            assert "orbitstream_alerts_total{" not in metrics.decode()
             offsets = committed(kafka_bootstrap, group, topic, 4)
             _wait(
                 lambda: sum(committed(kafka_bootstrap, group, topic, 4).values()) == sent,
