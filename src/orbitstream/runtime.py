@@ -441,6 +441,9 @@ class Runtime:
                 "ack_mode": s.http.ack_mode,
                 "batch_size": s.engine.batch_size,
                 "batch_timeout_secs": s.engine.batch_timeout,
+                # what SIGTERM may take (more than ORBITSTREAM_SHUTDOWN_TIMEOUT when a
+                # pipeline needs it): an orchestrator's grace period should exceed it
+                "stop_secs": self.stop_secs,
             },
         )
         return self.port
@@ -505,12 +508,21 @@ class Runtime:
         for shared in (*self.stores, *self.extra_sinks):
             await close_sink(shared)
 
+    @property
+    def stop_secs(self) -> float:
+        """The stop's deadline: ``ORBITSTREAM_SHUTDOWN_TIMEOUT``, or longer where a
+        pipeline needs it (``PipelineParts.min_stop_secs``)."""
+        return max(
+            [self.settings.engine.shutdown_timeout_secs]
+            + [r.parts.min_stop_secs for r in self.running]
+        )
+
     async def stop(self) -> None:
         # one deadline for the whole stop (ORBITSTREAM_SHUTDOWN_TIMEOUT): a source waiting
         # for a down store to take its last batch, then the pipelines draining to that
         # store, must not wait that long each
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.engine.shutdown_timeout_secs
+        deadline = loop.time() + self.stop_secs
 
         def left() -> float:
             return max(1.0, deadline - loop.time())

@@ -78,11 +78,16 @@ class PipelineParts:
     :param sinks: sinks of the pipeline's own, besides the shared stores (started and
         closed by the runtime; they receive every table's rows).
     :param info: shown by ``/api/pipelines`` and the dashboard (thresholds and the like).
+    :param min_stop_secs: how long a stop must be allowed at least, whatever
+        ``ORBITSTREAM_SHUTDOWN_TIMEOUT`` says: input in flight that cannot be abandoned
+        without losing it (a Starlink long poll: the API moves on when it answers, whether
+        or not anyone still listens) takes that long to come back and be written.
     """
 
     source: Source
     sinks: Sequence[Sink] = ()
     info: Mapping[str, Any] = field(default_factory=dict)
+    min_stop_secs: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -732,10 +732,11 @@ class StarlinkPoller:
                 self._polls += 1
                 self._rows += batch.rows
                 self._last_poll_ns = batch.received_ns
+                archived: Path | None = None
                 if self.archive is not None:
                     archive = self.archive
                     try:
-                        await loop.run_in_executor(
+                        archived = await loop.run_in_executor(
                             None, archive.append, batch.body, batch.received_ns, number
                         )
                     except OSError as exc:  # the sinks can still make the batch durable
@@ -745,6 +746,8 @@ class StarlinkPoller:
                         )
                 self._set("delivering")
                 await self._deliver(batch.body, number)
+                if archived is not None and self.archive is not None:
+                    self.archive.mark_durable(archived)
                 if self._stop.is_set():
                     break
                 if batch.rows >= s.batch_size:
@@ -772,6 +775,8 @@ class StarlinkPoller:
 # -- raw archive -----------------------------------------------------------------------
 
 _ARCHIVE_NAME = re.compile(r"^(\d{19})-(\d{10})\.json\.gz$")
+#: the file in the archive directory naming the last body known to be in every store
+DURABLE_MARK = "durable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -820,6 +825,52 @@ class RawArchive:
             finally:
                 os.close(fd)
         return path
+
+    def mark_durable(self, path: Path) -> None:
+        """Record that the body in ``path`` (and every one before it) is in every store:
+        the bodies archived after it are what a restart replays (:meth:`pending`). Not
+        fsynced: a mark lost in a crash only makes a restart replay a body already
+        stored, which the stores drop (batch ids from the body's digest)."""
+        marker = self.directory / DURABLE_MARK
+        tmp = marker.with_name(DURABLE_MARK + ".tmp")
+        try:
+            tmp.write_text(path.name + "\n")
+            os.replace(tmp, marker)
+        except OSError as exc:
+            logger.error(
+                "Raw archive: could not record the durable mark.",
+                extra={"file": str(marker), "error": str(exc)},
+            )
+
+    def durable_mark(self) -> str | None:
+        """The name of the last body marked durable; ``None`` when none is."""
+        try:
+            name = (self.directory / DURABLE_MARK).read_text().strip()
+        except OSError:
+            return None
+        return name if _ARCHIVE_NAME.match(name) else None
+
+    def pending(self) -> list[Path]:
+        """The archived bodies after the durable mark, oldest first: read from the API,
+        but not known to be in every store (the process died while a store was down, or
+        while writing). Without a mark (an archive from before marks were kept, or a new
+        one), nothing is pending."""
+        mark = self.durable_mark()
+        if mark is None or not self.directory.is_dir():
+            return []
+        names = sorted(
+            child.name
+            for child in self.directory.iterdir()
+            if _ARCHIVE_NAME.match(child.name) and child.name > mark
+        )
+        return [self.directory / name for name in names]
+
+    def newest(self) -> Path | None:
+        """The newest archived body, if any."""
+        if not self.directory.is_dir():
+            return None
+        names = [c.name for c in self.directory.iterdir() if _ARCHIVE_NAME.match(c.name)]
+        return self.directory / max(names) if names else None
 
     def __iter__(self) -> Iterator[ArchivedPoll]:
         return self.read(self.directory)

@@ -4,6 +4,7 @@ lifecycle, every fault switch, drain mode, and nothing polled while ``deliver`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from pathlib import Path
@@ -383,6 +384,38 @@ async def test_the_raw_archive_keeps_every_body_for_replay(
     assert [p.body for p in polls] == delivered == [s.body for s in fake.served]
     assert [p.poll_number for p in polls] == [41, 42, 43]
     assert all(a.poll_ns <= b.poll_ns for a, b in itertools.pairwise(polls))
+    # each body was marked durable once deliver returned: nothing is pending
+    assert archive.durable_mark() == polls[-1].path.name and archive.pending() == []
+
+
+async def test_a_body_whose_deliver_never_returned_stays_pending(
+    fake_factory: FakeFactory, tmp_path: Path
+) -> None:
+    """The mark moves only when deliver returns: a body in hand when the process dies
+    (here: the poller cancelled while deliver waits, as for a store that is down) is
+    what the next start finds pending."""
+    fake = await fake_factory(backlog_ticks=3, record_bodies=True)
+    archive = RawArchive(tmp_path / "raw")
+    calls = 0
+    stuck = asyncio.Event()
+
+    async def deliver(body: bytes, number: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            stuck.set()
+            await asyncio.Event().wait()  # never durable
+
+    async with StarlinkClient(settings_for(fake, batch_size=10)) as client:
+        task = asyncio.ensure_future(StarlinkPoller(client, deliver, archive=archive).run())
+        await asyncio.wait_for(stuck.wait(), 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    first, second = list(archive)
+    assert archive.durable_mark() == first.path.name
+    assert archive.pending() == [second.path]
+    assert RawArchive(tmp_path / "none").pending() == []  # no archive, no mark: nothing
 
 
 async def test_a_failing_deliver_stops_the_poller_without_polling_again(

@@ -1,0 +1,145 @@
+"""The stream advances when it answers, whether anyone still listens or not: a poll given
+up on is a batch lost.
+
+- SIGTERM during a long poll (``MAX_LINGER`` longer than ``ORBITSTREAM_SHUTDOWN_TIMEOUT``)
+  waits for its answer and writes it before exiting;
+- ``kill -9`` while a store is down: the body in hand was read but is not in the store.
+  With ``STARLINK_RAW_ARCHIVE`` it is on disk; the restart writes it before polling again,
+  without anyone running ``replay``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from orbitstream.simulate.starlink import FakeStarlinkConfig
+from tests.conftest import _has_chdb, http, require
+from tests.integration.starlink.conftest import fleet
+from tests.integration.starlink.test_end_to_end import expected_rows
+from tests.integration.starlink.test_run_cli import ThreadedFake, _env, _query
+from tests.support.pgcluster import TempCluster, pg_bin
+from tests.support.runner import Running, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def cluster() -> Iterator[TempCluster]:
+    require(
+        pg_bin("initdb") is not None and pg_bin("pg_ctl") is not None,
+        "PostgreSQL server binaries (initdb, pg_ctl)",
+    )
+    c = TempCluster()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.destroy()
+
+
+def _telemetry(url: str) -> list[tuple[str, int]]:
+    with psycopg.connect(url, connect_timeout=3) as conn:
+        rows = conn.execute(
+            "SELECT device_id, (extract(epoch FROM ts_ns) * 1000000)::bigint "
+            "FROM starlink.telemetry"
+        ).fetchall()
+    return [(str(d), int(t)) for d, t in rows]
+
+
+def _halted(run: Running) -> bool:
+    _, _, body = http("GET", run.url + "/health")
+    source = json.loads(body)["pipelines"]["starlink"]["source"]
+    return bool(source["halted"])
+
+
+def test_kill_9_while_the_store_is_down_then_the_restart_writes_the_archived_body(
+    cluster: TempCluster, tmp_path: Path
+) -> None:
+    threaded = ThreadedFake(
+        FakeStarlinkConfig(fleet=fleet(terminals=6), backlog_ticks=4, record_bodies=True)
+    )
+    f = threaded.fake
+    env = {
+        **_env(f, tmp_path),
+        "DATABASE_URL": cluster.url.replace("postgresql:", "postgres:"),
+        "ORBITSTREAM_RETRY_MAX_BACKOFF": "500ms",
+        "ORBITSTREAM_POSTGRES__CONNECT_TIMEOUT_SECS": "1",
+    }
+    try:
+        first = Running(env, "starlink")
+        try:
+            wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
+            wait_until(lambda: len(_telemetry(cluster.url)) > 0, 15)
+            cluster.stop()
+            threaded.call(lambda: f.extend(4))
+            # the next body is read, archived and held: nothing more is read
+            wait_until(lambda: _halted(first), 30)
+            held = threaded.call(lambda: f.position())
+        finally:
+            first.kill()  # SIGKILL: no shutdown, no spill
+        assert threaded.call(lambda: f.position()) == held
+        archive = tmp_path / "archive"
+        pending = [
+            p.name
+            for p in archive.glob("*.json.gz")
+            if p.name > (archive / "durable").read_text().strip()
+        ]
+        assert pending, "the held body is archived after the durable mark"
+
+        cluster.start()
+        second = Running(env, "starlink")
+        try:
+            wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
+            want = threaded.call(lambda: expected_rows(f))
+            expected = {(d, t // 1000) for d, t in want["telemetry"]}  # µs in PostgreSQL
+            wait_until(lambda: set(_telemetry(cluster.url)) == expected, 30)
+            got = _telemetry(cluster.url)
+            assert len(got) == len(set(got))  # each once, the held body included
+            log = second.log.read_text()
+            assert "bodies read before the last stop but not known to be stored" in log
+        finally:
+            assert second.stop() == 0, second.log.read_text()[-3000:]
+        mark = (archive / "durable").read_text().strip()
+        assert mark == max(p.name for p in archive.glob("*.json.gz"))
+    finally:
+        threaded.close()
+
+
+def test_sigterm_during_a_long_poll_waits_for_its_answer_and_writes_it(tmp_path: Path) -> None:
+    require(_has_chdb(), "chdb (pip install 'orbitstream[chdb]')")
+    threaded = ThreadedFake(
+        FakeStarlinkConfig(fleet=fleet(terminals=4), backlog_ticks=2, record_bodies=True)
+    )
+    f = threaded.fake
+    env = {
+        **_env(f, tmp_path),
+        "MAX_LINGER": "6000",  # the API holds a poll up to 6 s
+        "ORBITSTREAM_SHUTDOWN_TIMEOUT": "1s",
+    }
+    try:
+        run = Running(env, "starlink")
+        try:
+            wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
+            polls = threaded.call(lambda: f.count("stream"))
+            wait_until(lambda: threaded.call(lambda: f.count("stream")) > polls, 10)
+        finally:
+            # a poll is in flight, waiting for rows; they come after the SIGTERM and the
+            # API answers with them at the end of the linger, 5 s past the timeout
+            run.proc.send_signal(15)
+            threaded.call(lambda: f.extend(1))
+            code = run.proc.wait(60)
+        assert code == 0, run.log.read_text()[-3000:]
+        # the API answers that poll (to whoever still listens) and moves on
+        wait_until(lambda: threaded.call(lambda: f.available()) == 0, 15)
+        served = threaded.call(lambda: list(f.served))
+        assert served[-1].body is not None and not any(r.lost for r in served)
+        want = threaded.call(lambda: expected_rows(f))
+        rows = _query(env, "SELECT device_id, toUnixTimestamp64Nano(ts_ns) AS t FROM telemetry")
+        got = [(r["device_id"], int(r["t"])) for r in rows]
+        assert len(got) == len(set(got)) and set(got) == set(want["telemetry"])
+    finally:
+        threaded.close()
