@@ -312,10 +312,41 @@ def _query_or_exit(
         return _run_query(settings, sql, pipeline)
     except (QueryError, ValueError) as exc:
         console.print(f"[red]query failed:[/red] {exc}")
+        hint = _namespace_hint(settings, pipeline, str(exc))
+        if hint:
+            console.print(f"hint: {hint}")
         raise typer.Exit(1) from exc
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+
+
+def _namespace_hint(settings: Settings, pipeline: str, error: str) -> str | None:
+    """For a query whose namespace (database / schema) does not exist: where the
+    pipeline's tables are looked for (its namespace follows its settings: query with
+    those it ran with)."""
+    from orbitstream.core import registry
+    from orbitstream.runtime import plan_pipelines
+
+    try:
+        (plan,) = plan_pipelines(settings, [pipeline])
+    except (ConfigError, ValueError):
+        return None
+    missing_namespace = "UNKNOWN_DATABASE" in error or (
+        plan.namespace is not None
+        and "not exist" in error
+        and (f'"{plan.namespace}"' in error or f" {plan.namespace} " in error)
+    )
+    if not missing_namespace:
+        return None
+    spec = registry.pipeline(pipeline)
+    where = plan.namespace or "the store's default namespace"
+    knobs = [f"ORBITSTREAM_{pipeline.upper()}__NAMESPACE", *spec.namespace_env]
+    return (
+        f"the {pipeline} pipeline's tables are looked for in {where}, as {' / '.join(knobs)} "
+        f"say now; query with the settings it ran with, and run it (or `orbitstream migrate`) "
+        "once to create them"
+    )
 
 
 def _print_rows(columns: list[str], rows: list[tuple[object, ...]], fmt: OutputFormat) -> None:
@@ -406,6 +437,13 @@ def replay(
     console.print(
         f"replayed {report.bodies:,} responses from {path}; {report.dead:,} rows to dead letters"
     )
+    if report.not_read:
+        shown = ", ".join(report.not_read[:5]) + (" …" if len(report.not_read) > 5 else "")
+        console.print(
+            f"note: {len(report.not_read):,} file{'s' if len(report.not_read) != 1 else ''} "
+            "not named like archived responses "
+            f"(<poll ns>-<poll number>.json.gz) were not read: {shown}"
+        )
     if report.unreadable:
         for file, reason in report.unreadable:
             console.print(f"[red]error:[/red] skipped unreadable archive file {file}: {reason}")

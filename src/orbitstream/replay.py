@@ -47,6 +47,7 @@ class ReplayReport:
     dead: int = 0
     added: dict[str, int] = field(default_factory=dict)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    not_read: list[str] = field(default_factory=list)  # files not named like archived bodies
 
 
 async def replay_starlink(
@@ -131,6 +132,8 @@ async def replay_starlink(
                 report.rows[name] = report.rows.get(name, 0) + n
             if progress is not None:
                 progress(report.bodies, sum(report.rows.values()))
+        if path.is_dir():
+            report.not_read = RawArchive.foreign_files(path)
         if not found:
             raise ConfigError(
                 f"{path} holds no archived Starlink responses (<poll ns>-<poll>.json.gz)",

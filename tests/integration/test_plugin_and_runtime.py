@@ -99,3 +99,22 @@ def test_the_plugin_runs_alone_and_its_rows_are_queryable_after(
     assert json.loads(out.stdout)[0]["n"] >= 9
     bad = _cli(env, "query", "--pipeline", "nosuch", "SELECT 1")
     assert bad.returncode == 2 and "unknown pipeline 'nosuch'" in bad.stderr
+
+
+def test_a_query_in_a_namespace_that_does_not_exist_names_the_settings(tmp_path: Path) -> None:
+    """Querying with other settings than the pipeline ran with (here CLICKHOUSE_DB) finds
+    no database: the error says where the tables were looked for and which settings
+    choose it; a misspelt table gets the store's error alone."""
+    env = plugin_env(tmp_path / "no-plugins", tmp_path / "data")
+    assert _cli(env, "migrate").returncode == 0
+    out = _cli(
+        {**env, "CLICKHOUSE_DB": "fleet"}, "query", "-p", "starlink", "SELECT 1 FROM telemetry"
+    )
+    text = " ".join(out.stdout.split() + out.stderr.split())
+    assert out.returncode == 1, text
+    assert "fleet" in text and "hint:" in text and "CLICKHOUSE_DB" in text, text
+    assert "ORBITSTREAM_STARLINK__NAMESPACE" in text
+    out = _cli(env, "query", "-p", "starlink", "SELECT 1 FROM no_such_table")
+    assert out.returncode == 1 and "hint:" not in out.stdout + out.stderr
+    out = _cli(env, "query", "-p", "starlink", "SELECT count() FROM telemetry")
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -876,6 +876,18 @@ class RawArchive:
         return self.read(self.directory)
 
     @staticmethod
+    def foreign_files(directory: Path) -> list[str]:
+        """Names of the files in ``directory`` that are neither archived bodies nor the
+        durable mark (renamed copies, a torn ``.tmp`` write): :meth:`read` skips them."""
+        return sorted(
+            child.name
+            for child in Path(directory).iterdir()
+            if child.is_file()
+            and not _ARCHIVE_NAME.match(child.name)
+            and child.name not in (DURABLE_MARK, DURABLE_MARK + ".tmp")
+        )
+
+    @staticmethod
     def read(
         path: Path, on_unreadable: Callable[[Path, str], None] | None = None
     ) -> Iterator[ArchivedPoll]:

@@ -213,12 +213,14 @@ def test_run_restart_and_replay_store_every_served_row_once(
         (damaged / archived.name).write_bytes(archived.read_bytes())
     torn = damaged / files[0].name
     torn.write_bytes(torn.read_bytes()[:40])
+    (damaged / "copy.json.gz").write_bytes(files[1].read_bytes())  # renamed: not read
     other = {**env, "ORBITSTREAM_DATA_DIR": str(tmp_path / "other")}
     out = cli(other, "replay", "starlink", str(damaged))
     assert out.returncode == 1, out.stderr
     text = " ".join(out.stderr.split())
     assert f"skipped unreadable archive file {torn}" in text
     assert f"replayed {len(served) - 1} responses" in text.replace(",", "")
+    assert "note: 1 file not named like archived responses" in text and "copy.json.gz" in text
     assert 0 < _counts(other)["telemetry"] <= before["telemetry"]
 
 
