@@ -33,6 +33,10 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "source_errors": ("Input a source could not map, by kind.", ("pipeline", "kind")),
     "alerts": ("Alert events emitted.", ("pipeline", "rule", "state")),
     "ignored_messages": ("Valid messages that carried nothing to map.", ("pipeline",)),
+    "duplicates": (
+        "Input rows dropped as copies of a row already taken (same key and time).",
+        ("pipeline",),
+    ),
     "unmapped_paths": (
         "Path updates of paths the pipeline tolerates but does not map, by path.",
         ("pipeline", "path"),

@@ -399,7 +399,17 @@ class StarlinkIngest:
             self._warn_dead(letters)
         self.mapper.commit(mapping)
         n = sum(counts.values())
-        self.metrics.inc("accepted", labels, n)
+        # stream rows, as "received" counts them (the derived alert, event and address
+        # rows are in written_rows): taken, dead (malformed, or outside the time window:
+        # the letters of the tables stream rows go to; letters for derived rows do not
+        # count again), or dropped as copies
+        window_letters = letters[len(mapping.dead) :]
+        dead = len(mapping.dead) + sum(1 for d in window_letters if d.table in _STREAM_TABLES)
+        self.metrics.inc("accepted", labels, mapping.values - dead - mapping.duplicates)
+        if dead:
+            self.metrics.inc("rejected", labels, dead)
+        if mapping.duplicates:
+            self.metrics.inc("duplicates", labels, mapping.duplicates)
         for event in mapping.rows["alert_events"]:
             self.metrics.inc("alerts", (self.pipeline, str(event[4]), str(event[5])))
         self.bodies += 1
@@ -407,6 +417,10 @@ class StarlinkIngest:
         return Delivered(
             digest, mapping.values, counts, len(letters), mapping.duplicates, ack.committed
         )
+
+
+#: the tables a stream row itself lands in (the others hold rows derived from it)
+_STREAM_TABLES = frozenset({"telemetry", IP_ALLOCATIONS_TABLE.name})
 
 
 class StarlinkSource:

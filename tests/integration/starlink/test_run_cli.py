@@ -127,6 +127,15 @@ def test_run_restart_and_replay_store_every_served_row_once(
         assert source["halted"] is False and source["token_requests"] >= 2  # one 401
         _, _, metrics = http("GET", first.url + "/metrics")
         assert b'orbitstream_accepted_total{pipeline="starlink"}' in metrics
+        # stream rows: each received one is accepted, rejected or a dropped copy
+        counts = {
+            name: _counter(metrics.decode(), name)
+            for name in ("received", "accepted", "rejected", "duplicates")
+        }
+        assert counts["received"] == source["rows"] > 0, counts
+        assert counts["received"] == (
+            counts["accepted"] + counts["rejected"] + counts["duplicates"]
+        ), counts
     finally:
         assert first.stop() == 0, first.log.read_text()[-3000:]
     served_first = len(fake.call(lambda: list(f.served)))
@@ -222,6 +231,15 @@ def test_run_restart_and_replay_store_every_served_row_once(
     assert f"replayed {len(served) - 1} responses" in text.replace(",", "")
     assert "note: 1 file not named like archived responses" in text and "copy.json.gz" in text
     assert 0 < _counts(other)["telemetry"] <= before["telemetry"]
+
+
+def _counter(metrics: str, name: str) -> float:
+    """``orbitstream_<name>_total{pipeline="starlink"}`` (0 when absent)."""
+    prefix = f'orbitstream_{name}_total{{pipeline="starlink"}} '
+    for line in metrics.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
 
 
 def _query(env: dict[str, str], sql: str) -> list[dict[str, Any]]:
