@@ -14,8 +14,8 @@ import aiohttp
 import psycopg
 import pytest
 
-from tests.conftest import ServiceProcess, require
-from tests.support.pgcluster import TempCluster, pg_bin
+from tests.conftest import ServiceProcess
+from tests.support.pgcluster import TempCluster, started_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,16 +24,8 @@ GOOD = {"battery_charge_percent": 55.0, "storage_usage_mb": 1000.0, "signal_stre
 
 @pytest.fixture
 def cluster() -> Iterator[TempCluster]:
-    require(
-        pg_bin("initdb") is not None and pg_bin("pg_ctl") is not None,
-        "PostgreSQL server binaries (initdb, pg_ctl)",
-    )
-    c = TempCluster()
-    c.start()
-    try:
+    with started_cluster() as c:
         yield c
-    finally:
-        c.destroy()
 
 
 def test_postgres_outage_during_load(cluster: TempCluster, service_factory: Any) -> None:

@@ -10,11 +10,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, require
 
-__all__ = ["TempCluster", "pg_bin"]
+__all__ = ["TempCluster", "pg_bin", "started_cluster"]
 
 
 def pg_bin(name: str) -> str | None:
@@ -78,3 +79,19 @@ class TempCluster:
             self.stop("immediate")
         time.sleep(0.1)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started_cluster() -> Iterator[TempCluster]:
+    """A started :class:`TempCluster`, destroyed afterwards (skipped locally, failed in
+    CI, without the server binaries)."""
+    require(
+        pg_bin("initdb") is not None and pg_bin("pg_ctl") is not None,
+        "PostgreSQL server binaries (initdb, pg_ctl)",
+    )
+    c = TempCluster()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.destroy()
