@@ -75,12 +75,15 @@ class DeadRecord:
     :param kind: a short, low-cardinality error kind (``decode``, ``invalid_id``...),
         what alerts count and rate-limit by.
     :param reason: a readable explanation naming the offending field.
+    :param element: for one bad point of an array message, its index in the array (the
+        dead-letter topic gets it as a header: one message, several dead points).
     """
 
     position: Position
     value: bytes
     kind: str
     reason: str
+    element: int | None = None
 
 
 @dataclass(slots=True)

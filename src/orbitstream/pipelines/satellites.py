@@ -541,7 +541,7 @@ class SatelliteKafkaMapping:
                     elements = raws[msg.offset] = self._decode_raw(value)
                 value = bytes(elements[element])
                 reason = f"$[{element}].{reason}"
-            dead.append(DeadRecord(msg, value, "invalid_timestamp", reason))
+            dead.append(DeadRecord(msg, value, "invalid_timestamp", reason, element))
         if dead:
             refused = {i for i, _ in mapped.rejected}
             stored = {
@@ -579,7 +579,7 @@ class SatelliteKafkaMapping:
                 reason = str(exc).replace("`$", f"`$[{i}]", 1)
                 if "`$[" not in reason:
                     reason = f"$[{i}]: {reason}"
-                dead.append(DeadRecord(m, bytes(raw), "invalid", reason))
+                dead.append(DeadRecord(m, bytes(raw), "invalid", reason, i))
                 continue
             points.append(kp.point())
             origin.append((m, i))

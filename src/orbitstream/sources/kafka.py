@@ -407,7 +407,8 @@ Handler = Callable[[Chunk], Pending]
 
 class DeadLetterHeaders:
     """Header names on dead-letter messages (values are UTF-8 text). The original key,
-    value and headers follow unchanged."""
+    value and headers follow unchanged (the value: one bad point alone, for an array
+    message whose other points were stored, with :attr:`ELEMENT`)."""
 
     ERROR = "orbitstream.error"
     TOPIC = "orbitstream.source.topic"
@@ -417,6 +418,9 @@ class DeadLetterHeaders:
     GROUP = "orbitstream.consumer_group"
     CHUNK = "orbitstream.chunk"
     DROPPED = "orbitstream.value_dropped"
+    #: one bad point of an array message whose other points were stored: its index (the
+    #: value is that point alone); the source position is then shared by several letters
+    ELEMENT = "orbitstream.source.element"
 
 
 # -- chunk logs ---------------------------------------------------------------------------

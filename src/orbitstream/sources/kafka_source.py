@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import msgspec
 from pydantic import Field
 
 from orbitstream.core.batch import Ack
@@ -40,6 +41,7 @@ from orbitstream.settings import Settings, env
 from orbitstream.sources.kafka import (
     CHUNK_LOG_TABLE_NAME,
     Chunk,
+    DeadLetterHeaders,
     KafkaMessage,
     KafkaReader,
     KafkaSettings,
@@ -399,6 +401,12 @@ class KafkaSource:
                 if found is None:  # pragma: no cover - mappers keep the position
                     continue
                 msg = found
+            if rec.element is not None:  # one point of the message: it alone, and its index
+                msg = msgspec.structs.replace(
+                    msg,
+                    value=rec.value,
+                    headers=((DeadLetterHeaders.ELEMENT, str(rec.element).encode()), *msg.headers),
+                )
             out.append((msg, f"{rec.kind}: {rec.reason}"))
             if self.on_dead is not None:
                 try:
