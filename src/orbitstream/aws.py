@@ -122,10 +122,19 @@ class AwsSettings:
             session_token=SecretStr(token) if token is not None else None,
         )
 
-    def client(self, service: str, *, region: str | None = None, **config: Any) -> Any:
+    def client(
+        self,
+        service: str,
+        *,
+        region: str | None = None,
+        quick: bool = False,
+        **config: Any,
+    ) -> Any:
         """A new boto3 client for ``service`` (its own session: safe to use from threads).
 
         :param region: overrides :attr:`region` (SNS takes it from the topic ARN).
+        :param quick: one attempt with short timeouts (3 s connect, 5 s read), for a
+            check at start that must not hold the start up.
         :param config: extra ``botocore.config.Config`` options (``s3={...}``).
         :raises ConfigError: boto3 is not installed.
         """
@@ -150,9 +159,14 @@ class AwsSettings:
                 self.session_token.get_secret_value() if self.session_token else None
             ),
             config=Config(
-                connect_timeout=self.connect_timeout_secs,
-                read_timeout=self.read_timeout_secs,
-                retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+                connect_timeout=min(self.connect_timeout_secs, 3.0)
+                if quick
+                else self.connect_timeout_secs,
+                read_timeout=min(self.read_timeout_secs, 5.0) if quick else self.read_timeout_secs,
+                retries={
+                    "mode": "standard",
+                    "total_max_attempts": 1 if quick else self.max_attempts,
+                },
                 **config,
             ),
         )

@@ -332,15 +332,16 @@ def _namespace_hint(settings: Settings, pipeline: str, error: str) -> str | None
         (plan,) = plan_pipelines(settings, [pipeline])
     except (ConfigError, ValueError):
         return None
-    missing_namespace = "UNKNOWN_DATABASE" in error or (
-        plan.namespace is not None
-        and "not exist" in error
-        and (f'"{plan.namespace}"' in error or f" {plan.namespace} " in error)
-    )
-    if not missing_namespace:
+    ns = plan.namespace
+    # the pipeline's own namespace is what is missing (not a database the query names)
+    if (
+        ns is None
+        or "not exist" not in error
+        or not any(f"{q}{ns}{e}" in error for q, e in ((" ", " "), ('"', '"'), ("`", "`")))
+    ):
         return None
     spec = registry.pipeline(pipeline)
-    where = plan.namespace or "the store's default namespace"
+    where = ns
     knobs = [f"ORBITSTREAM_{pipeline.upper()}__NAMESPACE", *spec.namespace_env]
     return (
         f"the {pipeline} pipeline's tables are looked for in {where}, as {' / '.join(knobs)} "

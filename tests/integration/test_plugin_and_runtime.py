@@ -114,7 +114,8 @@ def test_a_query_in_a_namespace_that_does_not_exist_names_the_settings(tmp_path:
     assert out.returncode == 1, text
     assert "fleet" in text and "hint:" in text and "CLICKHOUSE_DB" in text, text
     assert "ORBITSTREAM_STARLINK__NAMESPACE" in text
-    out = _cli(env, "query", "-p", "starlink", "SELECT 1 FROM no_such_table")
-    assert out.returncode == 1 and "hint:" not in out.stdout + out.stderr
+    for sql in ("SELECT 1 FROM no_such_table", "SELECT 1 FROM nodb.telemetry"):
+        out = _cli(env, "query", "-p", "starlink", sql)
+        assert out.returncode == 1 and "hint:" not in out.stdout + out.stderr, sql
     out = _cli(env, "query", "-p", "starlink", "SELECT count() FROM telemetry")
     assert out.returncode == 0, out.stdout + out.stderr

@@ -520,12 +520,14 @@ class SinkLane:
         """Sleep ``delay`` before the next attempt, but no later than the shutdown
         deadline: a shutdown that begins during a long back-off (minutes, after many
         failures) must not wait it out."""
+        began = time.monotonic()
         if self.give_up_at is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closing.wait(), delay)
         if self.give_up_at is not None:
-            left = self.give_up_at - time.monotonic()
-            await asyncio.sleep(max(0.0, min(delay, left)))
+            now = time.monotonic()
+            rest = delay - (now - began)  # what is left of the back-off
+            await asyncio.sleep(max(0.0, min(rest, self.give_up_at - now)))
 
     async def _isolate(
         self, batch: Batch, exc: BaseException, bad_rows: tuple[int, ...] | None

@@ -508,7 +508,8 @@ class SnsNotifier(ErrorNotifier):
         return True
 
     def check(self) -> None:
-        """Look the topic up once at start (``GetTopicAttributes``, one attempt): a topic
+        """Look the topic up once at start (``GetTopicAttributes``, one attempt with short
+        timeouts, on a client of its own, closed after): a topic
         that does not exist, or credentials the service refuses, would otherwise be
         noticed only when the first alert fails to go out.
 
@@ -521,7 +522,7 @@ class SnsNotifier(ErrorNotifier):
         from botocore import exceptions as bce
 
         arn = self.settings.topic_arn
-        client: Any = self.settings.aws.client("sns", region=self.settings.region)
+        client: Any = self.settings.aws.client("sns", region=self.settings.region, quick=True)
         try:
             client.get_topic_attributes(TopicArn=arn)
         except bce.ClientError as exc:

@@ -948,7 +948,11 @@ def _build(b: PipelineBuild) -> PipelineParts:
     sns = SnsSettings.from_env(os.environ)
     notifier = error_notifier(PIPELINE, sns)
     if isinstance(notifier, SnsNotifier):
-        notifier.check()
+        try:
+            notifier.check()
+        except Exception:
+            notifier.close()
+            raise
         info["alerts"] = notifier.settings.topic_arn
 
     def on_dead(rec: DeadRecord) -> None:

@@ -1339,10 +1339,10 @@ def _build(build: PipelineBuild) -> PipelineParts:
     source = registry.source_type(build.source).create(build, StarlinkMapper())
     return PipelineParts(
         source,
-        # SIGTERM during a long poll waits for its answer (up to MAX_LINGER, plus 10 s
-        # for it to arrive) and for its rows to be written (10 s more): a poll abandoned
-        # is a batch lost, as the API advances when it answers
-        min_stop_secs=own.max_linger_ms / 1000 + 20.0,
+        # SIGTERM during a long poll waits for its answer (as long as the request may
+        # take: MAX_LINGER plus the timeout margin) and for its rows to be written (10 s
+        # more): a poll abandoned is a batch lost, as the API advances when it answers
+        min_stop_secs=own.client_settings().stream_timeout_secs + 10.0,
         info={
             "stream_url": own.stream_url,
             "batch_size": own.batch_size,

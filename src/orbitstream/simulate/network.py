@@ -283,10 +283,11 @@ class NetworkSimulator:
             u = min(0.9, max(0.01, u))
             port.util[direction] = u
             octets = int(u * port.speed_bps / 8 * dt_secs)
-            packets = max(1, int(octets / port.packet_bytes))
+            packets = max(1, int(octets / port.packet_bytes)) if octets else 0
             c[2 + direction] += octets
             c[direction] += packets
-            if rng.random() < 0.02:
+            # error bursts as often per second of real time, however close the rounds
+            if rng.random() < 0.02 * min(1.0, dt_secs / self.config.sample_interval_secs):
                 c[4 + direction] += rng.randint(1, 20)
 
     def _updates(self, node: _Node, t: int, with_addresses: bool) -> list[dict[str, Any]]:

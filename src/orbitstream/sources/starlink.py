@@ -58,6 +58,7 @@ from orbitstream.pipelines.starlink import (
     resumed_gc,
 )
 from orbitstream.sources.starlink_api import (
+    DURABLE_MARK,
     HALTED_AFTER_SECS,
     ArchivedPoll,
     RawArchive,
@@ -99,6 +100,8 @@ class Delivered:
     :param dead: rows (or the whole body) kept in dead letters.
     :param duplicates: near-duplicate rows skipped.
     :param committed: every submitted row is committed in every store.
+    :param spilled: rows only in the dead-letter file: a store was still down at the
+        shutdown deadline (the body is then not durable: a restart writes it again).
     """
 
     digest: str
@@ -107,6 +110,7 @@ class Delivered:
     dead: int
     duplicates: int
     committed: bool
+    spilled: int = 0
 
 
 def _ts_index(table: Table) -> int:
@@ -415,7 +419,13 @@ class StarlinkIngest:
         self.bodies += 1
         self.rows += n
         return Delivered(
-            digest, mapping.values, counts, len(letters), mapping.duplicates, ack.committed
+            digest,
+            mapping.values,
+            counts,
+            len(letters),
+            mapping.duplicates,
+            ack.committed,
+            sum(ack.spilled.values()),
         )
 
 
@@ -473,14 +483,18 @@ class StarlinkSource:
             },
         )
 
-    async def _deliver(self, body: bytes, number: int) -> None:
+    async def _deliver(self, body: bytes, number: int) -> bool:
+        """:returns: whether the body is durable (the archive may mark it so)."""
         assert self._ctx is not None
         out = await self.ingest.deliver(self._ctx, body, time.time_ns())
+        if out.spilled:
+            return False
         self._last_durable = time.monotonic()
         logger.debug(
             "Starlink batch durable.",
             extra={"poll_number": number, "batch_id": out.digest, "records": out.values},
         )
+        return True
 
     async def _reject(self, raw: bytes, error: str) -> None:
         """A 200 whose body is not JSON: into the dead letters (up to 1 MiB of it), since
@@ -552,11 +566,24 @@ class StarlinkSource:
         stored of them before: batch ids come from each body's digest."""
         assert self._ctx is not None and self.poller is not None
         loop = asyncio.get_running_loop()
-        if archive.durable_mark() is None:
+        mark = archive.durable_mark()
+        if mark is None:
             newest = await loop.run_in_executor(None, archive.newest)
-            if newest is not None:  # an archive without marks: nothing to go by
+            if newest is not None:  # an archive kept without marks: nothing to go by
+                logger.warning(
+                    "Raw archive has no durable mark (kept by an earlier version?): its "
+                    "bodies are taken as stored; `orbitstream replay starlink DIR` writes "
+                    "any that are not.",
+                    extra={"pipeline": self._ctx.pipeline, "archive": str(archive.directory)},
+                )
                 archive.mark_durable(newest)
             return
+        if mark == "":
+            logger.error(
+                "Raw archive: the durable mark is unreadable; every archived body is "
+                "written again (what is stored already is dropped by batch id).",
+                extra={"file": str(archive.directory / DURABLE_MARK)},
+            )
         pending = await loop.run_in_executor(None, archive.pending)
         if not pending:
             return
@@ -578,7 +605,11 @@ class StarlinkSource:
                 )
                 archive.mark_durable(path)
                 continue
-            out = await self.ingest.deliver(self._ctx, poll.body, poll.poll_ns)
+            out = await self.poller.deliver_earlier(
+                self.ingest.deliver(self._ctx, poll.body, poll.poll_ns), poll.poll_number
+            )
+            if out.spilled:  # a store still down at the shutdown: pending for next time
+                return
             self._last_durable = time.monotonic()
             rows += out.values
             archive.mark_durable(path)

@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 from urllib.parse import quote_plus
 
 import msgspec
@@ -74,6 +74,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_TOKEN_URL: Final = "https://starlink.com/api/auth/connect/token"
 DEFAULT_STREAM_URL: Final = "https://starlink.com/api/public/v2/telemetry/stream"
@@ -536,8 +537,9 @@ class StarlinkClient:
 
 # -- the poller ------------------------------------------------------------------------
 
-Deliver = Callable[[bytes, int], Awaitable[None]]
-"""``await deliver(body, poll_number)``: returns once the batch is durable."""
+Deliver = Callable[[bytes, int], Awaitable[bool | None]]
+"""``await deliver(body, poll_number)``: returns once the batch is durable (``False``:
+returned without being durable, a store down at shutdown; the archive keeps it pending)."""
 Reject = Callable[[bytes, str], Awaitable[None]]
 """``await reject(raw, error)``: keep a 200 body that is not JSON."""
 
@@ -642,8 +644,17 @@ class StarlinkPoller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), secs)
 
-    async def _deliver(self, body: bytes, number: int) -> None:
-        task = asyncio.ensure_future(self.deliver(body, number))
+    async def _deliver(self, body: bytes, number: int) -> bool | None:
+        return await self._watch(self.deliver(body, number), number)
+
+    async def deliver_earlier(self, work: Awaitable[_T], number: int) -> _T:
+        """Make a body read before durable (the raw archive's pending ones, at start) as a
+        polled one is: state ``delivering``, "polling halted" while a store is down."""
+        self._set("delivering")
+        return await self._watch(work, number)
+
+    async def _watch(self, work: Awaitable[_T], number: int) -> _T:
+        task = asyncio.ensure_future(work)
         started = time.monotonic()
         # The first warning when /health starts saying "halted" (2 s), then one per
         # halted_log_secs; and one line when polling resumes.
@@ -666,7 +677,7 @@ class StarlinkPoller:
         except asyncio.CancelledError:
             task.cancel()
             raise
-        await task
+        result = await task
         if halted:
             logger.info(
                 "Starlink polling resumed: the batch is durable.",
@@ -675,6 +686,7 @@ class StarlinkPoller:
                     "waited_secs": round(time.monotonic() - started, 1),
                 },
             )
+        return result
 
     async def _back_off(self, exc: StarlinkError, delay: float | None, message: str) -> None:
         """Count a failed poll, log it, and wait ``delay`` (None: the retry policy's)."""
@@ -745,8 +757,8 @@ class StarlinkPoller:
                             extra={"poll_number": number, "error": str(exc)},
                         )
                 self._set("delivering")
-                await self._deliver(batch.body, number)
-                if archived is not None and self.archive is not None:
+                durable = await self._deliver(batch.body, number)
+                if archived is not None and self.archive is not None and durable is not False:
                     self.archive.mark_durable(archived)
                 if self._stop.is_set():
                     break
@@ -805,10 +817,18 @@ class RawArchive:
         self.directory = Path(directory)
         self.level = level
         self.fsync = fsync
+        self._last_ns: int | None = None  # poll time in the newest name (read at first use)
 
     def append(self, body: bytes, poll_ns: int, poll_number: int) -> Path:
-        """Archive one body; returns its file."""
+        """Archive one body; returns its file. Names sort in the order the bodies came,
+        whatever the clock does: a poll time not after the newest archived one (the clock
+        stepped back) is named 1 ns after it."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._last_ns is None:
+            newest = self.newest()
+            self._last_ns = int(newest.name[:19]) if newest is not None else 0
+        poll_ns = max(poll_ns, self._last_ns + 1)
+        self._last_ns = poll_ns
         path = self.directory / f"{poll_ns:019d}-{poll_number:010d}.json.gz"
         tmp = path.with_name(path.name + ".tmp")
         data = gzip.compress(body, compresslevel=self.level, mtime=0)
@@ -819,42 +839,54 @@ class RawArchive:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
         if self.fsync:
-            fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._fsync_directory()
         return path
 
     def mark_durable(self, path: Path) -> None:
         """Record that the body in ``path`` (and every one before it) is in every store:
-        the bodies archived after it are what a restart replays (:meth:`pending`). Not
-        fsynced: a mark lost in a crash only makes a restart replay a body already
-        stored, which the stores drop (batch ids from the body's digest)."""
+        the bodies archived after it are what a restart writes (:meth:`pending`). Written
+        to a temporary file, fsynced and renamed, as the bodies are."""
         marker = self.directory / DURABLE_MARK
         tmp = marker.with_name(DURABLE_MARK + ".tmp")
         try:
-            tmp.write_text(path.name + "\n")
+            with open(tmp, "w", encoding="ascii") as fh:
+                fh.write(path.name + "\n")
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, marker)
+            if self.fsync:
+                self._fsync_directory()
         except OSError as exc:
             logger.error(
                 "Raw archive: could not record the durable mark.",
                 extra={"file": str(marker), "error": str(exc)},
             )
 
-    def durable_mark(self) -> str | None:
-        """The name of the last body marked durable; ``None`` when none is."""
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
         try:
-            name = (self.directory / DURABLE_MARK).read_text().strip()
-        except OSError:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def durable_mark(self) -> str | None:
+        """The name of the last body marked durable; ``None`` when there is no mark, ``""``
+        when the mark cannot be read or names no archived body (every body is then
+        treated as pending: written again, dropped by the stores where already there)."""
+        marker = self.directory / DURABLE_MARK
+        try:
+            name = marker.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
             return None
-        return name if _ARCHIVE_NAME.match(name) else None
+        except (OSError, UnicodeDecodeError):
+            return ""
+        return name if _ARCHIVE_NAME.match(name) else ""
 
     def pending(self) -> list[Path]:
         """The archived bodies after the durable mark, oldest first: read from the API,
         but not known to be in every store (the process died while a store was down, or
-        while writing). Without a mark (an archive from before marks were kept, or a new
-        one), nothing is pending."""
+        while writing). Without a mark, nothing is pending (see :meth:`durable_mark`)."""
         mark = self.durable_mark()
         if mark is None or not self.directory.is_dir():
             return []

@@ -21,7 +21,7 @@ from tests.conftest import _has_chdb, http, require
 from tests.integration.starlink.conftest import fleet
 from tests.integration.starlink.test_end_to_end import expected_rows
 from tests.integration.starlink.test_run_cli import ThreadedFake, _env, _query
-from tests.support.pgcluster import TempCluster, pg_bin
+from tests.support.pgcluster import TempCluster, started_cluster
 from tests.support.runner import Running, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,16 +29,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture
 def cluster() -> Iterator[TempCluster]:
-    require(
-        pg_bin("initdb") is not None and pg_bin("pg_ctl") is not None,
-        "PostgreSQL server binaries (initdb, pg_ctl)",
-    )
-    c = TempCluster()
-    c.start()
-    try:
+    with started_cluster() as c:
         yield c
-    finally:
-        c.destroy()
 
 
 def _telemetry(url: str) -> list[tuple[str, int]]:

@@ -110,12 +110,19 @@ def test_archive_round_trip_in_poll_order(tmp_path: Path) -> None:
     (tmp_path / "raw" / "0000000000000000001-0000000001.json.gz.tmp").write_bytes(b"torn")
     (tmp_path / "raw" / "notes.txt").write_text("ignored")
     polls = list(archive)
-    assert [p.body for p in polls] == bodies
+    # in arrival order: a poll time not after the newest is named just after it
+    assert [p.body for p in polls] == [bodies[1], bodies[0], bodies[2]]
     assert [(p.poll_ns, p.poll_number) for p in polls] == [
-        (1_900_000_000_000_000_000, 7),
         (2_000_000_000_000_000_000, 8),
-        (2_000_000_000_000_000_000, 9),
+        (2_000_000_000_000_000_001, 7),
+        (2_000_000_000_000_000_002, 9),
     ]
+    # read back sorted by name, whatever order the directory lists them in
+    other = tmp_path / "other"
+    other.mkdir()
+    for p in reversed(polls):
+        (other / p.path.name).write_bytes(p.path.read_bytes())
+    assert [p.body for p in RawArchive.read(other)] == [bodies[1], bodies[0], bodies[2]]
     assert gzip.decompress(path.read_bytes()) == bodies[2]
     assert [p.body for p in RawArchive.read(path)] == [bodies[2]]
 
@@ -145,3 +152,29 @@ def test_archive_skips_unreadable_files_when_told_and_reads_the_rest(tmp_path: P
     assert all(why for _, why in skipped)
     with pytest.raises(SourceError, match="unreadable"):  # without the callback: raises
         list(RawArchive.read(tmp_path / "raw"))
+
+
+def test_archive_names_keep_arrival_order_when_the_clock_steps_back(tmp_path: Path) -> None:
+    """The durable mark compares names: a body received after the clock stepped back
+    must still sort after the mark, or a restart would take it as stored."""
+    archive = RawArchive(tmp_path / "raw", fsync=False)
+    first = archive.append(b"a", 2_000_000_000_000_000_000, 1)
+    archive.mark_durable(first)
+    later = archive.append(b"b", 1_900_000_000_000_000_000, 2)  # clock went back
+    assert later.name > first.name
+    assert archive.pending() == [later]
+    # a new process over the same archive continues after the newest name
+    again = RawArchive(tmp_path / "raw", fsync=False).append(b"c", 5, 3)
+    assert again.name > later.name
+    assert [p.body for p in RawArchive.read(tmp_path / "raw")] == [b"a", b"b", b"c"]
+
+
+def test_an_unreadable_mark_makes_every_body_pending_and_no_mark_none(tmp_path: Path) -> None:
+    archive = RawArchive(tmp_path / "raw", fsync=False)
+    assert archive.durable_mark() is None and archive.pending() == []
+    paths = [archive.append(bytes([i]), 1_800_000_000_000_000_000 + i, i) for i in range(3)]
+    assert archive.pending() == []  # no mark: nothing to go by
+    archive.mark_durable(paths[0])
+    assert archive.durable_mark() == paths[0].name and archive.pending() == paths[1:]
+    (tmp_path / "raw" / "durable").write_text("garbage\n")
+    assert archive.durable_mark() == "" and archive.pending() == paths
