@@ -830,8 +830,12 @@ class RawArchive:
         poll_ns = max(poll_ns, self._last_ns + 1)
         self._last_ns = poll_ns
         path = self.directory / f"{poll_ns:019d}-{poll_number:010d}.json.gz"
+        self._write_atomically(path, gzip.compress(body, compresslevel=self.level, mtime=0))
+        return path
+
+    def _write_atomically(self, path: Path, data: bytes) -> None:
+        """``data`` to ``path`` through a temporary name, fsynced (file and directory)."""
         tmp = path.with_name(path.name + ".tmp")
-        data = gzip.compress(body, compresslevel=self.level, mtime=0)
         with open(tmp, "wb") as fh:
             fh.write(data)
             if self.fsync:
@@ -840,23 +844,14 @@ class RawArchive:
         os.replace(tmp, path)
         if self.fsync:
             self._fsync_directory()
-        return path
 
     def mark_durable(self, path: Path) -> None:
         """Record that the body in ``path`` (and every one before it) is in every store:
         the bodies archived after it are what a restart writes (:meth:`pending`). Written
         to a temporary file, fsynced and renamed, as the bodies are."""
         marker = self.directory / DURABLE_MARK
-        tmp = marker.with_name(DURABLE_MARK + ".tmp")
         try:
-            with open(tmp, "w", encoding="ascii") as fh:
-                fh.write(path.name + "\n")
-                if self.fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, marker)
-            if self.fsync:
-                self._fsync_directory()
+            self._write_atomically(marker, path.name.encode("ascii") + b"\n")
         except OSError as exc:
             logger.error(
                 "Raw archive: could not record the durable mark.",
