@@ -59,6 +59,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: what a stop takes past its deadline at most: spilling what is left, closing the
+#: stores (the writes still going at the deadline are cancelled where the sink allows)
+CLOSE_MARGIN_SECS = 5.0
 SERVICE_FILE = "service.json"
 
 
@@ -510,19 +513,28 @@ class Runtime:
 
     @property
     def stop_secs(self) -> float:
-        """The stop's deadline: ``ORBITSTREAM_SHUTDOWN_TIMEOUT``, or longer where a
-        pipeline needs it (``PipelineParts.min_stop_secs``)."""
-        return max(
-            [self.settings.engine.shutdown_timeout_secs]
-            + [r.parts.min_stop_secs for r in self.running]
+        """The longest a stop may take: ``ORBITSTREAM_SHUTDOWN_TIMEOUT``, or what a
+        pipeline may need (``PipelineParts.min_stop_secs``), plus the closing margin."""
+        return (
+            max(
+                [self.settings.engine.shutdown_timeout_secs]
+                + [r.parts.min_stop_secs for r in self.running]
+            )
+            + CLOSE_MARGIN_SECS
         )
+
+    def _stop_deadline_secs(self) -> float:
+        """This stop's deadline: the shutdown timeout, or longer where a pipeline has
+        input in flight it cannot abandon (``PipelineParts.stop_need``)."""
+        needs = [r.parts.stop_need() for r in self.running if r.parts.stop_need is not None]
+        return max([self.settings.engine.shutdown_timeout_secs, *needs])
 
     async def stop(self) -> None:
         # one deadline for the whole stop (ORBITSTREAM_SHUTDOWN_TIMEOUT): a source waiting
         # for a down store to take its last batch, then the pipelines draining to that
         # store, must not wait that long each
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.stop_secs
+        deadline = loop.time() + self._stop_deadline_secs()
 
         def left() -> float:
             return max(1.0, deadline - loop.time())

@@ -58,7 +58,9 @@ class Sink(Protocol):
         writes too.
     :attr cancel_writes_at_deadline: a write may be cancelled (its rows then go to the
         dead-letter file) when it is still going at the shutdown deadline; for sinks whose
-        write waits on a remote timeout with nothing to undo (Kafka deliveries).
+        write waits on a remote timeout and is safe to do again (Kafka deliveries;
+        PostgreSQL and ClickHouse, whose ledger and dedup tokens drop a batch written
+        twice), not for one writing on a thread it cannot stop (chDB).
     :attr configured_by: the settings that choose the backend and its credentials, named when
         it cannot be used at start (``"DATABASE_URL"``).
     :attr only_tables: the names of the tables the sink writes, ``None`` for every table of

@@ -78,16 +78,20 @@ class PipelineParts:
     :param sinks: sinks of the pipeline's own, besides the shared stores (started and
         closed by the runtime; they receive every table's rows).
     :param info: shown by ``/api/pipelines`` and the dashboard (thresholds and the like).
-    :param min_stop_secs: how long a stop must be allowed at least, whatever
+    :param min_stop_secs: the most :attr:`stop_need` can ask (shown at start, for the
+        orchestrator's grace period).
+    :param stop_need: at the stop, how long it must be allowed at least, whatever
         ``ORBITSTREAM_SHUTDOWN_TIMEOUT`` says: input in flight that cannot be abandoned
         without losing it (a Starlink long poll: the API moves on when it answers, whether
-        or not anyone still listens) takes that long to come back and be written.
+        or not anyone still listens) takes that long to come back and be written. ``0``
+        when nothing is in flight.
     """
 
     source: Source
     sinks: Sequence[Sink] = ()
     info: Mapping[str, Any] = field(default_factory=dict)
     min_stop_secs: float = 0.0
+    stop_need: Callable[[], float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

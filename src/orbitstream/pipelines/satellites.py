@@ -502,7 +502,7 @@ class SatelliteKafkaMapping:
         # per point: its message and, for an element of an array, its index
         origin: list[tuple[Message, int | None]] = []
         dead: list[DeadRecord] = []
-        count = 0
+        count = ignored = 0
         for m in messages:
             count += 1
             value = m.value or b""
@@ -520,13 +520,15 @@ class SatelliteKafkaMapping:
                 dead.append(DeadRecord(m, bytes(value), kind, str(exc)))
                 continue
             if isinstance(doc, list):
+                if not doc:  # valid, with nothing to take
+                    ignored += 1
                 for i, kp in enumerate(doc):
                     points.append(kp.point())
                     origin.append((m, i))
             else:
                 points.append(doc.point())
                 origin.append((m, None))
-        result = _KafkaMapped(messages=count, dead=dead)
+        result = _KafkaMapped(messages=count, dead=dead, ignored=ignored)
         if not points:
             return result
         mapped = self.ingest.map(points, time.time_ns())

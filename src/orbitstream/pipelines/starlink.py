@@ -94,7 +94,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice, pairwise
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 import pyarrow as pa
@@ -1333,6 +1333,13 @@ def _tables(own: StarlinkPipelineSettings, settings: Settings) -> tuple[Table, .
     return tables(settings.retention_days)
 
 
+@runtime_checkable
+class _NeedsStopTime(Protocol):
+    """A source that knows how long its stop must be allowed (the Starlink source)."""
+
+    def stop_need(self) -> float: ...
+
+
 def _build(build: PipelineBuild) -> PipelineParts:
     own = build.own
     assert isinstance(own, StarlinkPipelineSettings)
@@ -1343,6 +1350,7 @@ def _build(build: PipelineBuild) -> PipelineParts:
         # take: MAX_LINGER plus the timeout margin) and for its rows to be written (10 s
         # more): a poll abandoned is a batch lost, as the API advances when it answers
         min_stop_secs=own.client_settings().stream_timeout_secs + 10.0,
+        stop_need=source.stop_need if isinstance(source, _NeedsStopTime) else None,
         info={
             "stream_url": own.stream_url,
             "batch_size": own.batch_size,

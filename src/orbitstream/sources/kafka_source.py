@@ -356,18 +356,18 @@ class KafkaSource:
 
     @staticmethod
     def _count(ctx: SourceContext, messages: int, dead: list[DeadRecord], partial: int) -> None:
-        """``/metrics``: messages received and accepted (some rows stored), dead records
-        rejected (a whole message, or one bad point of an array whose others were stored:
-        ``partial`` such messages), and the rejections by kind, as the HTTP and Starlink
-        sources count theirs."""
+        """``/metrics``: messages received, accepted (some or all of their rows taken, or
+        nothing to take) and rejected (dead-lettered whole): received = accepted +
+        rejected. ``source_errors{kind}`` counts the dead records: a whole message, or
+        one bad point of an array whose others were taken (``partial`` such messages)."""
         labels = (ctx.pipeline,)
         ctx.metrics.inc("received", labels, messages)
         wholly_dead = len({(d.position.partition, d.position.offset) for d in dead}) - partial
         ctx.metrics.inc("accepted", labels, messages - wholly_dead)
-        if dead:
-            ctx.metrics.inc("rejected", labels, len(dead))
-            for kind, n in collections.Counter(rec.kind for rec in dead).items():
-                ctx.metrics.inc("source_errors", (ctx.pipeline, kind), n)
+        if wholly_dead:
+            ctx.metrics.inc("rejected", labels, wholly_dead)
+        for kind, n in collections.Counter(rec.kind for rec in dead).items():
+            ctx.metrics.inc("source_errors", (ctx.pipeline, kind), n)
 
     def _count_unmapped(self, ctx: SourceContext, result: MapResult) -> None:
         """Tolerated input: messages with nothing to map and path updates of paths the

@@ -566,25 +566,20 @@ class StarlinkSource:
         stored of them before: batch ids come from each body's digest."""
         assert self._ctx is not None and self.poller is not None
         loop = asyncio.get_running_loop()
-        mark = archive.durable_mark()
-        if mark is None:
-            newest = await loop.run_in_executor(None, archive.newest)
-            if newest is not None:  # an archive kept without marks: nothing to go by
-                logger.warning(
-                    "Raw archive has no durable mark (kept by an earlier version?): its "
-                    "bodies are taken as stored; `orbitstream replay starlink DIR` writes "
-                    "any that are not.",
-                    extra={"pipeline": self._ctx.pipeline, "archive": str(archive.directory)},
-                )
-                archive.mark_durable(newest)
-            return
-        if mark == "":
+        pending = await loop.run_in_executor(None, archive.pending)
+        if pending and archive.durable_mark() is None:
+            logger.warning(
+                "Raw archive has no durable mark (a new mark file, or one deleted): every "
+                "archived body is written again; the stores drop what they hold already.",
+                extra={"pipeline": self._ctx.pipeline, "bodies": len(pending)},
+            )
+        elif pending and not archive.mark_usable(archive.durable_mark(), [p.name for p in pending]):
             logger.error(
-                "Raw archive: the durable mark is unreadable; every archived body is "
-                "written again (what is stored already is dropped by batch id).",
+                "Raw archive: the durable mark is unreadable or names no archived body; "
+                "every archived body is written again (what is stored already is dropped "
+                "by batch id).",
                 extra={"file": str(archive.directory / DURABLE_MARK)},
             )
-        pending = await loop.run_in_executor(None, archive.pending)
         if not pending:
             return
         logger.warning(
@@ -617,6 +612,18 @@ class StarlinkSource:
             "Raw archive: pending bodies written.",
             extra={"pipeline": self._ctx.pipeline, "bodies": len(pending), "records": rows},
         )
+
+    def stop_need(self) -> float:
+        """How long the stop must be allowed now: while a poll is in flight, what is
+        left of its request's timeout plus 10 s to write its answer (abandoned, the
+        answer would be lost: the API moves on when it answers); else nothing."""
+        if self.poller is None:
+            return 0.0
+        st = self.poller.status
+        if st.state != "polling":
+            return 0.0
+        left = self.client_settings.stream_timeout_secs - (time.monotonic() - st.since)
+        return max(0.0, left) + 10.0
 
     async def stop(self, timeout_secs: float) -> None:
         if self.poller is not None:

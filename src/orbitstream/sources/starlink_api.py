@@ -36,7 +36,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
@@ -881,16 +881,21 @@ class RawArchive:
     def pending(self) -> list[Path]:
         """The archived bodies after the durable mark, oldest first: read from the API,
         but not known to be in every store (the process died while a store was down, or
-        while writing). Without a mark, nothing is pending (see :meth:`durable_mark`)."""
-        mark = self.durable_mark()
-        if mark is None or not self.directory.is_dir():
+        while writing). Without a usable mark — none, unreadable, or one naming a body
+        after the newest there is — every body is pending: written again, and dropped by
+        the stores where already stored (batch ids from each body's digest)."""
+        if not self.directory.is_dir():
             return []
-        names = sorted(
-            child.name
-            for child in self.directory.iterdir()
-            if _ARCHIVE_NAME.match(child.name) and child.name > mark
-        )
-        return [self.directory / name for name in names]
+        names = sorted(c.name for c in self.directory.iterdir() if _ARCHIVE_NAME.match(c.name))
+        mark = self.durable_mark()
+        if not self.mark_usable(mark, names):
+            return [self.directory / name for name in names]
+        return [self.directory / name for name in names if name > str(mark)]
+
+    @staticmethod
+    def mark_usable(mark: str | None, names: Sequence[str]) -> bool:
+        """Whether ``mark`` can tell the stored bodies among ``names`` (sorted)."""
+        return bool(mark) and (not names or str(mark) <= names[-1])
 
     def newest(self) -> Path | None:
         """The newest archived body, if any."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import http
 from tests.integration.kafka.support import header_map, new_topic, produce, read_all
 from tests.support.runner import Running, wait_until
 
@@ -49,6 +50,7 @@ def test_an_array_keeps_its_good_points_and_dead_letters_each_bad_one(
             json.dumps([good[0], too_high, good[1], ahead]).encode(),
             json.dumps(good[2]).encode(),
             b"{not json",
+            b"[]",
         ],
     )
     env = {
@@ -70,6 +72,12 @@ def test_an_array_keeps_its_good_points_and_dead_letters_each_bad_one(
         wait_until(lambda: int(worker.query(count, "satellites")[0][0]) >= 3, 40)
         rows = worker.query("SELECT satellite_id FROM telemetry ORDER BY 1", "satellites")
         assert [r[0] for r in rows] == ["SAT-0", "SAT-1", "SAT-2"]
+        # messages: received = accepted (in full or in part, or nothing to take) +
+        # rejected (whole); the dead records by kind
+        _, _, text = http("GET", worker.url + "/metrics")
+        got = _counters(text.decode())
+        assert (got["received"], got["accepted"], got["rejected"]) == (4, 3, 1), got
+        assert got["ignored_messages"] == 1 and got["source_errors"] == 3, got
     finally:
         assert worker.stop() == 0, worker.log.read_text()[-3000:]
     letters = read_all(kafka_bootstrap, dlt, 3)
@@ -89,3 +97,13 @@ def test_an_array_keeps_its_good_points_and_dead_letters_each_bad_one(
     assert value == ahead and error.startswith("invalid_timestamp: $[3].timestamp")
     value, error = by_offset[(2, None)]  # type: ignore[misc]
     assert value == b"{not json" and error.startswith("decode")
+
+
+def _counters(metrics: str) -> dict[str, float]:
+    """``orbitstream_<name>_total{pipeline="satellites"…}``, summed over other labels."""
+    out: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("orbitstream_") and 'pipeline="satellites"' in line:
+            name = line.split("{", 1)[0][len("orbitstream_") :].removesuffix("_total")
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out

@@ -10,6 +10,7 @@ up on is a batch lost.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,5 +134,64 @@ def test_sigterm_during_a_long_poll_waits_for_its_answer_and_writes_it(tmp_path:
         rows = _query(env, "SELECT device_id, toUnixTimestamp64Nano(ts_ns) AS t FROM telemetry")
         got = [(r["device_id"], int(r["t"])) for r in rows]
         assert len(got) == len(set(got)) and set(got) == set(want["telemetry"])
+    finally:
+        threaded.close()
+
+
+def test_sigterm_with_the_store_down_keeps_to_the_shutdown_timeout_and_loses_nothing(
+    cluster: TempCluster, tmp_path: Path
+) -> None:
+    """The body in hand waits for a store that is down: the stop keeps to
+    ORBITSTREAM_SHUTDOWN_TIMEOUT (no poll is in flight to wait for), within the
+    ``stop_secs`` it logged at start; the write still waiting for PostgreSQL is cancelled
+    and spilled; the archived body is written by the next start."""
+    threaded = ThreadedFake(
+        FakeStarlinkConfig(fleet=fleet(terminals=6), backlog_ticks=4, record_bodies=True)
+    )
+    f = threaded.fake
+    env = {
+        **_env(f, tmp_path),
+        "DATABASE_URL": cluster.url.replace("postgresql:", "postgres:"),
+        "ORBITSTREAM_SHUTDOWN_TIMEOUT": "3s",
+        "ORBITSTREAM_RETRY_MAX_BACKOFF": "500ms",
+        "ORBITSTREAM_POSTGRES__CONNECT_TIMEOUT_SECS": "20",  # a write waits long for it
+        "ORBITSTREAM_LOG_LEVEL": "info",
+        "ORBITSTREAM_LOG_FORMAT": "json",
+    }
+    try:
+        first = Running(env, "starlink")
+        try:
+            wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
+            wait_until(lambda: len(_telemetry(cluster.url)) > 0, 15)
+            cluster.stop()
+            threaded.call(lambda: f.extend(4))
+            wait_until(lambda: _halted(first), 30)
+        finally:
+            began = time.monotonic()
+            first.proc.send_signal(15)
+            code = first.proc.wait(90)
+            took = time.monotonic() - began
+        log = first.log.read_text()
+        assert code == 0, log[-3000:]
+        started = next(
+            json.loads(line)
+            for line in log.splitlines()
+            if line.startswith("{") and json.loads(line)["message"] == "Service started."
+        )
+        assert took < started["stop_secs"], (took, started["stop_secs"])
+        assert took < 3 + 5, took  # the shutdown timeout and the closing margin
+        assert (tmp_path / "data" / "dead_letters.jsonl").exists()  # spilled, kept
+
+        cluster.start()
+        second = Running(env, "starlink")
+        try:
+            wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
+            want = threaded.call(lambda: expected_rows(f))
+            expected = {(d, t // 1000) for d, t in want["telemetry"]}
+            wait_until(lambda: set(_telemetry(cluster.url)) == expected, 30)
+            got = _telemetry(cluster.url)
+            assert len(got) == len(set(got))
+        finally:
+            assert second.stop() == 0, second.log.read_text()[-3000:]
     finally:
         threaded.close()

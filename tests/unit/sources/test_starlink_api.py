@@ -169,12 +169,25 @@ def test_archive_names_keep_arrival_order_when_the_clock_steps_back(tmp_path: Pa
     assert [p.body for p in RawArchive.read(tmp_path / "raw")] == [b"a", b"b", b"c"]
 
 
-def test_an_unreadable_mark_makes_every_body_pending_and_no_mark_none(tmp_path: Path) -> None:
+def test_without_a_usable_mark_every_body_is_pending(tmp_path: Path) -> None:
+    """Only a mark naming a body that is (or was) there says what is stored: no mark (a
+    deleted one, an earlier version's archive), a garbled one, or one after the newest
+    body make every body pending — written again, dropped by the stores where stored."""
     archive = RawArchive(tmp_path / "raw", fsync=False)
     assert archive.durable_mark() is None and archive.pending() == []
     paths = [archive.append(bytes([i]), 1_800_000_000_000_000_000 + i, i) for i in range(3)]
-    assert archive.pending() == []  # no mark: nothing to go by
+    assert archive.pending() == paths  # no mark
     archive.mark_durable(paths[0])
     assert archive.durable_mark() == paths[0].name and archive.pending() == paths[1:]
+    archive.mark_durable(paths[2])
+    assert archive.pending() == []
+    paths[2].unlink()  # the newest body, the marked one, gone: nothing to go by
+    assert archive.pending() == paths[:2]
+    archive.mark_durable(paths[1])
+    paths[0].unlink()  # old bodies pruned: the mark still tells
+    assert archive.pending() == []
+    paths = paths[1:2]
     (tmp_path / "raw" / "durable").write_text("garbage\n")
     assert archive.durable_mark() == "" and archive.pending() == paths
+    (tmp_path / "raw" / "durable").write_text("9999999999999999999-0000000001.json.gz\n")
+    assert archive.pending() == paths  # names a body after the newest there is

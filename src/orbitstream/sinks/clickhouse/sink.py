@@ -84,6 +84,9 @@ class ClickHouseSink(SinkBase):
 
     name = "clickhouse"
     configured_by = "CLICKHOUSE_URL, CLICKHOUSE_USER and CLICKHOUSE_PASSWORD"
+    # an insert still going at the shutdown deadline is cancelled and its rows spilled;
+    # had it landed, its dedup token drops a replay (decisions §44)
+    cancel_writes_at_deadline = True
     # an insert is a part (or two, with the rollup's view): ~10 ms of fixed cost
     min_write_interval_secs = 0.1
     query_dialect: Dialect = "clickhouse"
