@@ -82,20 +82,18 @@ def test_an_array_keeps_its_good_points_and_dead_letters_each_bad_one(
         assert worker.stop() == 0, worker.log.read_text()[-3000:]
     letters = read_all(kafka_bootstrap, dlt, 3)
     assert len(letters) == 3
-    by_offset: dict[tuple[int, bytes | None], object] = {}
+    by_offset: dict[tuple[int, bytes | None], tuple[bytes, str]] = {}
     for m in letters:
         h = header_map(m)
         assert h["orbitstream.source.topic"] == topic.encode()
-        by_offset[(int(h["orbitstream.source.offset"]), h.get("orbitstream.source.element"))] = (
-            json.loads(m.value()) if m.value() != b"{not json" else m.value(),
-            h["orbitstream.error"].decode(),
-        )
+        key = (int(h["orbitstream.source.offset"]), h.get("orbitstream.source.element"))
+        by_offset[key] = (m.value() or b"", h["orbitstream.error"].decode())
     assert set(by_offset) == {(0, b"1"), (0, b"3"), (2, None)}
-    value, error = by_offset[(0, b"1")]  # type: ignore[misc]
-    assert value == too_high and "$[1].battery_charge_percent" in error
-    value, error = by_offset[(0, b"3")]  # type: ignore[misc]
-    assert value == ahead and error.startswith("invalid_timestamp: $[3].timestamp")
-    value, error = by_offset[(2, None)]  # type: ignore[misc]
+    value, error = by_offset[(0, b"1")]
+    assert json.loads(value) == too_high and "$[1].battery_charge_percent" in error
+    value, error = by_offset[(0, b"3")]
+    assert json.loads(value) == ahead and error.startswith("invalid_timestamp: $[3].timestamp")
+    value, error = by_offset[(2, None)]
     assert value == b"{not json" and error.startswith("decode")
 
 
