@@ -49,31 +49,69 @@ def _halted(run: Running) -> bool:
     return bool(source["halted"])
 
 
-def test_kill_9_while_the_store_is_down_then_the_restart_writes_the_archived_body(
-    cluster: TempCluster, tmp_path: Path
-) -> None:
+def _on_postgres(
+    cluster: TempCluster, tmp_path: Path, **extra: str
+) -> tuple[ThreadedFake, dict[str, str]]:
+    """A fake fleet and the environment of ``run starlink`` on the cluster (archive on)."""
     threaded = ThreadedFake(
         FakeStarlinkConfig(fleet=fleet(terminals=6), backlog_ticks=4, record_bodies=True)
     )
-    f = threaded.fake
     env = {
-        **_env(f, tmp_path),
+        **_env(threaded.fake, tmp_path),
         "DATABASE_URL": cluster.url.replace("postgresql:", "postgres:"),
         "ORBITSTREAM_RETRY_MAX_BACKOFF": "500ms",
-        "ORBITSTREAM_POSTGRES__CONNECT_TIMEOUT_SECS": "1",
+        **extra,
     }
+    return threaded, env
+
+
+def _hold_a_body(threaded: ThreadedFake, cluster: TempCluster, env: dict[str, str]) -> Running:
+    """``run starlink`` until the fake is drained into PostgreSQL, then PostgreSQL
+    stopped and more rows served: the next body is read, archived and held (polling
+    halted). Returns the running process."""
+    f = threaded.fake
+    run = Running(env, "starlink")
     try:
-        first = Running(env, "starlink")
-        try:
-            wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
-            wait_until(lambda: len(_telemetry(cluster.url)) > 0, 15)
-            cluster.stop()
-            threaded.call(lambda: f.extend(4))
-            # the next body is read, archived and held: nothing more is read
-            wait_until(lambda: _halted(first), 30)
-            held = threaded.call(lambda: f.position())
-        finally:
-            first.kill()  # SIGKILL: no shutdown, no spill
+        wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
+        wait_until(lambda: len(_telemetry(cluster.url)) > 0, 15)
+        cluster.stop()
+        threaded.call(lambda: f.extend(4))
+        wait_until(lambda: _halted(run), 30)
+    except BaseException:
+        run.kill()
+        raise
+    return run
+
+
+def _restart_stores_every_row_once(
+    threaded: ThreadedFake, cluster: TempCluster, env: dict[str, str]
+) -> str:
+    """PostgreSQL back, ``run starlink`` again: every row the fake served is stored once
+    (the held body included). Returns the second run's log."""
+    f = threaded.fake
+    cluster.start()
+    second = Running(env, "starlink")
+    try:
+        wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
+        want = threaded.call(lambda: expected_rows(f))
+        expected = {(d, t // 1000) for d, t in want["telemetry"]}  # µs in PostgreSQL
+        wait_until(lambda: set(_telemetry(cluster.url)) == expected, 30)
+        got = _telemetry(cluster.url)
+        assert len(got) == len(set(got))
+        return second.log.read_text()
+    finally:
+        assert second.stop() == 0, second.log.read_text()[-3000:]
+
+
+def test_kill_9_while_the_store_is_down_then_the_restart_writes_the_archived_body(
+    cluster: TempCluster, tmp_path: Path
+) -> None:
+    threaded, env = _on_postgres(cluster, tmp_path, ORBITSTREAM_POSTGRES__CONNECT_TIMEOUT_SECS="1")
+    f = threaded.fake
+    try:
+        first = _hold_a_body(threaded, cluster, env)
+        held = threaded.call(lambda: f.position())
+        first.kill()  # SIGKILL: no shutdown, no spill
         assert threaded.call(lambda: f.position()) == held
         archive = tmp_path / "archive"
         pending = [
@@ -83,19 +121,8 @@ def test_kill_9_while_the_store_is_down_then_the_restart_writes_the_archived_bod
         ]
         assert pending, "the held body is archived after the durable mark"
 
-        cluster.start()
-        second = Running(env, "starlink")
-        try:
-            wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
-            want = threaded.call(lambda: expected_rows(f))
-            expected = {(d, t // 1000) for d, t in want["telemetry"]}  # µs in PostgreSQL
-            wait_until(lambda: set(_telemetry(cluster.url)) == expected, 30)
-            got = _telemetry(cluster.url)
-            assert len(got) == len(set(got))  # each once, the held body included
-            log = second.log.read_text()
-            assert "bodies read before the last stop but not known to be stored" in log
-        finally:
-            assert second.stop() == 0, second.log.read_text()[-3000:]
+        log = _restart_stores_every_row_once(threaded, cluster, env)
+        assert "bodies read before the last stop but not known to be stored" in log
         mark = (archive / "durable").read_text().strip()
         assert mark == max(p.name for p in archive.glob("*.json.gz"))
     finally:
@@ -145,32 +172,20 @@ def test_sigterm_with_the_store_down_keeps_to_the_shutdown_timeout_and_loses_not
     ORBITSTREAM_SHUTDOWN_TIMEOUT (no poll is in flight to wait for), within the
     ``stop_secs`` it logged at start; the write still waiting for PostgreSQL is cancelled
     and spilled; the archived body is written by the next start."""
-    threaded = ThreadedFake(
-        FakeStarlinkConfig(fleet=fleet(terminals=6), backlog_ticks=4, record_bodies=True)
+    threaded, env = _on_postgres(
+        cluster,
+        tmp_path,
+        ORBITSTREAM_SHUTDOWN_TIMEOUT="3s",
+        ORBITSTREAM_POSTGRES__CONNECT_TIMEOUT_SECS="20",  # a write waits long for it
+        ORBITSTREAM_LOG_LEVEL="info",
+        ORBITSTREAM_LOG_FORMAT="json",
     )
-    f = threaded.fake
-    env = {
-        **_env(f, tmp_path),
-        "DATABASE_URL": cluster.url.replace("postgresql:", "postgres:"),
-        "ORBITSTREAM_SHUTDOWN_TIMEOUT": "3s",
-        "ORBITSTREAM_RETRY_MAX_BACKOFF": "500ms",
-        "ORBITSTREAM_POSTGRES__CONNECT_TIMEOUT_SECS": "20",  # a write waits long for it
-        "ORBITSTREAM_LOG_LEVEL": "info",
-        "ORBITSTREAM_LOG_FORMAT": "json",
-    }
     try:
-        first = Running(env, "starlink")
-        try:
-            wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
-            wait_until(lambda: len(_telemetry(cluster.url)) > 0, 15)
-            cluster.stop()
-            threaded.call(lambda: f.extend(4))
-            wait_until(lambda: _halted(first), 30)
-        finally:
-            began = time.monotonic()
-            first.proc.send_signal(15)
-            code = first.proc.wait(90)
-            took = time.monotonic() - began
+        first = _hold_a_body(threaded, cluster, env)
+        began = time.monotonic()
+        first.proc.send_signal(15)
+        code = first.proc.wait(90)
+        took = time.monotonic() - began
         log = first.log.read_text()
         assert code == 0, log[-3000:]
         started = next(
@@ -182,16 +197,6 @@ def test_sigterm_with_the_store_down_keeps_to_the_shutdown_timeout_and_loses_not
         assert took < 3 + 5, took  # the shutdown timeout and the closing margin
         assert (tmp_path / "data" / "dead_letters.jsonl").exists()  # spilled, kept
 
-        cluster.start()
-        second = Running(env, "starlink")
-        try:
-            wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
-            want = threaded.call(lambda: expected_rows(f))
-            expected = {(d, t // 1000) for d, t in want["telemetry"]}
-            wait_until(lambda: set(_telemetry(cluster.url)) == expected, 30)
-            got = _telemetry(cluster.url)
-            assert len(got) == len(set(got))
-        finally:
-            assert second.stop() == 0, second.log.read_text()[-3000:]
+        _restart_stores_every_row_once(threaded, cluster, env)
     finally:
         threaded.close()
