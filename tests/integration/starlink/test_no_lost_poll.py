@@ -43,10 +43,14 @@ def _telemetry(url: str) -> list[tuple[str, int]]:
     return [(str(d), int(t)) for d, t in rows]
 
 
-def _halted(run: Running) -> bool:
+def _source(run: Running) -> dict[str, object]:
     _, _, body = http("GET", run.url + "/health")
-    source = json.loads(body)["pipelines"]["starlink"]["source"]
-    return bool(source["halted"])
+    source: dict[str, object] = json.loads(body)["pipelines"]["starlink"]["source"]
+    return source
+
+
+def _halted(run: Running) -> bool:
+    return bool(_source(run)["halted"])
 
 
 def _on_postgres(
@@ -144,8 +148,12 @@ def test_sigterm_during_a_long_poll_waits_for_its_answer_and_writes_it(tmp_path:
         run = Running(env, "starlink")
         try:
             wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
+            # the fake counts a poll when it answers it: once one was answered empty
+            # (the linger ran out), the next one is sent at once and held for 6 s
             polls = threaded.call(lambda: f.count("stream"))
             wait_until(lambda: threaded.call(lambda: f.count("stream")) > polls, 10)
+            wait_until(lambda: _source(run)["state"] == "polling", 10)
+            time.sleep(0.5)  # the request has reached the fake, which holds it
         finally:
             # a poll is in flight, waiting for rows; they come after the SIGTERM and the
             # API answers with them at the end of the linger, 5 s past the timeout
