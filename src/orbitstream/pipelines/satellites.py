@@ -502,6 +502,7 @@ class SatelliteKafkaMapping:
         # per point: its message and, for an element of an array, its index
         origin: list[tuple[Message, int | None]] = []
         dead: list[DeadRecord] = []
+        raws: dict[int, list[msgspec.Raw]] = {}  # an array message's elements, by offset
         count = ignored = 0
         for m in messages:
             count += 1
@@ -513,7 +514,7 @@ class SatelliteKafkaMapping:
                 doc = self._decode(value)
             except msgspec.DecodeError as exc:
                 if isinstance(exc, msgspec.ValidationError) and self._elements(
-                    m, value, points, origin, dead
+                    m, value, points, origin, dead, raws
                 ):
                     continue
                 kind = "invalid" if isinstance(exc, msgspec.ValidationError) else "decode"
@@ -532,7 +533,6 @@ class SatelliteKafkaMapping:
         if not points:
             return result
         mapped = self.ingest.map(points, time.time_ns())
-        raws: dict[int, list[msgspec.Raw]] = {}  # an array message's elements, by offset
         for i, err in mapped.rejected:
             msg, element = origin[i]
             reason = f"{err.field}: {err.message}"
@@ -567,11 +567,13 @@ class SatelliteKafkaMapping:
         points: list[Point],
         origin: list[tuple[Message, int | None]],
         dead: list[DeadRecord],
+        raws: dict[int, list[msgspec.Raw]],
     ) -> bool:
         """An array with an invalid point, element by element: the good points join
-        ``points``, each bad one is a dead record. False when ``value`` is no array."""
+        ``points``, each bad one is a dead record; the elements are kept in ``raws``.
+        False when ``value`` is no array."""
         try:
-            elements = self._decode_raw(value)
+            elements = raws[m.offset] = self._decode_raw(value)
         except msgspec.DecodeError:
             return False
         for i, raw in enumerate(elements):

@@ -567,13 +567,14 @@ class StarlinkSource:
         assert self._ctx is not None and self.poller is not None
         loop = asyncio.get_running_loop()
         pending = await loop.run_in_executor(None, archive.pending)
-        if pending and archive.durable_mark() is None:
+        problem = await loop.run_in_executor(None, archive.mark_problem) if pending else None
+        if problem == "missing":
             logger.warning(
                 "Raw archive has no durable mark (a new mark file, or one deleted): every "
                 "archived body is written again; the stores drop what they hold already.",
                 extra={"pipeline": self._ctx.pipeline, "bodies": len(pending)},
             )
-        elif pending and not archive.mark_usable(archive.durable_mark(), [p.name for p in pending]):
+        elif problem == "unusable":
             logger.error(
                 "Raw archive: the durable mark is unreadable or names no archived body; "
                 "every archived body is written again (what is stored already is dropped "

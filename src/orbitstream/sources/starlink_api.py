@@ -892,6 +892,15 @@ class RawArchive:
             return [self.directory / name for name in names]
         return [self.directory / name for name in names if name > str(mark)]
 
+    def mark_problem(self) -> str | None:
+        """Why the durable mark cannot tell what is stored: ``"missing"``, ``"unusable"``
+        (unreadable, or naming a body after the newest), or ``None`` when it can."""
+        mark = self.durable_mark()
+        if mark is None:
+            return "missing"
+        names = sorted(c.name for c in self.directory.iterdir() if _ARCHIVE_NAME.match(c.name))
+        return None if self.mark_usable(mark, names) else "unusable"
+
     @staticmethod
     def mark_usable(mark: str | None, names: Sequence[str]) -> bool:
         """Whether ``mark`` can tell the stored bodies among ``names`` (sorted)."""
