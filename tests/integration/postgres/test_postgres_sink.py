@@ -516,6 +516,44 @@ async def test_unencodable_value_is_rejected_without_a_round_trip(pg_sink: Postg
     assert "storage_usage_mb" in str(info.value)
 
 
+async def test_a_write_failing_mid_copy_leaves_nothing_and_its_connection_usable(
+    pg_settings: PostgresSettings,
+) -> None:
+    # One connection, so the write after the failed one runs on the same connection.
+    sink = PostgresSink(dataclasses.replace(pg_settings, max_connections=1))
+    await sink.start(tables())
+    try:
+        start = now_ns() - 600 * 10**9
+        rows = sat_rows(5_000, start, step_ns=10**8)
+        bad = list(rows[4_500])
+        bad[3] = "lots"  # in the third COPY piece: two were sent before it fails
+        rows[4_500] = tuple(bad)
+        with pytest.raises(PostgresRejectedError) as info:
+            await sink.write(Batch(TEL, rows, "mid-copy"))
+        assert "storage_usage_mb" in str(info.value) and info.value.bad_rows == (4_500,)
+        dsn = pg_settings.dsn
+        assert await count(dsn) == 0
+        assert await fetch(dsn, "SELECT batch_id FROM orbitstream_batches") == []
+        assert await fetch(dsn, "SELECT count(*) FROM orbitstream_rollup_pending") == [(0,)]
+        # a server-side refusal after some rows were copied rolls back the claim too
+        nulls = list(rows[:3_000])
+        nulls[2_900] = (*nulls[2_900][:2], None, *nulls[2_900][3:])  # NOT NULL column
+        with pytest.raises(PostgresRejectedError):
+            await sink.write(Batch(TEL, nulls, "server-refused"))
+        assert await fetch(dsn, "SELECT batch_id FROM orbitstream_batches") == []
+        good = Batch(TEL, rows[:4_000], "after")
+        await sink.write(good)
+        pending = await fetch(dsn, "SELECT count(*) FROM orbitstream_rollup_pending")
+        assert pending[0][0] > 0
+        await sink.write(Batch(TEL, list(good.rows), "after"))  # a replay: no row, no bucket
+        assert await count(dsn) == 4_000
+        assert await fetch(dsn, "SELECT count(*) FROM orbitstream_rollup_pending") == pending
+        ledger = await fetch(dsn, "SELECT batch_id, rows FROM orbitstream_batches")
+        assert ledger == [("after", 4_000)]
+    finally:
+        await sink.close()
+
+
 async def test_terminated_connections_are_retryable_then_recover(
     pg_sink: PostgresSink, pg_settings: PostgresSettings, pg_server: str
 ) -> None:

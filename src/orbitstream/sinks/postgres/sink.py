@@ -58,11 +58,12 @@ from orbitstream.sinks.results import QueryError, Rows
 
 try:
     import psycopg
-    from psycopg.pq import TransactionStatus
+    from psycopg import pq
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
     from orbitstream.sinks.postgres.arrow_copy import ArrowCopyEncoder
+    from orbitstream.sinks.postgres.copy_query import CopyOutcome, copy_query
 except ImportError as _exc:  # pragma: no cover - depends on the install
     raise ConfigError(
         "DATABASE_URL selects PostgreSQL, which needs the postgres extra: "
@@ -99,24 +100,20 @@ _RETRYABLE_STATES = frozenset(
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _CHUNK_ROWS = 2048  # rows per COPY piece (about 200 KiB of telemetry)
-_LEDGER_INSERT = (
+# A batch's claim: its ledger row (a replayed id violates the primary key, which stops
+# the write before anything is copied) and, in the plain layout, the rollup buckets it
+# writes to. Sent as string literals (our own values, see _text) in the simple query that
+# also carries the COPY (copy_query): (batch_id, table, rows) [, rollup keys[], starts[]].
+_CLAIM = (
     f"INSERT INTO {ddl.quote_ident(ddl.LEDGER)} (batch_id, table_name, rows) "
-    "VALUES (%s, %s, %s) ON CONFLICT (batch_id) DO NOTHING RETURNING 1"
+    "VALUES ({}, {}, {})"
 )
-# The same, and the rollup buckets the batch writes to (only when the ledger row is new),
-# in one round trip: (batch_id, table, rows, rollup keys[], bucket starts[] in epoch s).
-_LEDGER_INSERT_PENDING = (
-    f"WITH l AS ({_LEDGER_INSERT}), "
-    f"p AS (INSERT INTO {ddl.quote_ident(ddl.ROLLUP_PENDING)} (rollup, bucket) "
-    "SELECT u.r, to_timestamp(u.b) FROM unnest(%s::text[], %s::bigint[]) AS u(r, b) "
-    "WHERE EXISTS (SELECT 1 FROM l)) SELECT 1 FROM l"
+_CLAIM_PENDING = (
+    _CLAIM + f"; INSERT INTO {ddl.quote_ident(ddl.ROLLUP_PENDING)} (rollup, bucket) "
+    "SELECT u.r, to_timestamp(u.b) FROM unnest({}::text[], {}::bigint[]) AS u(r, b)"
 )
-# The same with {} placeholders for literals (sent with BEGIN as one simple query, which
-# cannot carry parameters; see _text).
-_LEDGER_INSERT_LITERAL = _LEDGER_INSERT.replace("%s", "{}")
-_LEDGER_INSERT_PENDING_LITERAL = _LEDGER_INSERT_PENDING.replace("%s", "{}")
+_UNIQUE_VIOLATION = b"23505"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_OPEN_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 ROLLUP_GRACE_SECS = 60  # a bucket is materialized once it ended this long ago
 _DEAD_LETTER_INSERT = (
     f"INSERT INTO {ddl.quote_ident(ddl.DEAD_LETTERS)} "
@@ -187,6 +184,25 @@ def classify_error(exc: BaseException) -> Kind:
     return "retryable"
 
 
+def _check(outcome: CopyOutcome, encoding: str) -> bool:
+    """Whether the write found its batch already committed (the ledger's primary key
+    refused the claim: nothing was copied); raises the server's error for any other
+    failure (the query was rolled back)."""
+    if not outcome.copied:
+        failed = outcome.before[-1] if outcome.before else None
+        if failed is None or failed.status != pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.ProgrammingError("the write query did not reach its COPY")
+        if failed.error_field(pq.DiagnosticField.SQLSTATE) == _UNIQUE_VIOLATION and (
+            failed.error_field(pq.DiagnosticField.TABLE_NAME) == ddl.LEDGER.encode()
+        ):
+            return True
+        raise psycopg.errors.error_from_result(failed, encoding=encoding)
+    for result in outcome.after:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result, encoding=encoding)
+    return False
+
+
 def _connection_lost(exc: BaseException) -> bool:
     """A dead connection rather than a refused statement or a starved pool."""
     return isinstance(exc, psycopg.OperationalError) and not isinstance(
@@ -219,17 +235,28 @@ class _TablePlan:
     table: Table
     encoder: CopyEncoder  # tuple rows
     arrow_encoder: ArrowCopyEncoder  # columnar batches (pgpq)
-    copy_sql: str
     rollups: tuple[tuple[Rollup, str], ...]  # plain layout: (rollup, its key)
-    # a replacing table: the stage's CREATE and the merge after the COPY into it
-    stage_sql: bytes | None = None
-    merge_sql: bytes | None = None
+    # what follows the claim in the write's query: the COPY, and for a replacing table
+    # the stage's CREATE before it and the merge after it
+    copy_tail: str
 
     def pieces(self, batch: Batch) -> Iterator[bytes]:
         """The batch's binary COPY stream in pieces, encoded from the form it has."""
         if batch.columnar:
             return self.arrow_encoder.iter_encode(batch.data, _CHUNK_ROWS)
         return self.encoder.iter_encode(batch.rows, _CHUNK_ROWS)
+
+    def write_query(self, batch: Batch) -> bytes:
+        """The batch's claim, then :attr:`copy_tail`: one simple query."""
+        values = [_text(batch.batch_id), _text(self.table.name), str(int(batch.size))]
+        if self.rollups:
+            keys, starts = self.buckets(batch)
+            values.append("ARRAY[" + ",".join(map(_text, keys)) + "]::text[]")
+            values.append("ARRAY[" + ",".join(str(int(b)) for b in starts) + "]::bigint[]")
+            claim = _CLAIM_PENDING.format(*values)
+        else:
+            claim = _CLAIM.format(*values)
+        return (claim + "; " + self.copy_tail).encode()
 
     def bad_rows(self, batch: Batch) -> tuple[int, ...]:
         if batch.columnar:
@@ -381,14 +408,17 @@ class PostgresSink(SinkBase):
         if self.layout == "plain":
             rollups = tuple((r, ddl.rollup_key(table, r)) for r in table.rollups)
         replacing = table.replacing is not None  # copied into a stage, then merged
+        copy = ddl.copy_sql(table, into=ddl.stage_name(table) if replacing else None)
         return _TablePlan(
             table,
             encoder_for(table),
             ArrowCopyEncoder(table),
-            ddl.copy_sql(table, into=ddl.stage_name(table) if replacing else None),
             rollups,
-            stage_sql=ddl.stage_statement(table).encode() if replacing else None,
-            merge_sql=ddl.replacing_merge_sql(table).encode() if replacing else None,
+            "; ".join(
+                [ddl.stage_statement(table), copy, ddl.replacing_merge_sql(table)]
+                if replacing
+                else [copy]
+            ),
         )
 
     async def maintain(self, now: dt.datetime | None = None) -> MaintenanceReport | None:
@@ -520,35 +550,14 @@ class PostgresSink(SinkBase):
             plan = self._plan(table)
             self._plans[table.qualified_name] = plan
         started = time.perf_counter()
-        duplicate = False
-        nbytes = 0
         try:
-            async with self.pool.connection() as conn:
-                # Three round trips, as a bare COPY needs (BEGIN, COPY, COMMIT): the
-                # ledger row is claimed in BEGIN's, the rows then copied, then committed.
-                # A replayed id finds its ledger row taken and copies nothing.
-                try:
-                    duplicate = not await self._begin_claim(conn, plan, batch)
-                    if not duplicate:
-                        if plan.stage_sql is not None:
-                            await conn.execute(plan.stage_sql)
-                        async with conn.cursor() as copy_cur, copy_cur.copy(plan.copy_sql) as copy:
-                            # Encoded piece by piece: the server inserts one while the
-                            # next is encoded.
-                            for piece in plan.pieces(batch):
-                                nbytes += len(piece)
-                                await copy.write(piece)
-                        if plan.merge_sql is not None:  # a replacing table: one row per key
-                            await conn.execute(plan.merge_sql)
-                    await conn.execute(b"ROLLBACK" if duplicate else b"COMMIT")
-                except BaseException:
-                    # As psycopg's transaction block would: roll back what is open (a
-                    # connection busy mid-query is discarded by the pool instead).
-                    if conn.info.transaction_status in _OPEN_TRANSACTION:
-                        with contextlib.suppress(psycopg.Error, OSError):
-                            await conn.execute(b"ROLLBACK")
-                    raise
-
+            async with self.pool.connection() as conn, conn.lock:
+                # One round trip (BEGIN, COPY, COMMIT would be three): claim, rows and
+                # rollup buckets in one simple query, one implicit transaction.
+                outcome = await conn.wait(
+                    copy_query(conn.pgconn, plan.write_query(batch), plan.pieces(batch))
+                )
+                duplicate = _check(outcome, conn.info.encoding)
         except EncodeError as exc:
             raise PostgresRejectedError(
                 str(exc),
@@ -568,28 +577,10 @@ class PostgresSink(SinkBase):
                 "table": table.name,
                 "batch_id": batch.batch_id,
                 "records": batch.size,
-                "bytes": nbytes,
+                "bytes": outcome.nbytes,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
-
-    @staticmethod
-    async def _begin_claim(conn: Any, plan: _TablePlan, batch: Batch) -> bool:
-        """Open a transaction and claim ``batch``'s ledger row in one round trip (a
-        simple query of two statements, values as literals); False when the id is
-        already committed (the transaction stays open: the caller rolls it back)."""
-        table = batch.table
-        values = [_text(batch.batch_id), _text(table.name), str(int(batch.size))]
-        if plan.rollups:
-            keys, starts = plan.buckets(batch)
-            values.append("ARRAY[" + ",".join(map(_text, keys)) + "]::text[]")
-            values.append("ARRAY[" + ",".join(str(int(b)) for b in starts) + "]::bigint[]")
-            claim = _LEDGER_INSERT_PENDING_LITERAL.format(*values)
-        else:
-            claim = _LEDGER_INSERT_LITERAL.format(*values)
-        cur = await conn.execute(("BEGIN; " + claim).encode())
-        # The cursor stands on BEGIN's result; the claim's is the next one.
-        return bool(cur.nextset()) and await cur.fetchone() is not None
 
     async def _drop_broken_connections(self) -> None:
         """After a lost connection (server restart, terminated backend), test the idle
