@@ -18,6 +18,7 @@ from orbitstream.core.tables import ColType, Column, Table
 from orbitstream.pipelines.satellites import TELEMETRY_TABLE
 from orbitstream.sinks.postgres.arrow_copy import (
     ArrowCopyEncoder,
+    _text_array_fields,
     json_maps,
 )
 from orbitstream.sinks.postgres.encoding import CopyEncoder, EncodeError
@@ -199,3 +200,49 @@ def test_sliced_batches_are_checked_and_encoded_by_their_own_rows() -> None:
     tail = data.slice(3)
     assert json_maps(tail.column(1)).to_pylist() == ['{"k3":1}', '{"k4":1}', '{"k5":1}']
     assert enc.encode(tail) == enc.encode(record_batch(MAPS, rows[3:]))
+
+
+def _pgpq_column(array: Any) -> bytes:
+    """One column's rows as pgpq writes them (header and trailer cut off)."""
+    import pgpq
+
+    schema = pa.schema([pa.field("a", array.type)])
+    enc = pgpq.ArrowToPostgresBinaryEncoder(schema)
+    enc.write_header()
+    out = enc.write_batch(pa.RecordBatch.from_arrays([array], schema=schema)) + enc.finish()
+    return bytes(out[:-2])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.none() | st.lists(texts | st.just("x" * 300), max_size=4), max_size=40),
+    st.data(),
+)
+def test_text_arrays_built_with_numpy_are_the_bytes_pgpq_writes(
+    values: list[list[str] | None], data: st.DataObject
+) -> None:
+    """Empty lists, empty strings, non-ASCII, null rows, sliced arrays: the numpy-built
+    ``text[]`` fields, written as binary, are byte for byte pgpq's list encoding."""
+    array = pa.array(values, type=pa.list_(pa.string()))
+    if values:
+        start = data.draw(st.integers(0, len(values) - 1))
+        array = array.slice(start, data.draw(st.integers(0, len(values) - start)))
+    coded = _text_array_fields(array)
+    assert coded is not None and coded.type == pa.binary()
+    assert _pgpq_column(coded) == _pgpq_column(array)
+
+
+def test_a_null_text_array_element_goes_to_pgpq_and_forms_mix_in_one_stream() -> None:
+    assert _text_array_fields(pa.array([["x", None]], type=pa.list_(pa.string()))) is None
+    rows: list[Row] = [
+        (NOW_NS + i, f"n{i}", 1.0, i, i, False, ("a", "b")[: i % 3]) for i in range(6)
+    ]
+    data = record_batch(SCALARS, rows)
+    with_null = record_batch(SCALARS, [(NOW_NS, "z", 1.0, 0, 0, True, ("x",))])
+    tags = pa.array([["x", None]], type=pa.list_(pa.string()))
+    with_null = with_null.set_column(6, SCALARS.columns[6].name, tags)
+    coded, plain, coded_again = data.slice(0, 3), with_null, data.slice(3)
+    stream = ArrowCopyEncoder(SCALARS).encode([coded, plain, coded_again])
+    parts = [ArrowCopyEncoder(SCALARS).encode(p)[19:-2] for p in (coded, plain, coded_again)]
+    assert stream == stream[:19] + b"".join(parts) + b"\xff\xff"
+    assert parts[1].count(b"\xff\xff\xff\xff") == 1  # the null element, as pgpq writes it
