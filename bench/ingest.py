@@ -1243,7 +1243,7 @@ def run(cfg: Config, only: set[str] | None) -> int:
         )
         step(
             "pg-copy",
-            "PostgreSQL: pre-encoded binary COPY, 1000 rows per transaction, 4 connections",
+            "PostgreSQL: pre-encoded binary COPY, 1000 rows per transaction, 4 connections, new timestamps per batch",
             lambda r: scenario_store(
                 cfg, r, "postgres", ["--connections", "4", "--dsn", PG_ADMIN_DSN]
             ),
