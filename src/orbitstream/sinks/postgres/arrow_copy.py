@@ -55,13 +55,14 @@ _TEXT_OID = 25
 _HEAD = np.frombuffer(struct.pack(">iiiii", 1, 0, _TEXT_OID, 0, 1), dtype=np.uint8)
 _HEAD_LEN = len(_HEAD)
 _BYTE4 = np.arange(4)
+_MAX_BINARY_BYTES = 2**31 - 1
 
 
 def _text_array_fields(lists: Any) -> Any:
     """A ``list<string>`` array as ``binary``: each row's ``text[]`` value in binary COPY
     form, the bytes pgpq's list encoder writes (null rows stay null), built with numpy
-    from the array's offsets and bytes; ``None`` when an element is null (pgpq's own
-    encoder then writes it)."""
+    from the array's offsets and bytes; ``None`` when an element is null or the bytes
+    exceed int32 offsets (pgpq's own encoder then writes it)."""
     n = len(lists)
     off = lists.offsets.to_numpy().astype(np.int64)
     base = int(off[0])
@@ -70,13 +71,24 @@ def _text_array_fields(lists: Any) -> Any:
     if child.null_count:
         return None
     if not len(child):  # every list empty (or null): one value, repeated
-        ends = np.arange(0, _HEAD_LEN * (n + 1), _HEAD_LEN, dtype=np.int32)
-        fields = pa.Array.from_buffers(
-            pa.binary(), n, [None, pa.py_buffer(ends), pa.py_buffer(np.tile(_HEAD, n))]
-        )
-        if lists.null_count:
-            fields = pc.if_else(pc.is_valid(lists), fields, pa.scalar(None, pa.binary()))
-        return fields
+        ends = np.arange(0, _HEAD_LEN * (n + 1), _HEAD_LEN, dtype=np.int64)
+        out = np.tile(_HEAD, n)
+    else:
+        ends, out = _text_array_bytes(child, off - base, count)
+    if ends[-1] > _MAX_BINARY_BYTES:  # more than a binary array's int32 offsets hold
+        return None
+    fields = pa.Array.from_buffers(
+        pa.binary(), n, [None, pa.py_buffer(ends.astype(np.int32)), pa.py_buffer(out)]
+    )
+    if lists.null_count:
+        fields = pc.if_else(pc.is_valid(lists), fields, pa.scalar(None, pa.binary()))
+    return fields
+
+
+def _text_array_bytes(child: Any, rel: Any, count: Any) -> tuple[Any, Any]:
+    """The fields' end offsets and bytes, for lists of ``count`` elements starting at
+    ``rel`` in the string array ``child``."""
+    n = len(count)
     bufs = child.buffers()
     eo = np.frombuffer(bufs[1], dtype=np.int32)[child.offset : child.offset + len(child) + 1]
     eo = eo.astype(np.int64)
@@ -84,7 +96,6 @@ def _text_array_fields(lists: Any) -> Any:
     # bytes of the elements before each one, and per row
     before = np.zeros(len(elen) + 1, dtype=np.int64)
     np.cumsum(elen, out=before[1:])
-    rel = off - base
     row_bytes = _HEAD_LEN + 4 * count + (before[rel[1:]] - before[rel[:-1]])
     ends = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(row_bytes, out=ends[1:])
@@ -92,22 +103,15 @@ def _text_array_fields(lists: Any) -> Any:
     heads = np.tile(_HEAD, (n, 1))
     heads[:, 12:16] = count.astype(">i4").view(np.uint8).reshape(n, 4)
     out[(ends[:-1, None] + np.arange(_HEAD_LEN)).ravel()] = heads.ravel()
-    if len(elen):
-        row = np.repeat(np.arange(n), count)
-        nth = np.arange(len(elen)) - rel[row]  # the element's place in its row
-        start = ends[row] + _HEAD_LEN + 4 * nth + before[:-1] - before[rel[row]]
-        out[(start[:, None] + _BYTE4).ravel()] = elen.astype(">i4").view(np.uint8).ravel()
-        size = int(before[-1])
-        if size:
-            data = np.frombuffer(bufs[2], dtype=np.uint8)
-            src = np.arange(int(eo[0]), int(eo[-1]))
-            out[np.repeat(start + 4 - eo[:-1], elen) + src] = data[src]
-    fields = pa.Array.from_buffers(
-        pa.binary(), n, [None, pa.py_buffer(ends.astype(np.int32)), pa.py_buffer(out)]
-    )
-    if lists.null_count:
-        fields = pc.if_else(pc.is_valid(lists), fields, pa.scalar(None, pa.binary()))
-    return fields
+    row = np.repeat(np.arange(n), count)
+    nth = np.arange(len(elen)) - rel[row]  # the element's place in its row
+    start = ends[row] + _HEAD_LEN + 4 * nth + before[:-1] - before[rel[row]]
+    out[(start[:, None] + _BYTE4).ravel()] = elen.astype(">i4").view(np.uint8).ravel()
+    if before[-1]:
+        data = np.frombuffer(bufs[2], dtype=np.uint8)
+        src = np.arange(int(eo[0]), int(eo[-1]))
+        out[np.repeat(start + 4 - eo[:-1], elen) + src] = data[src]
+    return ends, out
 
 
 def _quoted(strings: Any) -> Any:
@@ -223,8 +227,7 @@ class _Stream:
         held = b""
         if self._encoder is None or coded != self._coded:
             held = self._end()
-            owner = self._owner
-            self._encoder = owner._new(owner.coded_schema if coded else owner.schema)
+            self._encoder = self._owner._new(coded)
             self._encoder.write_header()  # its state machine wants one; ours was sent
             self._coded = coded
         return held + self._encoder.write_batch(prepared)  # type: ignore[no-any-return]
@@ -275,11 +278,11 @@ class ArrowCopyEncoder:
         )
         self._lists = [i for i, c in enumerate(table.columns) if c.type is ColType.STRING_LIST]
         self.header: bytes = pgpq.ArrowToPostgresBinaryEncoder(self.schema).write_header()
-        self._encoders: dict[int, dict[str, Any]] = {}
+        self._encoders: dict[bool, dict[str, Any]] = {}  # by form: text[] coded or not
         if any(col.type in _MAPS for col in table.columns):
             # pgpq wants a builder for every field once one is given
-            for schema in (self.schema, self.coded_schema):
-                self._encoders[id(schema)] = {
+            for coded, schema in ((False, self.schema), (True, self.coded_schema)):
+                self._encoders[coded] = {
                     col.name: (
                         pgpq_types.StringEncoderBuilder.new_with_output(f, pgpq_types.Jsonb())
                         if col.type in _MAPS
@@ -288,8 +291,9 @@ class ArrowCopyEncoder:
                     for col, f in zip(table.columns, schema, strict=True)
                 }
 
-    def _new(self, schema: Any) -> Any:
-        builders = self._encoders.get(id(schema))
+    def _new(self, coded: bool) -> Any:
+        schema = self.coded_schema if coded else self.schema
+        builders = self._encoders.get(coded)
         if builders is not None:
             return pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(schema, builders)
         return pgpq.ArrowToPostgresBinaryEncoder(schema)
