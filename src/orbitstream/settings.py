@@ -321,6 +321,13 @@ class PostgresSection(Section):
     maintenance_lock_timeout_secs: float = Field(
         5.0, gt=0, validation_alias=env("ORBITSTREAM_POSTGRES_LOCK_TIMEOUT")
     )
+    write_timeout_secs: float = Field(
+        60.0,
+        gt=0,
+        validation_alias=env("ORBITSTREAM_POSTGRES_WRITE_TIMEOUT"),
+        description="The longest one batch's write may take; past it the connection is "
+        "closed and the write retried (a server that stopped answering).",
+    )
     rollup_refresh_secs: float = Field(
         5.0,
         gt=0,
@@ -334,6 +341,7 @@ class PostgresSection(Section):
     @field_validator(
         "connect_timeout_secs",
         "maintenance_lock_timeout_secs",
+        "write_timeout_secs",
         "rollup_refresh_secs",
         "ledger_retention_days",
         mode="before",

@@ -82,6 +82,7 @@ def _postgres(settings: Settings, request: SinkRequest) -> Sink:
             timescale=pg.timescale,
             ledger_retention_days=pg.ledger_retention_days,
             connect_timeout_secs=pg.connect_timeout_secs,
+            write_timeout_secs=pg.write_timeout_secs,
             maintenance_lock_timeout_secs=pg.maintenance_lock_timeout_secs,
             rollup_refresh_secs=pg.rollup_refresh_secs,
             query_timeout_secs=settings.query.timeout_secs,

@@ -95,6 +95,7 @@ def test_starlink_shaped_rows_are_stored_alike(pg_dsn: str) -> None:
                 "Big": 1e300,
                 "Tiny": 5e-324,
                 "Int": float(i),
+                "Count": i,  # an int: Float64 like the others, in both paths
                 "Nan": math.nan,
             },
             {"Version": f"2025.{i}", "Quote": 'a"b\\c', "Unicode": "é✓", "Ctl": "\t\n\x01"},
@@ -107,6 +108,16 @@ def test_starlink_shaped_rows_are_stored_alike(pg_dsn: str) -> None:
     assert len(ours) == len(rows)
     assert theirs == ours
     assert ours[0][3]["Nan"] is None  # type: ignore[index]
+    # the same numbers to the digit: jsonb keeps a number's scale (1.0 is not 1, and a
+    # client reads the one as a float, the other as an integer), which == above ignores
+    with psycopg.connect(pg_dsn) as conn:
+        texts = [
+            conn.execute(f"SELECT metrics::text FROM {name} ORDER BY device_id, ts_ns").fetchall()
+            for name in ("ours", "pgpq")
+        ]
+    assert texts[1] == texts[0]
+    for stored in (ours, theirs):
+        assert all(type(r[3]["Int"]) is type(r[3]["Count"]) is float for r in stored)  # type: ignore[index]
 
 
 def test_postgres_refuses_what_the_wrapper_refuses(pg_dsn: str) -> None:

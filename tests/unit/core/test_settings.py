@@ -204,3 +204,16 @@ def test_a_bad_kafka_bootstrap_server_is_refused_naming_the_setting(
     with pytest.raises(ConfigError) as err:
         load_settings().kafka.servers()
     assert "KAFKA_BOOTSTRAP_SERVERS" in str(err.value) and why in str(err.value)
+
+
+def test_the_postgres_write_timeout_reaches_the_sink(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orbitstream.stores import build_stores
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://u@127.0.0.1:1/db")
+    monkeypatch.setenv("ORBITSTREAM_POSTGRES_WRITE_TIMEOUT", "5s")
+    (store,) = build_stores(load_settings())
+    assert store.settings.write_timeout_secs == 5.0  # type: ignore[attr-defined]
+    monkeypatch.setenv("ORBITSTREAM_POSTGRES_WRITE_TIMEOUT", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.setting == "ORBITSTREAM_POSTGRES_WRITE_TIMEOUT"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -118,13 +120,44 @@ def test_maps_become_the_json_of_the_dicts(
     for (m, i), m_text, i_text in zip(maps, metrics, info, strict=True):
         assert json.loads(i_text) == i
         assert json.loads(m_text) == {k: (v if math.isfinite(v) else None) for k, v in m.items()}
+        # and each number is the numeric the tuple path's text is, scale included
+        # (jsonb keeps it: 1.0 reads back as a float, 1 as an integer)
+        ours = msgspec.json.encode({k: (v if math.isfinite(v) else None) for k, v in m.items()})
+        assert _numerics(m_text) == _numerics(ours.decode())
+
+
+def _numerics(text: str) -> dict[str, tuple[Decimal, int] | None]:
+    """Each value of a JSON object of numbers as PostgreSQL's numeric reads it: the value
+    and its display scale (digits after the point, never negative)."""
+    out: dict[str, tuple[Decimal, int] | None] = {}
+    for key, value in json.loads(text, parse_float=Decimal, parse_int=Decimal).items():
+        if value is None:
+            out[key] = None
+            continue
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int)
+        out[key] = (value, max(0, -exponent))
+    return out
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=200))
+def test_float_values_keep_the_tuple_paths_numeric_and_scale(values: list[float]) -> None:
+    """Whole floats (``1.0``, ``-0.0``, ``1e15``) included, which Arrow alone writes as
+    ``1`` or ``1e+15``."""
+    edges = [0.0, -0.0, 1.0, -1.0, 1e15, 9007199254740994.0, 1e16 - 2, 1e16, 1e22, 5e-324]
+    maps = [{f"k{j}": v} for j, v in enumerate([*edges, *values])]
+    rows: list[Row] = [(0, m, {}) for m in maps]
+    texts = json_maps(record_batch(MAPS, rows).column(1)).to_pylist()
+    for m, text in zip(maps, texts, strict=True):
+        assert _numerics(text) == _numerics(msgspec.json.encode(m).decode()), text
 
 
 def test_sliced_and_null_maps() -> None:
     arr = pa.array(
         [[("a", 1.0)], None, [("b", 2.5), ("c", 1e20)], []], pa.map_(pa.string(), pa.float64())
     )
-    assert json_maps(arr).to_pylist() == ['{"a":1}', None, '{"b":2.5,"c":1e+20}', "{}"]
+    assert json_maps(arr).to_pylist() == ['{"a":1.0}', None, '{"b":2.5,"c":1e+20}', "{}"]
     assert json_maps(arr.slice(2)).to_pylist() == ['{"b":2.5,"c":1e+20}', "{}"]
 
 
@@ -198,7 +231,7 @@ def test_sliced_batches_are_checked_and_encoded_by_their_own_rows() -> None:
     assert enc.bad_rows(data.slice(2)) == ()
     assert enc.bad_rows(data.slice(1, 2)) == (0,)
     tail = data.slice(3)
-    assert json_maps(tail.column(1)).to_pylist() == ['{"k3":1}', '{"k4":1}', '{"k5":1}']
+    assert json_maps(tail.column(1)).to_pylist() == ['{"k3":1.0}', '{"k4":1.0}', '{"k5":1.0}']
     assert enc.encode(tail) == enc.encode(record_batch(MAPS, rows[3:]))
 
 
@@ -246,3 +279,15 @@ def test_a_null_text_array_element_goes_to_pgpq_and_forms_mix_in_one_stream() ->
     parts = [ArrowCopyEncoder(SCALARS).encode(p)[19:-2] for p in (coded, plain, coded_again)]
     assert stream == stream[:19] + b"".join(parts) + b"\xff\xff"
     assert parts[1].count(b"\xff\xff\xff\xff") == 1  # the null element, as pgpq writes it
+
+
+def test_ints_in_a_float_map_are_written_as_the_floats_the_column_holds() -> None:
+    """``12`` and ``12.0`` are one Float64, but jsonb keeps them apart: the tuple encoder
+    writes ``12.0``, as the Arrow path does; an int no float holds exactly stays exact."""
+    enc = CopyEncoder(MAPS)
+    as_int, as_float = ([(0, {"a": v, "b": 2.5}, {"s": "x"})] for v in (12, 12.0))
+    assert enc.encode(as_int) == enc.encode(as_float)
+    assert b'{"a":12.0,"b":2.5}' in enc.encode(as_int)
+    assert b'{"a":1152921504606846977}' in enc.encode([(0, {"a": 2**60 + 1}, {})])
+    text = json_maps(record_batch(MAPS, as_int).column(1)).to_pylist()
+    assert text == ['{"a":12.0,"b":2.5}']

@@ -414,6 +414,7 @@ def test_invalid_settings_are_config_errors(kwargs: dict[str, object]) -> None:
         ("23502", "rejected"),  # NOT NULL violation
         ("42P01", "retryable"),  # undefined table: a deployment problem, rows are held
         ("42601", "rejected"),  # syntax error
+        ("54000", "rejected"),  # program limit: an index row over 8 KB
         ("42501", "retryable"),  # insufficient privilege: an operator can fix it
         (None, "retryable"),
     ],

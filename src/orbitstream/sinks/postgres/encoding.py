@@ -19,7 +19,10 @@ STRING         text                UTF-8
 STRING_LIST    text[]              ndim, has-null flag, element OID 25, per dimension
                                    (size, lower bound 1), then int32 length + UTF-8
                                    per element; an empty tuple is ndim 0
-MAP_*          jsonb               version byte 1 + JSON text (NaN/inf become null)
+MAP_*          jsonb               version byte 1 + JSON text (NaN/inf become null;
+                                   in a MAP_STR_FLOAT an int is written as the float
+                                   the column's type holds, ``12.0``, as the Arrow
+                                   path writes it)
 =============  ==================  ==================================================
 
 A ``None`` is always sent as NULL, even in a NOT NULL column: PostgreSQL then refuses
@@ -165,6 +168,29 @@ def _map_value(value: object) -> bytes:
     return _jsonb(value)
 
 
+def _float_map_value(value: object) -> bytes:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a dict, got {type(value).__name__}")
+    return _jsonb(_as_floats(value))
+
+
+#: integers up to this magnitude are floats exactly; beyond it one stays an exact JSON
+#: integer rather than a rounded float (the Arrow path refuses it, and falls back here)
+_EXACT_INT = 2**53
+
+
+def _as_floats(value: dict[Any, Any]) -> dict[Any, Any]:
+    """A float map's values as floats: ``12`` and ``12.0`` are both the Float64 12, but
+    jsonb keeps them apart (a client reads an integer or a float). ClickHouse stores the
+    map as Float64 and the Arrow path writes ``12.0``: so does this one."""
+    if not any(type(v) is int for v in value.values()):
+        return value
+    return {
+        k: float(v) if type(v) is int and -_EXACT_INT <= v <= _EXACT_INT else v
+        for k, v in value.items()
+    }
+
+
 _VALUE: dict[ColType, Callable[[object], bytes]] = {
     ColType.TIMESTAMP: _timestamp_value,
     ColType.FLOAT64: _float_value,
@@ -173,7 +199,7 @@ _VALUE: dict[ColType, Callable[[object], bytes]] = {
     ColType.BOOL: _bool_value,
     ColType.STRING: _text_value,
     ColType.STRING_LIST: _text_array_value,
-    ColType.MAP_STR_FLOAT: _map_value,
+    ColType.MAP_STR_FLOAT: _float_map_value,
     ColType.MAP_STR_STR: _map_value,
 }
 
@@ -202,6 +228,11 @@ def _text_payload(col: _Column) -> list[bytes]:
 def _json_payload(col: _Column) -> list[bytes]:
     encode = _json.encode
     return [b"\x01" + encode(v) for v in col]
+
+
+def _float_map_payload(col: _Column) -> list[bytes]:
+    encode = _json.encode
+    return [b"\x01" + encode(_as_floats(v)) for v in col]
 
 
 class _Memo:
@@ -286,6 +317,8 @@ class CopyEncoder:
                 payload = _text_payload
             elif col.type is ColType.STRING_LIST:
                 payload = _Memo(_text_array_fast)
+            elif col.type is ColType.MAP_STR_FLOAT:
+                payload = _float_map_payload
             else:
                 payload = _json_payload
             fmt += "i"

@@ -45,6 +45,11 @@ class PostgresSettings:
     :param connect_timeout_secs: connecting, and waiting for a free pooled connection.
     :param rollup_refresh_secs: plain layout: how often the rollups' materialized buckets
         are brought up to date (the rollup view reads the newer buckets from the raw rows).
+    :param write_timeout_secs: the longest one batch's write may take, from sending it to
+        the server's answer; past it the connection is closed (the server rolls back
+        what it had not committed; the ledger tells a retry what it had) and the write
+        is retryable. Without it a write to a server that stopped answering (a network
+        partition) would hang until TCP gave up, many minutes later.
     :param query_timeout_secs: ``statement_timeout`` of read-only queries.
     :param maintenance_lock_timeout_secs: ``lock_timeout`` when creating or dropping a
         partition (it briefly locks the parent table).
@@ -62,6 +67,7 @@ class PostgresSettings:
     timescale: TimescaleMode = "auto"
     ledger_retention_days: int = 7
     connect_timeout_secs: float = 10.0
+    write_timeout_secs: float = 60.0
     query_timeout_secs: float = 30.0
     maintenance_lock_timeout_secs: float = 5.0
     rollup_refresh_secs: float = 5.0
@@ -92,6 +98,11 @@ class PostgresSettings:
             )
         if self.timescale not in ("auto", "on", "off"):
             raise ConfigError("timescale must be auto, on or off", setting="timescale")
+        if not self.write_timeout_secs > 0:
+            raise ConfigError(
+                "write_timeout_secs must be more than 0",
+                setting="ORBITSTREAM_POSTGRES_WRITE_TIMEOUT",
+            )
         if self.ledger_retention_days < 1:
             raise ConfigError(
                 "ledger_retention_days must be at least 1", setting="ledger_retention_days"

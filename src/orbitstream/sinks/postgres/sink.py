@@ -28,7 +28,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import numpy as np
@@ -56,9 +56,12 @@ from orbitstream.sinks.postgres.migrations import (
 from orbitstream.sinks.postgres.settings import PostgresSettings
 from orbitstream.sinks.results import QueryError, Rows
 
+if TYPE_CHECKING:
+    from psycopg.abc import PQGen
+
 try:
     import psycopg
-    from psycopg import pq
+    from psycopg import pq, waiting
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
@@ -84,7 +87,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RETRYABLE_CLASSES = frozenset({"08", "53", "57", "40", "58"})
-REJECTED_CLASSES = frozenset({"22", "23", "42"})
+# 54: program limits (an index row over 8 KB, a jsonb value over 256 MB): the rows'
+# own fault, refused every time
+REJECTED_CLASSES = frozenset({"22", "23", "42", "54"})
 # Deployment problems, not bad rows: every row of every batch would fail the same way, so
 # dead-lettering them would empty the buffers into the dead-letter table. Hold the rows,
 # report the sink down, retry until an operator fixes it.
@@ -182,6 +187,39 @@ def classify_error(exc: BaseException) -> Kind:
     if isinstance(exc, psycopg.Error):
         return classify_sqlstate(exc.sqlstate)
     return "retryable"
+
+
+async def _drive(
+    conn: psycopg.AsyncConnection[Any], query: PQGen[CopyOutcome], limit_secs: float
+) -> CopyOutcome:
+    """Run a write's generator on the connection's socket, as ``AsyncConnection.wait``
+    does, with two differences at an interruption (the shutdown deadline's cancellation,
+    or ``limit_secs`` running out): the connection is closed at once, which makes the
+    server roll back whatever it had not committed (a retry learns from the ledger what
+    it had). ``wait`` would first send a cancel request and then drive the rest of the
+    batch through the socket, up to 5 s each: 10 s past a shutdown deadline measured
+    with the server unreachable. And a write has a deadline at all: against a server
+    that stopped answering it would otherwise wait until TCP gave up.
+
+    :raises psycopg.OperationalError: ``limit_secs`` ran out (the connection is closed).
+    """
+    try:
+        async with asyncio.timeout(limit_secs):
+            return await waiting.wait_async(query, conn.pgconn.socket, interval=_WAIT_INTERVAL)
+    except TimeoutError:
+        conn.pgconn.finish()
+        raise psycopg.OperationalError(
+            f"the write took longer than {limit_secs:g} s "
+            "(ORBITSTREAM_POSTGRES_WRITE_TIMEOUT): connection closed"
+        ) from None
+    except BaseException:
+        if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            conn.pgconn.finish()  # interrupted mid-query: its state on the server is unknown
+        raise
+
+
+#: how often psycopg's own waits wake up (``AsyncConnection.wait``'s default)
+_WAIT_INTERVAL = 0.1
 
 
 def _check(outcome: CopyOutcome, encoding: str) -> bool:
@@ -554,9 +592,8 @@ class PostgresSink(SinkBase):
             async with self.pool.connection() as conn, conn.lock:
                 # One round trip (BEGIN, COPY, COMMIT would be three): claim, rows and
                 # rollup buckets in one simple query, one implicit transaction.
-                outcome = await conn.wait(
-                    copy_query(conn.pgconn, plan.write_query(batch), plan.pieces(batch))
-                )
+                query = copy_query(conn.pgconn, plan.write_query(batch), plan.pieces(batch))
+                outcome = await _drive(conn, query, self.settings.write_timeout_secs)
                 duplicate = _check(outcome, conn.info.encoding)
         except EncodeError as exc:
             raise PostgresRejectedError(
