@@ -79,11 +79,11 @@ def test_postgres_outage_during_load(cluster: TempCluster, service_factory: Any)
 
     async def scenario() -> None:
         start = time.monotonic()
-        stop_at = start + 30
+        stop_at = start + 18
         tasks = [asyncio.ensure_future(load(stop_at)), asyncio.ensure_future(watch_health(stop_at))]
-        await asyncio.sleep(8)
+        await asyncio.sleep(4)
         await asyncio.to_thread(cluster.stop, "fast")
-        await asyncio.sleep(12)
+        await asyncio.sleep(7)  # the buffer (20,000 rows) fills within a few seconds
         await asyncio.to_thread(cluster.start)
         await asyncio.gather(*tasks)
 

@@ -80,18 +80,35 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
         consumer.close()
 
 
-def read_all(bootstrap: str, topic: str, n: int, timeout: float = 40.0) -> list[Message]:
-    """Read ``n`` messages of ``topic`` from the beginning with a fresh group."""
+def reader(bootstrap: str, topic: str, timeout: float = 40.0) -> Consumer:
+    """A consumer of every partition of ``topic`` from offset 0, assigned by hand: no group
+    join (which takes about half of ``session.timeout.ms`` on Tansu) and no offset
+    lookup (Tansu's are unreliable); waits for the topic to exist."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",  # required, never joined
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
-            "session.timeout.ms": SESSION_TIMEOUT_MS,
         }
     )
-    consumer.subscribe([topic])
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions:
+            break
+        if time.monotonic() >= deadline:
+            consumer.close()
+            raise AssertionError(f"topic {topic} does not exist")
+        time.sleep(0.2)
+    consumer.assign([TopicPartition(topic, p, 0) for p in sorted(meta.partitions)])
+    return consumer
+
+
+def read_all(bootstrap: str, topic: str, n: int, timeout: float = 40.0) -> list[Message]:
+    """Read ``n`` messages of ``topic`` from the beginning (or what there is by
+    ``timeout``)."""
+    consumer = reader(bootstrap, topic, timeout)
     out: list[Message] = []
     deadline = time.monotonic() + timeout
     try:

@@ -228,7 +228,7 @@ async def test_a_broker_that_lost_the_producer_state_gets_a_new_producer(
     create()
     await deliver("again")
     await sink.close()
-    got = read_all(broker.bootstrap, topic, len(rows) + 1, timeout=8)  # one more: none
+    got = read_all(broker.bootstrap, topic, len(rows) + 1, timeout=4)  # one more: none
     again = [m for m in got if header_map(m)["orbitstream.batch_id"] == b"again"]
     sessions = sorted(str(json.loads(m.value() or b"{}")["session_id"]) for m in again)
     assert sessions == sorted(str(r[1]) for r in rows)

@@ -16,6 +16,7 @@ from orbitstream.pipelines.sessions import SessionsMapper
 from orbitstream.simulate.network import FabricConfig, NetworkSimulator, simulate_network
 from orbitstream.simulate.publisher import ensure_topic, publish
 from orbitstream.simulate.sessions import SessionsConfig, SessionsSimulator, simulate_sessions
+from tests.integration.kafka.support import reader
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +29,9 @@ class Got(NamedTuple):
 
 
 def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Got]:
-    from confluent_kafka import Consumer, Message
+    from confluent_kafka import Message
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"check-{topic}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-        }
-    )
-    consumer.subscribe([topic])
+    consumer = reader(bootstrap, topic, timeout)
     got: list[Got] = []
 
     def keep(msg: Message) -> None:
