@@ -99,6 +99,7 @@ def test_unreachable_store_at_start_is_a_clear_error(tmp_path: Any) -> None:
         "DATABASE_URL": "postgresql://postgres:s3cret@127.0.0.1:1/nowhere",
         "ORBITSTREAM_START_TIMEOUT": "2s",
     }
+    started = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-m", "orbitstream", "serve"],
         env=env,
@@ -106,6 +107,12 @@ def test_unreachable_store_at_start_is_a_clear_error(tmp_path: Any) -> None:
         text=True,
         timeout=120,
     )
+    took = time.monotonic() - started
     assert out.returncode == 2
     assert "not reachable" in out.stderr and "DATABASE_URL" in out.stderr
+    assert "Connection refused" in out.stderr  # the cause, not just "the pool timed out"
     assert "s3cret" not in out.stderr + out.stdout
+    # the start timeout bounds the start: each attempt was the pool's whole 10 s
+    # connect timeout (12 s with a 1 s start timeout), though every connection was
+    # refused at once
+    assert took < 2 + 6, took  # the start timeout, the interpreter's start, a margin

@@ -383,6 +383,14 @@ class PostgresSink(SinkBase):
         """Open the pool, apply migrations, run maintenance once."""
         s = self.settings
         if self._pool is None:
+            # One direct attempt first: a refused connection or login answers at once,
+            # where the pool retries for connect_timeout_secs and then says only that it
+            # timed out (a start with ORBITSTREAM_START_TIMEOUT=1s took 12 s).
+            refused = await _connect_error(s.dsn, s.connect_timeout_secs)
+            if refused is not None:
+                raise PostgresRetryableError(
+                    f"cannot connect to PostgreSQL at {s.redacted_dsn}: {refused}", sink=self.name
+                )
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 s.dsn,
                 min_size=s.min_connections,
