@@ -109,6 +109,7 @@ def pipeline_limits(engine: EngineSettings) -> PipelineLimits:
         max_buffer_bytes=engine.max_buffer_bytes,
         max_merge_rows=engine.max_merge_rows,
         deployment_retry_secs=engine.deployment_error_retry_secs,
+        health_check_secs=engine.health_check_secs,
     )
 
 

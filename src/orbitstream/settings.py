@@ -170,6 +170,14 @@ class EngineSettings(Section):
         "of up to this many rows (never below BATCH_SIZE; BATCH_SIZE writes every batch "
         "as it was cut).",
     )
+    health_check_secs: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        validation_alias=env("ORBITSTREAM_HEALTH_CHECK_INTERVAL"),
+        description="How often an idle store is pinged, so /health notices one that went "
+        "down (or came back) while nothing was written.",
+    )
     start_timeout_secs: float = Field(60.0, gt=0, validation_alias=env("ORBITSTREAM_START_TIMEOUT"))
     shutdown_timeout_secs: float = Field(
         30.0, gt=0, validation_alias=env("ORBITSTREAM_SHUTDOWN_TIMEOUT")
@@ -192,6 +200,7 @@ class EngineSettings(Section):
         "batch_timeout",
         "retry_max_backoff_secs",
         "deployment_error_retry_secs",
+        "health_check_secs",
         "start_timeout_secs",
         "shutdown_timeout_secs",
         "timestamp_max_ahead_secs",

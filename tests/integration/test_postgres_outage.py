@@ -122,7 +122,9 @@ def _wait_healthy(svc: ServiceProcess) -> bool:
 def test_health_notices_a_store_that_went_down_while_idle(
     cluster: TempCluster, service_factory: Any
 ) -> None:
-    svc: ServiceProcess = service_factory({"DATABASE_URL": cluster.url})
+    svc: ServiceProcess = service_factory(
+        {"DATABASE_URL": cluster.url, "ORBITSTREAM_HEALTH_CHECK_INTERVAL": "1s"}
+    )
     status, body = _health(svc)
     assert status == 200
     cluster.stop()  # nothing is being written: only the service's own ping can tell

@@ -217,3 +217,15 @@ def test_the_postgres_write_timeout_reaches_the_sink(monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert info.value.setting == "ORBITSTREAM_POSTGRES_WRITE_TIMEOUT"
+
+
+def test_the_health_check_interval_reaches_the_pipelines(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orbitstream.runtime import pipeline_limits
+
+    assert pipeline_limits(load_settings().engine).health_check_secs == 5.0
+    monkeypatch.setenv("ORBITSTREAM_HEALTH_CHECK_INTERVAL", "1s")
+    assert pipeline_limits(load_settings().engine).health_check_secs == 1.0
+    monkeypatch.setenv("ORBITSTREAM_HEALTH_CHECK_INTERVAL", "0s")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.setting == "ORBITSTREAM_HEALTH_CHECK_INTERVAL"
