@@ -169,9 +169,7 @@ def _map_value(value: object) -> bytes:
 
 
 def _float_map_value(value: object) -> bytes:
-    if not isinstance(value, dict):
-        raise TypeError(f"expected a dict, got {type(value).__name__}")
-    return _jsonb(_as_floats(value))
+    return _map_value(_as_floats(value) if isinstance(value, dict) else value)
 
 
 #: integers up to this magnitude are floats exactly; beyond it one stays an exact JSON

@@ -379,6 +379,12 @@ class PostgresSink(SinkBase):
             raise PostgresRetryableError("the PostgreSQL sink is not started", sink=self.name)
         return self._pool
 
+    def _unreachable(self, cause: str) -> PostgresRetryableError:
+        return PostgresRetryableError(
+            f"cannot connect to PostgreSQL at {self.settings.redacted_dsn}: {cause}",
+            sink=self.name,
+        )
+
     async def start(self, tables: Sequence[Table]) -> None:
         """Open the pool, apply migrations, run maintenance once."""
         s = self.settings
@@ -388,9 +394,7 @@ class PostgresSink(SinkBase):
             # timed out (a start with ORBITSTREAM_START_TIMEOUT=1s took 12 s).
             refused = await _connect_error(s.dsn, s.connect_timeout_secs)
             if refused is not None:
-                raise PostgresRetryableError(
-                    f"cannot connect to PostgreSQL at {s.redacted_dsn}: {refused}", sink=self.name
-                )
+                raise self._unreachable(refused)
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 s.dsn,
                 min_size=s.min_connections,
@@ -411,10 +415,7 @@ class PostgresSink(SinkBase):
                 cause = _message(exc)
                 if isinstance(exc, PoolTimeout):  # says only that the pool gave up: ask why
                     cause = await _connect_error(s.dsn, s.connect_timeout_secs) or cause
-                raise PostgresRetryableError(
-                    f"cannot connect to PostgreSQL at {s.redacted_dsn}: {cause}",
-                    sink=self.name,
-                ) from exc
+                raise self._unreachable(cause) from exc
             self._pool = pool
         try:
             result = await migrate_schema(self.pool, tables, s)
