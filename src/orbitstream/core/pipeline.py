@@ -310,11 +310,11 @@ class SinkLane:
         self.on_drain: Callable[[], None] | None = None  # rows left the buffer
         # Backlog above which new input waits (Pipeline.admission): enough queued rows to keep
         # every writer busy, and to merge a write, a few times over.
-        # Only for sinks whose writes need the event loop (the others write on a thread
-        # of their own, and are behind only when the store is).
+        # For sinks whose writes need the interpreter (Sink.contends_with_input: the
+        # event loop, or the GIL for a writer thread), which input being decoded slows down.
         self.admit_rows = (
             max(4 * limits.batch_size * self.concurrency, limits.max_merge_rows)
-            if sink.writes_on_event_loop
+            if sink.contends_with_input
             else None
         )
 
@@ -845,7 +845,8 @@ class Pipeline:
         processed now; else an awaitable to wait on first, done once the sinks' backlog is
         back under its mark (``SinkLane.admit_rows``), in arrival order, or after
         ``admit_max_wait_secs`` at the latest. While the source waits, the event loop is
-        free for the writers (PostgreSQL's round trips run on it), so under overload the
+        free for the writers (PostgreSQL's round trips run on it; chDB's writer thread
+        gets the GIL back at once after each call into the store), so under overload the
         sinks keep writing at their rate instead of the source filling the buffers and
         answering 503. A sink that is down is not waited for: its buffer takes the input,
         and refuses it when full, as before."""

@@ -50,9 +50,12 @@ class Sink(Protocol):
         as one (for stores that pay a large fixed cost per insert: ClickHouse parts).
     :attr time_range_ns: the timestamps the sink can hold (epoch ns, inclusive); the
         runtime refuses others at the door.
-    :attr writes_on_event_loop: each step of a write (a network round trip) is an event
-        loop callback, so a loop busy with input slows the writes down: while such a sink
-        is behind, sources that ask (``SourceContext.admission``) wait for it.
+    :attr contends_with_input: a write needs this process's interpreter between its
+        steps — an event-loop callback per round trip (psycopg), or a writer thread that
+        takes the GIL back after every call into the store (chDB, urllib3) — so a process
+        busy decoding input slows the writes down: while such a sink is behind, sources
+        that ask (``SourceContext.admission``) wait for it. ``False`` only for a sink
+        whose writes run outside the interpreter.
     :attr ping_while_writing: ``ping`` answers at once even while writes are stuck (its
         own request, not queued behind them), so ``/health`` pings the sink during long
         writes too.
@@ -76,7 +79,7 @@ class Sink(Protocol):
     max_concurrent_writes: int
     min_write_interval_secs: float
     time_range_ns: tuple[int, int]
-    writes_on_event_loop: bool
+    contends_with_input: bool
 
     async def start(self, tables: Sequence[Table]) -> None:
         """Connect and create or migrate the tables (the union of every pipeline's that
@@ -132,7 +135,7 @@ class SinkBase:
     max_concurrent_writes: int = 1
     min_write_interval_secs: float = 0.0
     time_range_ns: tuple[int, int] = INT64_NS_RANGE
-    writes_on_event_loop: bool = False
+    contends_with_input: bool = True
 
     async def maintain(self) -> object:
         return None

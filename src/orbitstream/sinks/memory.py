@@ -18,8 +18,6 @@ class MemorySink(SinkBase):
     """Keeps rows per table; ``down`` makes writes fail as retryable; ``reject`` marks rows
     the "backend" refuses (a predicate on the row)."""
 
-    writes_on_event_loop = True  # its writes (and their delay) are coroutines
-
     def __init__(self, name: str = "memory") -> None:
         self.name = name
         self.tables: dict[str, list[Row]] = {}

@@ -38,7 +38,7 @@ class SelectedTables:
         self.max_concurrent_writes = sink.max_concurrent_writes
         self.min_write_interval_secs = sink.min_write_interval_secs
         self.time_range_ns = sink.time_range_ns
-        self.writes_on_event_loop = sink.writes_on_event_loop
+        self.contends_with_input = sink.contends_with_input
 
     async def start(self, tables: Sequence[Table]) -> None:
         await self.sink.start([t for t in tables if t.name in self.tables])

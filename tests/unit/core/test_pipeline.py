@@ -712,9 +712,11 @@ async def test_closing_releases_the_waiting_input(tmp_path: Path) -> None:
     assert len(sink.rows("t")) == 40
 
 
-async def test_a_sink_writing_on_its_own_thread_never_makes_input_wait(tmp_path: Path) -> None:
+async def test_a_sink_writing_outside_the_interpreter_never_makes_input_wait(
+    tmp_path: Path,
+) -> None:
     sink = MemorySink()
-    sink.writes_on_event_loop = False  # as chDB's (a writer thread) and ClickHouse's
+    sink.contends_with_input = False
     sink.write_delay_secs = 0.05
     p = make(tmp_path, sink, batch_size=10, linger=60, max_merge_rows=10)
     await p.start()

@@ -347,7 +347,6 @@ class PostgresSink(SinkBase):
     name = "postgres"
     configured_by = "DATABASE_URL"
     query_dialect: Dialect = "postgres"
-    writes_on_event_loop = True  # psycopg's async round trips (decisions §29)
     # a write still waiting at the shutdown deadline (for a connection to a server that
     # is down, mostly) is cancelled and its rows spilled: its transaction rolls back, or
     # committed with its ledger row, so a replay of the batch is dropped (decisions §44)
