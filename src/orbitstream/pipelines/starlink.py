@@ -1314,19 +1314,21 @@ class StarlinkPipelineSettings(PipelineSettings):
         try:
             return StarlinkSettings(**values)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field_name = str(err["loc"][0]) if err["loc"] else "client_id"
-            value = err.get("input")
-            if field_name not in self.model_fields_set:
-                shown = "(not set)"
-            elif field_name == "client_secret":
-                shown = "'***'" if self.client_secret.get_secret_value() else "''"
-            else:  # as the variable was written (what load_settings' errors show)
-                shown = repr(value if isinstance(value, str) else str(value))
-            name = self.setting_name(field_name)
-            raise ConfigError(
-                f"invalid setting {name}={shown}: {error_text(err['msg'])}", setting=name
-            ) from exc
+            messages: list[str] = []
+            first: str | None = None
+            for err in exc.errors():  # every bad setting at once, as load_settings does
+                field_name = str(err["loc"][0]) if err["loc"] else "client_id"
+                value = err.get("input")
+                if field_name not in self.model_fields_set:
+                    shown = "(not set)"
+                elif field_name == "client_secret":
+                    shown = "'***'" if self.client_secret.get_secret_value() else "''"
+                else:  # as the variable was written (what load_settings' errors show)
+                    shown = repr(value if isinstance(value, str) else str(value))
+                name = self.setting_name(field_name)
+                first = first or name
+                messages.append(f"{name}={shown}: {error_text(err['msg'])}")
+            raise ConfigError("invalid setting " + "; ".join(messages), setting=first) from exc
 
 
 def _tables(own: StarlinkPipelineSettings, settings: Settings) -> tuple[Table, ...]:

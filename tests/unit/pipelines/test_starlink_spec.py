@@ -107,8 +107,28 @@ def test_missing_secret_is_named_never_shown(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ConfigError, match=r"CLIENT_SECRET='': must not be empty$"):
         _own().client_settings()
     monkeypatch.delenv("CLIENT_ID")
-    with pytest.raises(ConfigError, match=r"CLIENT_ID=\(not set\): must not be empty$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"CLIENT_ID=\(not set\): must not be empty; CLIENT_SECRET='': must not be empty$",
+    ):
         _own().client_settings()
+
+
+def test_every_bad_setting_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIENT_SECRET", "s3cret")
+    monkeypatch.setenv("BATCH_SIZE", "70000")
+    monkeypatch.setenv("STARLINK_TOKEN_URL", "starlink.com/token")
+    with pytest.raises(ConfigError) as err:
+        _own().client_settings()
+    text = str(err.value)
+    for part in (
+        "CLIENT_ID=(not set): must not be empty",
+        "BATCH_SIZE='70000': Input should be less than or equal to 65000",
+        "STARLINK_TOKEN_URL='starlink.com/token'",
+    ):
+        assert part in text
+    assert err.value.setting in ("CLIENT_ID", "BATCH_SIZE", "STARLINK_TOKEN_URL")
+    assert "s3cret" not in text
 
 
 def test_max_linger_out_of_range_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
