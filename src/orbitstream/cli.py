@@ -249,6 +249,15 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
+def _first_run_hint(pipeline: str) -> str:
+    """The commands that create ``pipeline``'s tables in the embedded store."""
+    if pipeline == "satellites":
+        return "`orbitstream serve` or `orbitstream demo`"
+    if pipeline == "starlink":
+        return "`orbitstream run starlink` or `orbitstream demo --pipeline starlink`"
+    return f"`orbitstream run {pipeline}` (or `orbitstream migrate`)"
+
+
 def _query_service(url: str, sql: str, pipeline: str) -> dict[str, Any]:
     req = urllib.request.Request(
         url + "/api/query",
@@ -290,7 +299,7 @@ def _run_query(
     if settings.store_kind == "chdb" and not chdb_path(settings).exists():
         console.print(
             f"[red]error:[/red] no store at {chdb_path(settings)} yet (ORBITSTREAM_DATA_DIR): "
-            "run `orbitstream serve` or `orbitstream demo` first"
+            f"run {_first_run_hint(pipeline)} first"
         )
         raise typer.Exit(2)
     namespaces, tables = registered_tables(settings)

@@ -271,3 +271,27 @@ def test_postgres_reads_the_projects_tables(on_postgres: ServiceProcess) -> None
         status, doc = query(on_postgres, sql)
         assert status == 200, (sql, doc)
     assert query(on_postgres, "SELECT current_user")[1]["rows"] == [["orbitstream_reader"]]
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "hint"),
+    [
+        ("satellites", "`orbitstream serve` or `orbitstream demo`"),
+        ("starlink", "`orbitstream run starlink` or `orbitstream demo --pipeline starlink`"),
+        ("sessions", "`orbitstream run sessions`"),
+    ],
+)
+def test_a_query_before_any_store_names_the_command_that_makes_one(
+    tmp_path: Path, pipeline: str, hint: str
+) -> None:
+    env = {**os.environ, "ORBITSTREAM_DATA_DIR": str(tmp_path / "none")}
+    out = subprocess.run(
+        [sys.executable, "-m", "orbitstream", "query", "-p", pipeline, "SELECT 1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    text = " ".join(out.stdout.split() + out.stderr.split())  # the console wraps lines
+    assert out.returncode == 2 and "ORBITSTREAM_DATA_DIR" in text and hint in text, text
+    assert not (tmp_path / "none").exists()  # a query creates nothing

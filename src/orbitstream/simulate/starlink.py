@@ -52,6 +52,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import math
 import random
 import secrets
 import time
@@ -375,7 +376,12 @@ class Fleet:
                     round(t.uplink, 5),
                     drop,
                     round(t.latency),
-                    t.obstruction if t.obstruction else 0,
+                    # a partly obstructed view varies (trees in the wind, a slow sweep of
+                    # the sky): ±50 % around its level, no random draw (the seeded fleet
+                    # stays the same); a clear view stays 0
+                    round(t.obstruction * (1 + 0.5 * math.sin(k / 6 + len(rows))), 6)
+                    if t.obstruction
+                    else 0,
                     t.uptime,
                     quality,
                     t.h3,
@@ -804,6 +810,10 @@ class FakeStarlink:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    def pending_faults(self) -> int:
+        """Injected fault answers not given yet."""
+        return sum(p.count for p in self._faults)
 
     def expire_tokens(self) -> None:
         """Every token issued so far expires now (the next stream request gets 401)."""

@@ -15,7 +15,11 @@ from orbitstream.core.batch import Batch
 from orbitstream.pipelines.starlink import StarlinkMapper, body_digest, tables
 from orbitstream.simulate.starlink import FakeStarlink, Fault
 from orbitstream.sinks.chdb import ChdbSink
-from orbitstream.sources.starlink_api import StarlinkClient, StarlinkPoller
+from orbitstream.sources.starlink_api import (
+    StarlinkClient,
+    StarlinkPermissionError,
+    StarlinkPoller,
+)
 from tests.conftest import _has_chdb, require
 from tests.integration.starlink.conftest import FakeFactory, fleet, settings_for
 
@@ -103,14 +107,27 @@ async def test_every_served_row_is_stored_exactly_once(
         extra_columns=True,
     )
     total = len(fake.stream)
-    for fault in (Fault.STREAM_429, Fault.STREAM_503, Fault.STREAM_401, Fault.STREAM_TRUNCATE):
-        fake.inject(fault, retry_after=0.01 if fault is Fault.STREAM_429 else None)
+    # every fault switch a poller recovers from (403 is permanent: the test below)
+    for fault in (Fault.TOKEN_429, Fault.TOKEN_500, Fault.TOKEN_503):
+        fake.inject(fault, retry_after=0.01 if fault is not Fault.TOKEN_500 else None)
+    fake.inject(Fault.STREAM_429, retry_after=0.01)
+    fake.inject(Fault.STREAM_429)  # without Retry-After: the client's own back-off
+    for fault in (
+        Fault.STREAM_500,
+        Fault.STREAM_503,
+        Fault.STREAM_404,
+        Fault.STREAM_401,
+        Fault.STREAM_TRUNCATE,
+    ):
+        fake.inject(fault)
     pipeline = Pipeline(store, StarlinkMapper())
     await drain(fake, pipeline, total // 2, batch_size=60)
     fake.change_alert_map()  # re-pointed codes from here on
     fake.inject(Fault.STREAM_INVALID_JSON)
-    await drain(fake, pipeline, total, batch_size=60)
+    fake.inject(Fault.STREAM_STALL, stall_secs=1.5)  # the client's timeout ends it first
+    await drain(fake, pipeline, total, batch_size=60, max_linger_ms=50, timeout_margin_secs=1.0)
     assert fake.position() == total and len(fake.served) >= 6
+    assert not fake.pending_faults()  # every switch was hit
 
     want = expected_rows(fake)
     got = await q(store, "SELECT device_id, toUnixTimestamp64Nano(ts_ns) FROM telemetry")
@@ -140,6 +157,23 @@ async def test_every_served_row_is_stored_exactly_once(
     await store.write(first)
     assert (await q(store, "SELECT count() FROM telemetry"))[0][0] == before
     assert int((await q(store, "SELECT count() FROM dead_letters"))[0][0]) == 0
+
+
+async def test_a_403_stops_polling_with_every_row_read_so_far_stored(
+    fake_factory: FakeFactory, store: ChdbSink
+) -> None:
+    fake = await fake_factory(fleet=fleet(terminals=8), backlog_ticks=8)
+    total = len(fake.stream)
+    pipeline = Pipeline(store, StarlinkMapper())
+    await drain(fake, pipeline, total // 2, batch_size=40)
+    fake.inject(Fault.STREAM_403)  # the account lost its permission
+    with pytest.raises(StarlinkPermissionError):
+        await drain(fake, pipeline, total, batch_size=40)
+    assert 0 < fake.position() < total  # it stopped, and read nothing after the 403
+    want = expected_rows(fake)
+    got = await q(store, "SELECT device_id, toUnixTimestamp64Nano(ts_ns) FROM telemetry")
+    keys = [(d, int(t)) for d, t in got]
+    assert len(keys) == len(set(keys)) and set(keys) == set(want["telemetry"])
 
 
 OPEN_ALERTS_SQL = """

@@ -231,7 +231,23 @@ def test_run_starlink_across_a_restart(target: Target, tmp_path: Path) -> None:
 def _run_twice(threaded: ThreadedFake, target: Target, tmp_path: Path) -> None:
     f = threaded.fake
     env = {**_env(f, tmp_path), **target.env}
-    threaded.call(lambda: f.inject(Fault.STREAM_503, retry_after=0.01))
+
+    def faults() -> None:  # every switch the service rides out (the stall: test_end_to_end)
+        f.inject(Fault.TOKEN_429, retry_after=0.01)
+        f.inject(Fault.TOKEN_500)
+        f.inject(Fault.STREAM_429, retry_after=0.01)
+        f.inject(Fault.STREAM_429)
+        f.inject(Fault.STREAM_503, retry_after=0.01)
+        for fault in (
+            Fault.STREAM_500,
+            Fault.STREAM_404,
+            Fault.STREAM_401,
+            Fault.STREAM_TRUNCATE,
+            Fault.STREAM_INVALID_JSON,
+        ):
+            f.inject(fault)
+
+    threaded.call(faults)
     first = Running(env, "starlink")
     try:
         wait_until(lambda: threaded.call(lambda: f.available()) == 0, 30)
@@ -239,6 +255,7 @@ def _run_twice(threaded: ThreadedFake, target: Target, tmp_path: Path) -> None:
     finally:
         assert first.stop() == 0, first.log.read_text()[-3000:]
     served_first = len(threaded.call(lambda: list(f.served)))
+    assert threaded.call(lambda: f.pending_faults()) == 0  # every switch was hit
 
     # copies of already stored rows (a terminal, a router, an IpAllocs row), then more
     def push_copies() -> None:
