@@ -283,3 +283,51 @@ def test_an_ndjson_body_over_the_limit_is_413_with_where_to_resume(
     assert 0 < doc["accepted"] < lines and doc["next_line"] == doc["accepted"] + 1
     assert limited.wait_count(doc["accepted"], where="satellite_id = 'NDB'") == doc["accepted"]
     assert post_json(limited.url + "/telemetry", GOOD)[0] == 202
+
+
+def _statuses(raw: bytes) -> list[int]:
+    """The status codes of the answers in ``raw``, in order (bodies skipped by length)."""
+    codes: list[int] = []
+    while raw:
+        head_end = raw.index(b"\r\n\r\n")
+        head = raw[:head_end].decode("latin-1").split("\r\n")
+        codes.append(int(head[0].split()[1]))
+        length = next(
+            (int(h.split(":", 1)[1]) for h in head if h.lower().startswith("content-length")), 0
+        )
+        raw = raw[head_end + 4 + length :]
+    return codes
+
+
+def _post(body: bytes, *, close: bool = False) -> bytes:
+    return (
+        b"POST /telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + (b"Connection: close\r\n" if close else b"")
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+def test_pipelined_answers_keep_their_order_up_to_a_closing_one(limited: ServiceProcess) -> None:
+    # answers of one loop turn are written together (decisions §49): the ones queued
+    # before a closing answer still go out first, each once
+    good = json.dumps(GOOD).encode()
+    bad = b'{"satellite_id": ""}'
+    s = connect(limited)
+    s.sendall(
+        _post(good)
+        + _post(bad)
+        + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        + _post(good)
+        + _post(good, close=True)
+        + _post(good)  # after the closing request: never answered
+    )
+    assert _statuses(read_all(s)) == [202, 422, 200, 202, 202]
+    s.close()
+    s = connect(limited)
+    s.sendall(_post(good) + _post(good) + b"NOT HTTP\r\n\r\n")  # then a protocol error
+    assert _statuses(read_all(s)) == [202, 202, 400]
+    s.close()
+    still_serving(limited)

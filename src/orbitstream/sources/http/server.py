@@ -274,6 +274,9 @@ class _Connection(asyncio.Protocol):
         "_max_header",
         "_max_pipelined",
         "_max_url",
+        "_out",
+        "_out_bytes",
+        "_out_limit",
         "_pending",
         "_read_paused",
         "_request",
@@ -316,6 +319,9 @@ class _Connection(asyncio.Protocol):
         self._streaming_error: Response | None = None
         self._too_large = False
         self._pending: collections.deque[_Job] = collections.deque()
+        self._out: list[bytes] = []  # answers to write at the end of this loop turn
+        self._out_bytes = 0
+        self._out_limit = limits.write_buffer_high_bytes
         self._task: asyncio.Task[None] | None = None
         self._read_paused = False
         self._write_paused = False
@@ -489,6 +495,7 @@ class _Connection(asyncio.Protocol):
         if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
             if isinstance(route, Response) or self._streaming_error is not None:
                 return  # answer the error without reading the body
+            self.flush()
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -612,9 +619,37 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        transport.write(response.encode(keep_alive))
         if not keep_alive:
+            self.flush()
+            transport.write(response.encode(False))
             transport.close()
+            return
+        # Written once this turn of the event loop has handled every connection that was
+        # ready: the answers of one turn go out together (each connection's pipelined
+        # answers as one write), so a client that waits for them is woken once per turn,
+        # not once per answer (decisions §49).
+        data = response.encode(True)
+        out = self._out
+        size = self._out_bytes + len(data)
+        if size > self._out_limit:  # as much as the transport buffers: now (flow control)
+            out.append(data)
+            self.flush()
+            return
+        if not out:
+            self.server.flush_soon(self)
+        out.append(data)
+        self._out_bytes = size
+
+    def flush(self) -> None:
+        """Write the answers queued by :meth:`_send` now (before anything else is written
+        or the connection is closed: the order of answers is kept)."""
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._out_bytes = 0
+            if self.transport is not None:
+                self.transport.write(data)  # may pause_writing: the answers wait then
 
     def _reply_and_close(self, response: Response, request: Request | None = None) -> None:
         """Answer now and close (after the answers already queued are written)."""
@@ -632,6 +667,7 @@ class _Connection(asyncio.Protocol):
             # Earlier pipelined requests are still being answered: drop them (the client
             # broke the protocol) and close.
             self._pending.clear()
+        self.flush()
         self.transport.write(response.encode(False))
         self.transport.close()
 
@@ -664,6 +700,7 @@ class _Connection(asyncio.Protocol):
             # nothing in progress: a keep-alive connection idle for too long, or a new one
             # that sent nothing
             self._closing = True
+            self.flush()
             transport.close()
             return
         what = "headers" if self._state == _HEAD else "body"
@@ -679,6 +716,7 @@ class _Connection(asyncio.Protocol):
     def close_when_idle(self) -> None:
         self._closing = True
         if self.idle and self.transport is not None:
+            self.flush()
             self.transport.close()
 
 
@@ -734,6 +772,18 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
         self._idle = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self._to_flush: list[_Connection] = []
+
+    def flush_soon(self, conn: _Connection) -> None:
+        """Write ``conn``'s queued answers at the end of this event loop turn."""
+        if not self._to_flush:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._to_flush.append(conn)
+
+    def _flush(self) -> None:
+        conns, self._to_flush = self._to_flush, []
+        for conn in conns:
+            conn.flush()
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         loop = asyncio.get_running_loop()
