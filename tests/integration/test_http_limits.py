@@ -331,3 +331,121 @@ def test_pipelined_answers_keep_their_order_up_to_a_closing_one(limited: Service
     assert _statuses(read_all(s)) == [202, 202, 400]
     s.close()
     still_serving(limited)
+
+
+def test_answers_reach_a_client_that_half_closes_after_pipelining(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client that sends its requests and then shuts down its sending side (FIN) gets
+    # every answer: the answers queued in the loop turn that reads the FIN are written
+    # before the transport closes itself (found by review: 256 requests of 1000 bytes, one
+    # read of uvloop's 256,000-byte buffer with the FIN in it, lost all 256 answers).
+    import asyncio
+
+    import uvloop
+
+    from orbitstream.sources.http import server as http_server
+    from orbitstream.sources.http.server import HttpServer, Request, Response, Router
+
+    made = http_server._Connection.connection_made
+
+    def roomy(conn: http_server._Connection, transport: asyncio.BaseTransport) -> None:
+        # a receive buffer that holds the whole burst: one read takes it with the FIN
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2_000_000)
+        made(conn, transport)
+
+    monkeypatch.setattr(http_server._Connection, "connection_made", roomy)
+
+    head = b"GET /x HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    one = head + b"p" * (1000 - len(head) - 4) + b"\r\n\r\n"
+    got: list[int] = []
+
+    async def main() -> None:
+        router = Router()
+        router.add("GET", "/x", lambda request: Response(200, b"ok"))
+
+        def busy(request: Request) -> Response:
+            time.sleep(0.5)  # blocks the event loop on purpose
+            return Response(200, b"done")
+
+        router.add("GET", "/busy", busy)
+        server = HttpServer(router)
+        port = await server.start("127.0.0.1", 0)
+
+        def client() -> None:
+            busy = socket.create_connection(("127.0.0.1", port))
+            s = socket.create_connection(("127.0.0.1", port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
+            s.settimeout(10)
+            time.sleep(0.2)
+            busy.sendall(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")  # holds the loop 0.5 s
+            time.sleep(0.1)
+            s.sendall(one * 256)  # all of it, and the FIN, arrive while the loop is busy
+            s.shutdown(socket.SHUT_WR)
+            got.append(read_all(s).count(b"HTTP/1.1 200"))
+            busy.close()
+            s.close()
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        while thread.is_alive():
+            await asyncio.sleep(0.05)
+        await server.close(1)
+
+    uvloop.run(main())
+    assert got == [256]
+
+
+def test_unsent_answers_stay_within_the_write_high_water_mark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # answers queued for the end of the loop turn count with what the transport holds:
+    # a client that never reads makes the server hold at most the high-water mark plus
+    # one answer (review finding: without the transport's share it held ~1.6x that)
+    import asyncio
+
+    import uvloop
+
+    from orbitstream.sources.http import server as http_server
+    from orbitstream.sources.http.server import HttpServer, Response, Router, ServerLimits
+
+    high, answer = 65536, 4000
+    peak = [0]
+    pause = http_server._Connection.pause_writing
+
+    def measured(conn: http_server._Connection) -> None:
+        assert conn.transport is not None
+        peak[0] = max(peak[0], conn.transport.get_write_buffer_size())
+        pause(conn)
+
+    monkeypatch.setattr(http_server._Connection, "pause_writing", measured)
+
+    async def main() -> None:
+        router = Router()
+        router.add("GET", "/x", lambda request: Response(200, b"a" * answer))
+        server = HttpServer(
+            router, limits=ServerLimits(write_buffer_high_bytes=high, write_buffer_low_bytes=16384)
+        )
+        port = await server.start("127.0.0.1", 0)
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect(("127.0.0.1", port))
+        c.setblocking(False)
+        payload = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n" * 3000
+        sent = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 2:
+            if sent < len(payload):
+                with contextlib.suppress(BlockingIOError):
+                    sent += c.send(payload[sent : sent + 65536])
+            await asyncio.sleep(0)
+            for conn in list(server.connections):
+                if conn.transport is not None:
+                    held = conn.transport.get_write_buffer_size() + conn._out_bytes
+                    peak[0] = max(peak[0], held)
+        c.close()
+        await server.close(1)
+
+    uvloop.run(main())
+    assert 0 < peak[0] <= high + answer + 200, peak[0]  # + one answer's head

@@ -318,10 +318,14 @@ class SinkLane:
             else None
         )
 
-    def congested(self, rows: int) -> bool:
-        """Whether ``rows`` more would put a sink that is writing (up) over its mark."""
+    def congested(self, rows: int, reserved: int = 0) -> bool:
+        """Whether ``rows`` more would put a sink that is writing (up) over its mark,
+        counting ``reserved`` rows admitted but not yet submitted. With no backlog at all
+        it is not: input larger than the mark would otherwise wait out
+        ``admit_max_wait_secs`` for a backlog that is not there."""
         mark = self.admit_rows
-        return mark is not None and self.up and self.rows + rows > mark
+        backlog = self.rows + reserved
+        return mark is not None and self.up and backlog > 0 and backlog + rows > mark
 
     def has_room(self, rows: int, nbytes: int) -> bool:
         """Whether ``rows`` more (``nbytes``) fit the buffer. An empty buffer takes any
@@ -852,7 +856,7 @@ class Pipeline:
         and refuses it when full, as before."""
         if not self._admits or (
             not self._admitting
-            and not any(lane.congested(rows + self._reserved) for lane in self.lanes)
+            and not any(lane.congested(rows, self._reserved) for lane in self.lanes)
         ):
             return None
         if not self.accepting or not any(lane.up for lane in self.lanes):
@@ -882,7 +886,7 @@ class Pipeline:
             if future.done():
                 queue.popleft()
                 continue
-            if self.accepting and any(lane.congested(rows + self._reserved) for lane in self.lanes):
+            if self.accepting and any(lane.congested(rows, self._reserved) for lane in self.lanes):
                 return
             queue.popleft()
             self._reserved += rows

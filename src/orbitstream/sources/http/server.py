@@ -364,6 +364,12 @@ class _Connection(asyncio.Protocol):
             self._task.cancel()
         self.server.idle_changed()
 
+    def eof_received(self) -> bool | None:
+        # The client half-closed: the transport closes itself once we return, so the
+        # answers queued this turn are written first (they would be dropped otherwise).
+        self.flush()
+        return None
+
     def pause_writing(self) -> None:
         self._write_paused = True
         self._write_paused_at = self.server.now
@@ -631,7 +637,8 @@ class _Connection(asyncio.Protocol):
         data = response.encode(True)
         out = self._out
         size = self._out_bytes + len(data)
-        if size > self._out_limit:  # as much as the transport buffers: now (flow control)
+        if size + transport.get_write_buffer_size() > self._out_limit:
+            # past what the transport may buffer: now, so that flow control sees it
             out.append(data)
             self.flush()
             return
