@@ -501,8 +501,7 @@ class _Connection(asyncio.Protocol):
         if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
             if isinstance(route, Response) or self._streaming_error is not None:
                 return  # answer the error without reading the body
-            self.flush()
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.write_now(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._deadline = self.server.now + self._body_timeout
@@ -626,8 +625,7 @@ class _Connection(asyncio.Protocol):
         if transport is None:
             return
         if not keep_alive:
-            self.flush()
-            transport.write(response.encode(False))
+            self.write_now(response.encode(False))
             transport.close()
             return
         # Written once this turn of the event loop has handled every connection that was
@@ -638,14 +636,17 @@ class _Connection(asyncio.Protocol):
         out = self._out
         size = self._out_bytes + len(data)
         if size + transport.get_write_buffer_size() > self._out_limit:
-            # past what the transport may buffer: now, so that flow control sees it
-            out.append(data)
-            self.flush()
+            self.write_now(data)  # past what the transport may buffer: flow control sees it
             return
         if not out:
             self.server.flush_soon(self)
         out.append(data)
         self._out_bytes = size
+
+    def write_now(self, data: bytes) -> None:
+        """Write ``data`` now, after the answers queued before it (one write)."""
+        self._out.append(data)
+        self.flush()
 
     def flush(self) -> None:
         """Write the answers queued by :meth:`_send` now (before anything else is written
@@ -674,8 +675,7 @@ class _Connection(asyncio.Protocol):
             # Earlier pipelined requests are still being answered: drop them (the client
             # broke the protocol) and close.
             self._pending.clear()
-        self.flush()
-        self.transport.write(response.encode(False))
+        self.write_now(response.encode(False))
         self.transport.close()
 
     def _pause_reading(self) -> None:
