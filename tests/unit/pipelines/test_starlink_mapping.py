@@ -562,11 +562,28 @@ def test_near_duplicates_land_once_within_and_across_responses() -> None:
     assert again.duplicates == 2 and [r[2] for r in again.tuples("telemetry")] == [T0 + 2 * STEP]
 
 
-def test_the_recent_set_is_bounded() -> None:
-    mapper = StarlinkMapper(recent_limit=2)
-    mapper.commit(mapper.map(envelope([ut(ts=T0 + n * STEP) for n in range(3)]), RECEIVED))
-    replay = mapper.map(envelope([ut(ts=T0 + n * STEP) for n in range(3)]), RECEIVED)
-    assert replay.duplicates == 2 and [r[2] for r in replay.tuples("telemetry")] == [T0]
+@pytest.mark.parametrize("per_commit", [1, 2, 5])
+def test_the_recent_set_keeps_the_last_keys_and_is_bounded(per_commit: int) -> None:
+    # after every commit: the last recent_limit committed keys are remembered, and none
+    # older than the last 2 * recent_limit - 1 plus one commit's keys
+    limit = 3
+    mapper = StarlinkMapper(recent_limit=limit)
+    times = [T0 + n * STEP for n in range(14 * per_commit)]
+    committed: list[int] = []
+    for lo in range(0, len(times), per_commit):
+        chunk = times[lo : lo + per_commit]
+        mapper.commit(mapper.map(envelope([ut(ts=t) for t in chunk]), RECEIVED))
+        committed += chunk
+        replay = mapper.map(envelope([ut(ts=t) for t in committed]), RECEIVED)
+        stored_again = {r[2] for r in replay.tuples("telemetry")}
+        remembered = [t for t in committed if t not in stored_again]
+        assert replay.duplicates == len(remembered)
+        assert remembered == committed[-len(remembered) :]  # the newest ones
+        assert len(remembered) >= min(limit, len(committed)), (len(committed), remembered)
+        assert len(remembered) <= 2 * limit - 1 + per_commit, (len(committed), remembered)
+    # IP rows' keys are remembered the same way
+    mapper.commit(mapper.map(envelope([ip(ts=t) for t in times[:limit]]), RECEIVED))
+    assert mapper.map(envelope([ip(ts=t) for t in times[:limit]]), RECEIVED).duplicates == limit
 
 
 def test_restored_keys_drop_near_duplicates_across_a_restart() -> None:
