@@ -212,6 +212,87 @@ async def test_dashboard_reads_run_beside_the_writer(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_two_chdb_inserts_run_at_once_on_their_own_connections(tmp_path: Path) -> None:
+    """Concurrent writes (ChdbSink.max_concurrent_writes) go to different writer threads,
+    overlap in time, and each batch lands once; the same batch id written again on the
+    other connection is dropped by the dedup token; the sink closes and reopens."""
+    import threading
+
+    telemetry, alerts = tables()
+    store = ChdbSink(tmp_path / "chdb")
+    await store.start([telemetry, alerts])
+    spans: list[tuple[str, float, float]] = []
+    real = store.write_sync
+
+    def timed(batch: Batch, writer: Any = None) -> None:
+        began = time.monotonic()
+        real(batch, writer)
+        spans.append((threading.current_thread().name, began, time.monotonic()))
+
+    store.write_sync = timed  # type: ignore[method-assign]
+
+    def batch(k: int, n: int = 50_000) -> Batch:
+        now = time.time_ns()
+        rows: list[tuple[object, ...]] = [
+            (now - i, f"C-{k}-{i % 50}", 50.0, 10.0, -60.0, False, (), now) for i in range(n)
+        ]
+        return Batch(telemetry, rows, f"concurrent-{k}")
+
+    try:
+        assert store.max_concurrent_writes == 2
+        first, second = batch(1), batch(2)
+        await asyncio.gather(store.write(first), store.write(second))
+        (a, _, a1), (b, b0, _) = sorted(spans, key=lambda s: s[1])
+        assert a != b, spans  # two writer threads
+        assert b0 < a1, spans  # the second began before the first ended
+        await asyncio.gather(store.write(first), store.write(batch(3, 10)))  # first again
+        got = await store.query(f"SELECT count() FROM {telemetry.name}")
+        assert got.rows == [(100_010,)]
+        await store.close()
+        await store.start([telemetry, alerts])  # reopened: new writers
+        await store.write(batch(4, 10))
+        got = await store.query(f"SELECT count() FROM {telemetry.name}")
+        assert got.rows == [(100_020,)]
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_chdb_write_still_counts_until_its_insert_ends(tmp_path: Path) -> None:
+    """A write cancelled while its insert runs (the thread cannot be stopped) keeps its
+    writer busy: the next write goes to the other writer instead of queuing behind it."""
+    import threading
+
+    telemetry, alerts = tables()
+    store = ChdbSink(tmp_path / "chdb")
+    await store.start([telemetry, alerts])
+    went: list[tuple[str, str]] = []
+    slow = threading.Event()
+
+    def write_sync(batch: Batch, writer: Any = None) -> None:
+        if batch.batch_id == "slow":
+            slow.wait(5)
+        went.append((batch.batch_id, threading.current_thread().name))
+
+    store.write_sync = write_sync  # type: ignore[method-assign]
+    now = time.time_ns()
+
+    def one(batch_id: str) -> Batch:
+        return Batch(telemetry, [(now, "S", 1.0, 1.0, 1.0, False, (), now)], batch_id)
+
+    try:
+        first = asyncio.create_task(store.write(one("slow")))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        await asyncio.wait_for(store.write(one("next")), 2)  # not behind the slow one
+        slow.set()
+        await asyncio.sleep(0.1)
+        (next_id, next_thread), (slow_id, slow_thread) = went
+        assert (next_id, slow_id) == ("next", "slow") and next_thread != slow_thread
+    finally:
+        slow.set()
+        await store.close()
+
+
 def test_kill_9_keeps_every_point_acknowledged_in_sink_mode(service_factory: Any) -> None:
     svc: ServiceProcess = service_factory(
         {"BATCH_SIZE": "500", "BATCH_TIMEOUT": "50ms", "ORBITSTREAM_ACK_MODE": "sink"}

@@ -128,6 +128,11 @@ class Batcher:
         self.acks: list[Ack] = []
         self.ack_ends: list[int] = []
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+        # what the queue holds (Sink.concurrent_writes_need_backlog): rows, batches that
+        # are never merged, and whether that is more than one write takes
+        self.queued_rows = 0
+        self.queued_keyed = 0
+        self._backlog = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._seq = itertools.count(1)
         self.task: asyncio.Task[None] | None = None
@@ -217,14 +222,35 @@ class Batcher:
         self.held = 0
         self.acks = []
         self.ack_ends = []
+        self.enqueue(batch)
+
+    def enqueue(self, batch: Batch) -> None:
+        """Queue a batch for the writers (a cut batch, or a keyed one)."""
         self.queue.put_nowait(batch)
+        self._queued(batch, 1)
+
+    def _merge_limit(self) -> int:
+        return max(self.lane.limits.batch_size, self.lane.limits.max_merge_rows)
+
+    def _queued(self, batch: Batch, sign: int) -> None:
+        """Count ``batch`` into (``sign`` 1) or out of (-1) the queue's backlog."""
+        self.queued_rows += sign * batch.size
+        if batch.keyed:
+            self.queued_keyed += sign
+        if self._stopping or self.queued_keyed or self.queued_rows >= self._merge_limit():
+            self._backlog.set()
+        else:
+            self._backlog.clear()
 
     async def run(self) -> None:
-        """Run ``concurrency`` writers on this table's queue (a sink may allow several)."""
-        await asyncio.gather(*(self._work() for _ in range(self.lane.concurrency)))
+        """Run ``concurrency`` writers on this table's queue (a sink may allow several);
+        for a sink whose extra writes need a backlog, those wait for one."""
+        extra = self.lane.concurrent_writes_need_backlog
+        await asyncio.gather(*(self._work(extra and k > 0) for k in range(self.lane.concurrency)))
 
     def stop(self) -> None:
         self._stopping = True
+        self._backlog.set()
         for _ in range(self.lane.concurrency):
             self.queue.put_nowait(None)
 
@@ -239,16 +265,26 @@ class Batcher:
             await asyncio.sleep(due - now)
         self._last_write = time.monotonic()
 
-    async def _work(self) -> None:
+    async def _work(self, needs_backlog: bool = False) -> None:
+        """One writer of this table's queue. ``needs_backlog``: take a batch only while
+        the queue holds more than one write takes (:meth:`_queued`)."""
         stop = False
         while not stop:
-            batch = await self.queue.get()
+            if needs_backlog:
+                await self._backlog.wait()
+                if self.queue.empty():
+                    await asyncio.sleep(0)  # another writer took it: wait for the next
+                    continue
+                batch = self.queue.get_nowait()
+            else:
+                batch = await self.queue.get()
             if batch is None:
                 return
+            self._queued(batch, -1)
             # When the sink falls behind, several batches wait here: write them as one
             # (a store pays a fixed cost per insert). The merged batch keeps one id for
             # its retries, so dedup still holds.
-            limit = max(self.lane.limits.batch_size, self.lane.limits.max_merge_rows)
+            limit = self._merge_limit()
             await self._pace(batch, limit)
             follow: Batch | None = None
             while not batch.keyed and not self.queue.empty() and batch.size < limit:
@@ -256,6 +292,7 @@ class Batcher:
                 if nxt is None:
                     stop = True
                     break
+                self._queued(nxt, -1)
                 if nxt.keyed:  # its id must stay its own (replays are deduplicated by it)
                     follow = nxt
                     break
@@ -285,9 +322,13 @@ class SinkLane:
         self.metrics = metrics
         self.dead_letters = dead_letters
         self.epoch = f"{os.getpid()}-{time.time_ns()}"
-        # Concurrent writes per table: a server store (PostgreSQL) can commit on several
-        # connections at once; the embedded store serializes on one thread anyway.
+        # Concurrent writes per table: PostgreSQL commits on several connections at once;
+        # chDB inserts on two, the second only for a backlog one insert cannot take
+        # (Sink.concurrent_writes_need_backlog).
         self.concurrency = max(1, int(sink.max_concurrent_writes))
+        self.concurrent_writes_need_backlog = bool(
+            getattr(sink, "concurrent_writes_need_backlog", False)
+        )
         self.min_write_interval = float(sink.min_write_interval_secs)
         # the tables this sink writes (Sink.only_tables): it is handed no other rows
         only: frozenset[str] | None = getattr(sink, "only_tables", None)
@@ -312,8 +353,11 @@ class SinkLane:
         # every writer busy, and to merge a write, a few times over.
         # For sinks whose writes need the interpreter (Sink.contends_with_input: the
         # event loop, or the GIL for a writer thread), which input being decoded slows down.
+        # (A sink whose extra writes need a backlog is counted as one writer: its mark is
+        # what it was before it had a second one.)
+        writers = 1 if self.concurrent_writes_need_backlog else self.concurrency
         self.admit_rows = (
-            max(4 * limits.batch_size * self.concurrency, limits.max_merge_rows)
+            max(4 * limits.batch_size * writers, limits.max_merge_rows)
             if sink.contends_with_input
             else None
         )
@@ -912,7 +956,7 @@ class Pipeline:
                         ack_ends=[len(table_rows)] if ack is not None else [],
                         keyed=True,
                     )
-                    lane.batchers[table_name].queue.put_nowait(batch)
+                    lane.batchers[table_name].enqueue(batch)
                     parts += 1
         if ack is not None:
             ack.add_parts(parts)

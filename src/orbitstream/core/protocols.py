@@ -45,6 +45,11 @@ class Sink(Protocol):
     ``batch_id`` twice must store it once.
 
     :attr max_concurrent_writes: batches of one table the runtime may write at once.
+    :attr concurrent_writes_need_backlog: a write of a table beyond the first starts only
+        for a backlog one write cannot take (more rows queued than a merged write holds,
+        or a batch that is never merged): for stores whose fixed cost per insert makes
+        one large write cheaper than two small ones (chDB), so concurrency never splits
+        what one write would have merged.
     :attr min_write_interval_secs: when batches come faster than this, the runtime waits
         until this long after the previous write began and writes the batches cut meanwhile
         as one (for stores that pay a large fixed cost per insert: ClickHouse parts).
@@ -77,6 +82,7 @@ class Sink(Protocol):
     ping_while_writing: bool
     cancel_writes_at_deadline: bool
     max_concurrent_writes: int
+    concurrent_writes_need_backlog: bool
     min_write_interval_secs: float
     time_range_ns: tuple[int, int]
     contends_with_input: bool
@@ -133,6 +139,7 @@ class SinkBase:
     ping_while_writing: bool = False
     cancel_writes_at_deadline: bool = False
     max_concurrent_writes: int = 1
+    concurrent_writes_need_backlog: bool = False
     min_write_interval_secs: float = 0.0
     time_range_ns: tuple[int, int] = INT64_NS_RANGE
     contends_with_input: bool = True

@@ -1,10 +1,11 @@
 """The embedded store: ClickHouse's engine in-process (chDB), data in a local directory.
 
-Writes go through ``send_insert(... FORMAT ArrowStream)`` on a dedicated writer thread
-with its own connection — never inline through ``query()``, which silently ends inline
-data at the first blank line (see docs/decisions.md). Reads (dashboard, ``orbitstream
-query``) run on a second thread with a second, read-only connection, so they never
-block the writer. A data directory belongs to one process.
+Writes go through ``send_insert(... FORMAT ArrowStream)`` on dedicated writer threads,
+each with its own connection (two inserts run at once: decisions §51) — never inline
+through ``query()``, which silently ends inline data at the first blank line (see
+docs/decisions.md). Reads (dashboard, ``orbitstream
+query``) run on another thread with a read-only connection of their own, so they never
+block the writers. A data directory belongs to one process.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,6 +104,9 @@ class _Worker:
     def call(self, fn: Callable[[], T]) -> T:
         return self._pool.submit(fn).result()
 
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        return self._pool.submit(fn)
+
     def close(self) -> None:
         def _close() -> None:
             if self.conn is not None:
@@ -126,6 +130,11 @@ class ChdbSink(SinkBase):
     # an insert is a part (or two, with the rollup's view): ~10 ms of fixed cost
     min_write_interval_secs = 0.1
     query_dialect: Dialect = "clickhouse"
+    # inserts at once, each on a writer thread and connection of its own: chDB runs them
+    # in parallel (a second one uses the CPU one leaves idle between its calls), the
+    # second only for a backlog one insert cannot take (decisions §51)
+    max_concurrent_writes = 2
+    concurrent_writes_need_backlog = True
 
     def __init__(
         self,
@@ -145,9 +154,16 @@ class ChdbSink(SinkBase):
         self._new_workers()
 
     def _new_workers(self) -> None:
-        # writes; the dashboard's own queries; users' queries (so a slow one never holds
-        # up the dashboard)
-        self._writer = _Worker(self.path, "chdb-writer", None)
+        # writes (the first one also runs the DDL and dead letters); the dashboard's own
+        # queries; users' queries (so a slow one never holds up the dashboard)
+        self._writers = [
+            _Worker(self.path, f"chdb-writer{k or ''}", None)
+            for k in range(self.max_concurrent_writes)
+        ]
+        self._writer = self._writers[0]
+        # writes handed to each writer and not finished (its thread counts them out)
+        self._busy = [0] * len(self._writers)
+        self._busy_lock = threading.Lock()
         self._reader = _Worker(self.path, "chdb-reader", self._read_limits)
         self._user = _Worker(self.path, "chdb-query", self._read_limits)
 
@@ -159,7 +175,8 @@ class ChdbSink(SinkBase):
             self.path.mkdir(parents=True, exist_ok=True)
             if self._writer.closed:  # reopened after close()
                 self._new_workers()
-            self._writer.call(self._writer.open)
+            for writer in self._writers:
+                writer.call(writer.open)
             self._reader.call(self._reader.open)
             self._user.call(self._user.open)
             self._opened = True
@@ -194,12 +211,20 @@ class ChdbSink(SinkBase):
                 return
             self._user.close()
             self._reader.close()
-            self._writer.close()
+            for writer in reversed(self._writers):
+                writer.close()
             self._opened = False
 
     # -- writes ------------------------------------------------------------------
-    def _insert(self, table: str, settings: str, data: bytes, namespace: str | None = None) -> int:
-        conn = self._writer.conn
+    def _insert(
+        self,
+        table: str,
+        settings: str,
+        data: bytes,
+        namespace: str | None = None,
+        writer: _Worker | None = None,
+    ) -> int:
+        conn = (writer or self._writer).conn
         if conn is None:
             raise SinkRetryableError("store is closed", sink=self.name, table=table)
         inserter = conn.send_insert(
@@ -215,7 +240,9 @@ class ChdbSink(SinkBase):
             raise
         return int(result.rows_written)
 
-    def write_sync(self, batch: Batch) -> None:
+    def write_sync(self, batch: Batch, writer: _Worker | None = None) -> None:
+        """Insert ``batch`` on ``writer``'s connection (the first writer's by default),
+        from that writer's thread."""
         try:
             data = to_ipc_stream(batch)
         except Exception as exc:  # the rows themselves cannot be encoded: never retried
@@ -232,6 +259,7 @@ class ChdbSink(SinkBase):
                 self.dialect.insert_settings(batch.batch_id),
                 data,
                 batch.table.namespace,
+                writer,
             )
         except (SinkRetryableError, SinkRejectedError):
             raise
@@ -243,7 +271,21 @@ class ChdbSink(SinkBase):
     async def write(self, batch: Batch) -> None:
         if not batch.size:
             return
-        await self._writer.run(lambda: self.write_sync(batch))
+        # the least busy writer: more writes than writers (several tables, pipelines)
+        # queue on a writer's thread, one at a time per connection
+        busy, lock = self._busy, self._busy_lock
+        with lock:
+            k = min(range(len(busy)), key=busy.__getitem__)
+            busy[k] += 1
+        writer = self._writers[k]
+
+        def finished(_: object) -> None:  # the insert ended, or was cancelled unstarted
+            with lock:
+                busy[k] -= 1
+
+        job = writer.submit(lambda: self.write_sync(batch, writer))
+        job.add_done_callback(finished)
+        await asyncio.wrap_future(job)
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:

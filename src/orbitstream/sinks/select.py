@@ -36,6 +36,7 @@ class SelectedTables:
         self.ping_while_writing = sink.ping_while_writing
         self.cancel_writes_at_deadline = sink.cancel_writes_at_deadline
         self.max_concurrent_writes = sink.max_concurrent_writes
+        self.concurrent_writes_need_backlog = sink.concurrent_writes_need_backlog
         self.min_write_interval_secs = sink.min_write_interval_secs
         self.time_range_ns = sink.time_range_ns
         self.contends_with_input = sink.contends_with_input

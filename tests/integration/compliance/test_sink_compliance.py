@@ -69,13 +69,19 @@ async def _chdb_backend(tmp_path: Path) -> AsyncIterator[Backend]:
     state = {"fail": 0, "down": False}
     real_insert = sink._insert
 
-    def insert(table: str, settings: str, data: bytes, namespace: str | None = None) -> int:
+    def insert(
+        table: str,
+        settings: str,
+        data: bytes,
+        namespace: str | None = None,
+        writer: Any = None,
+    ) -> int:
         if state["down"]:
             raise RuntimeError("Code: 210. DB::Exception: Connection refused (NETWORK_ERROR)")
         if state["fail"]:
             state["fail"] -= 1
             raise RuntimeError("Code: 252. DB::Exception: Too many parts (TOO_MANY_PARTS)")
-        return real_insert(table, settings, data, namespace)
+        return real_insert(table, settings, data, namespace, writer)
 
     sink._insert = insert  # type: ignore[method-assign]
 

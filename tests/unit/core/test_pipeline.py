@@ -613,6 +613,86 @@ async def test_the_write_interval_does_not_hold_batches_that_cannot_merge(
     await p.close()
 
 
+class _ConcurrentSink(MemorySink):
+    """Two writes at once, each held until released; records the sizes of the writes
+    and how many were in flight at most."""
+
+    max_concurrent_writes = 2
+
+    def __init__(self, need_backlog: bool) -> None:
+        super().__init__()
+        self.concurrent_writes_need_backlog = need_backlog
+        self.release = asyncio.Event()
+        self.in_flight = 0
+        self.peak = 0
+        self.sizes: list[int] = []
+
+    async def write(self, batch: Batch) -> None:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await self.release.wait()
+            self.sizes.append(batch.size)
+            await super().write(batch)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize("need_backlog", [True, False])
+async def test_a_second_write_waits_for_a_backlog_one_write_cannot_take(
+    tmp_path: Path, need_backlog: bool
+) -> None:
+    """With Sink.concurrent_writes_need_backlog, batches cut while the first write is going
+    are merged into the next write instead of going out as a concurrent small one; a
+    second write runs once more is queued than one write takes, and for keyed batches
+    (never merged). Without it, a second write takes what is queued at once."""
+    sink = _ConcurrentSink(need_backlog)
+    p = make(tmp_path, sink, batch_size=10, linger=60, max_merge_rows=40)
+    await p.start()
+    first = Ack()
+    p.submit({"t": rows(10)}, first)
+    await wait_for(lambda: sink.in_flight == 1)
+    acks = [Ack() for _ in range(3)]
+    for i, ack in enumerate(acks, start=1):
+        p.submit({"t": rows(10, i * 10)}, ack)  # 30 rows queued: less than a write takes
+    await asyncio.sleep(0.05)
+    assert sink.in_flight == (1 if need_backlog else 2)
+    if need_backlog:
+        more = Ack()
+        p.submit({"t": rows(10, 40)}, more)  # 40 queued: one write's worth
+        await wait_for(lambda: sink.in_flight == 2)
+        acks.append(more)
+    sink.release.set()
+    await asyncio.wait_for(asyncio.gather(*(a.wait() for a in [first, *acks])), 5)
+    sent = [r for k in range(len(acks) + 1) for r in rows(10, 10 * k)]
+    assert sorted(map(str, sink.rows("t"))) == sorted(map(str, sent))
+    if need_backlog:
+        assert sorted(sink.sizes) == [10, 40]  # the first, then the four merged
+    else:
+        assert sorted(sink.sizes) == [10, 30]  # the second went out beside the first
+    # keyed batches are never merged: each queued one is a backlog of its own
+    sink.release.clear()
+    keyed = [Ack() for _ in range(3)]
+    for i, ack in enumerate(keyed):
+        p.submit_keyed({"t": rows(2, 200 + 2 * i)}, f"k-{i}", ack)
+    await wait_for(lambda: sink.in_flight == 2)
+    sink.release.set()
+    await asyncio.wait_for(asyncio.gather(*(a.wait() for a in keyed)), 5)
+    assert sink.peak == 2
+    await p.close()
+
+
+async def test_a_waiting_second_writer_ends_at_close(tmp_path: Path) -> None:
+    sink = _ConcurrentSink(True)
+    sink.release.set()
+    p = make(tmp_path, sink, batch_size=10, linger=60, max_merge_rows=40)
+    await p.start()
+    ack = Ack()
+    p.submit({"t": rows(15)}, ack)  # one full batch and 5 rows the close cuts
+    await asyncio.wait_for(p.close(), 5)
+    assert ack.committed and len(sink.rows("t")) == 15
+
+
 # -- admission: input waits while the writers are behind ---------------------------------
 
 
