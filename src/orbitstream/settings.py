@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -729,20 +729,32 @@ def error_text(msg: str) -> str:
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
-def _config_error(
-    exc: ValidationError, model: type[BaseModel] | None, prefix: str | None
+def config_error(
+    exc: ValidationError, describe: Callable[[Mapping[str, Any]], tuple[str, str]]
 ) -> ConfigError:
+    """One :class:`ConfigError` naming every bad setting of ``exc``: ``describe(err)``
+    gives each error's setting name and its value as shown (secrets masked)."""
     messages = []
     first: str | None = None
     for err in exc.errors():
+        name, shown = describe(err)
+        first = first or name
+        messages.append(f"{name}={shown}: {error_text(err['msg'])}")
+    return ConfigError("invalid setting " + "; ".join(messages), setting=first)
+
+
+def _config_error(
+    exc: ValidationError, model: type[BaseModel] | None, prefix: str | None
+) -> ConfigError:
+    def describe(err: Mapping[str, Any]) -> tuple[str, str]:
         loc = tuple(err["loc"])
         if model is None:
             name = _setting_name(loc)
         else:
             name = _field_setting(model, str(loc[0]), prefix) if loc else prefix or "settings"
-        first = first or name
-        messages.append(f"{name}={_shown(name, err.get('input'))}: {error_text(err['msg'])}")
-    return ConfigError("invalid setting " + "; ".join(messages), setting=first)
+        return name, _shown(name, err.get("input"))
+
+    return config_error(exc, describe)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -89,7 +89,7 @@ import ast
 import bisect
 import gc
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -105,9 +105,9 @@ from orbitstream.core.batch import DeadLetter, Row, RowData, is_columnar, join_p
 from orbitstream.core.columns import KeyVocab, rows_of
 from orbitstream.core.spec import PipelineBuild, PipelineParts, PipelineSettings, PipelineSpec
 from orbitstream.core.tables import ColType, Column, Table
-from orbitstream.errors import ConfigError, OrbitStreamError, SourceError
+from orbitstream.errors import OrbitStreamError, SourceError
 from orbitstream.pipelines.starlink_columns import TelemetryColumns, TelemetryRecord
-from orbitstream.settings import Settings, env, error_text
+from orbitstream.settings import Settings, config_error, env
 
 __all__ = [
     "ALERTS_TABLE",
@@ -1325,9 +1325,8 @@ class StarlinkPipelineSettings(PipelineSettings):
         try:
             return StarlinkSettings(**values)
         except ValidationError as exc:
-            messages: list[str] = []
-            first: str | None = None
-            for err in exc.errors():  # every bad setting at once, as load_settings does
+
+            def describe(err: Mapping[str, Any]) -> tuple[str, str]:
                 field_name = str(err["loc"][0]) if err["loc"] else "client_id"
                 value = err.get("input")
                 if field_name not in self.model_fields_set:
@@ -1336,10 +1335,10 @@ class StarlinkPipelineSettings(PipelineSettings):
                     shown = "'***'" if self.client_secret.get_secret_value() else "''"
                 else:  # as the variable was written (what load_settings' errors show)
                     shown = repr(value if isinstance(value, str) else str(value))
-                name = self.setting_name(field_name)
-                first = first or name
-                messages.append(f"{name}={shown}: {error_text(err['msg'])}")
-            raise ConfigError("invalid setting " + "; ".join(messages), setting=first) from exc
+                return self.setting_name(field_name), shown
+
+            # every bad setting at once, as load_settings does
+            raise config_error(exc, describe) from exc
 
 
 def _tables(own: StarlinkPipelineSettings, settings: Settings) -> tuple[Table, ...]:

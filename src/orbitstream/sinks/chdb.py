@@ -3,9 +3,9 @@
 Writes go through ``send_insert(... FORMAT ArrowStream)`` on dedicated writer threads,
 each with its own connection (two inserts run at once: decisions §51) — never inline
 through ``query()``, which silently ends inline data at the first blank line (see
-docs/decisions.md). Reads (dashboard, ``orbitstream
-query``) run on another thread with a read-only connection of their own, so they never
-block the writers. A data directory belongs to one process.
+docs/decisions.md). Reads (dashboard, ``orbitstream query``) run on another thread with a
+read-only connection of their own, so they never block the writers. A data directory
+belongs to one process.
 """
 
 from __future__ import annotations
